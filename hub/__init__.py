@@ -1,0 +1,3 @@
+"""CGT Hub core: the therapy order master record, its journey, chain of identity, audit and messaging."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,103 @@
+"""Engines for the two back ends, with their durability settings checked.
+
+SQLite (embedded default): WAL, ``synchronous=FULL``, ``foreign_keys=ON`` and ``BEGIN IMMEDIATE``
+for every write transaction (plain ``BEGIN`` loses or refuses concurrent read-modify-writes; see
+LIBRARIES.md). Reads use a second engine whose transactions are deferred, so they never take the
+write lock.
+
+PostgreSQL: psycopg 3. The hub refuses to start when ``fsync`` or ``synchronous_commit`` is off,
+because then an acknowledged message could vanish in a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+
+class DurabilityError(RuntimeError):
+    """The database would acknowledge commits it has not made durable."""
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and select the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=8,
+        max_overflow=8,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so BEGIN is ours to emit.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _postgres_engine(url: str) -> Engine:
+    # prepare_threshold=None: psycopg's automatic server-side prepares made the hub's identifier
+    # lookups ~5x slower here (generic plans). Multi-row INSERTs go out as one statement
+    # (insertmanyvalues) instead of one execution per row: ~2x faster measured on this machine.
+    engine = create_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"prepare_threshold": None}
+    )
+    engine.dialect.use_insertmanyvalues_wo_returning = True
+    return engine
+
+
+def make_engines(database_url: str) -> tuple[Engine, Engine]:
+    """Return ``(write_engine, read_engine)``. On PostgreSQL both are the same engine."""
+    url = normalise_url(database_url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False)
+    if url.startswith("postgresql"):
+        engine = _postgres_engine(url)
+        return engine, engine
+    raise ValueError(f"unsupported database URL scheme: {make_url(url).drivername}")
+
+
+def check_durability(engine: Engine) -> None:
+    """Refuse a database that would lose committed transactions in a crash."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            fsync = conn.execute(text("SHOW fsync")).scalar_one()
+            sync_commit = conn.execute(text("SHOW synchronous_commit")).scalar_one()
+            if str(fsync).lower() != "on":
+                raise DurabilityError("PostgreSQL has fsync=off; refusing to start")
+            if str(sync_commit).lower() in {"off", "local"}:
+                raise DurabilityError(
+                    f"PostgreSQL has synchronous_commit={sync_commit}; refusing to start "
+                    "(acknowledged messages could be lost in a crash)"
+                )
+        elif engine.dialect.name == "sqlite":
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+            if str(mode).lower() != "wal" or int(sync) < 2:
+                raise DurabilityError(f"SQLite journal_mode={mode} synchronous={sync}; want WAL and FULL")
+        conn.rollback()

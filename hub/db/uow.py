@@ -1,0 +1,363 @@
+"""The unit of work: the only module that commits.
+
+An edge (HTTP route, MLLP handler, bus consumer, CLI command) hands the store a *job*, a function
+of one :class:`Work`. The job reads and writes through repositories and services; it never
+commits. :class:`Store` runs it in a transaction and commits, and only then does the edge
+acknowledge the partner.
+
+Group commit: under load, the :class:`Committer` thread runs many jobs in one transaction, each
+inside its own SAVEPOINT. A job that fails is rolled back to its savepoint (it writes nothing) and
+its caller receives the error; the others commit together with one fsync. Every caller's future
+resolves only after COMMIT returned, so "acknowledged" always means "durable".
+
+Audit entries and outbox events are buffered in the Work and flushed at the end of the job,
+inside its savepoint: they commit or vanish together with the change they describe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub import canonical
+from hub.audit.repository import AuditRepository, PendingAudit
+from hub.db.bulk import insert_rows
+from hub.db.engine import check_durability, make_engines
+from hub.db.models import OutboxEvent, table_of
+from hub.db.types import iso_utc, utcnow
+from hub.errors import Conflict, HubError, StoreUnavailable
+from hub.events import EventPayload, EventType, partition_of
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Buffer(Protocol):
+    """Writes a domain batches until the end of the job (e.g. the resource store's rows)."""
+
+    def flush(self, session: Session) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+@dataclass
+class Work:
+    """What a job may touch: the session, the acting identity, one clock reading, and the buffers
+    for audit entries, outbox events and batched domain writes."""
+
+    session: Session
+    actor: str
+    now: datetime
+    partitions: int
+    _audit: list[PendingAudit] = field(default_factory=list)
+    _events: list[dict[str, Any]] = field(default_factory=list)
+    buffers: dict[str, Buffer] = field(default_factory=dict)
+
+    def audit(
+        self,
+        action: str,
+        entity_type: str,
+        entity_id: str,
+        *,
+        old: Any = None,
+        new: Any = None,
+        reason: str = "",
+        actor: str | None = None,
+    ) -> None:
+        """Record a create/update/delete. ``old``/``new`` are JSON-able values (or None)."""
+        self._audit.append(
+            PendingAudit(
+                at=iso_utc(self.now),
+                actor=actor or self.actor,
+                action=action,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                reason=reason,
+                old_value="" if old is None else canonical.dumps(old),
+                new_value="" if new is None else canonical.dumps(new),
+            )
+        )
+
+    def emit(self, event_type: EventType, aggregate_id: str, payload: EventPayload) -> str:
+        event_id = str(uuid.uuid4())
+        self._events.append(
+            {
+                "event_id": event_id,
+                "event_type": event_type.value,
+                "aggregate_id": aggregate_id,
+                "partition": partition_of(aggregate_id, self.partitions),
+                "payload": payload.model_dump_json(),
+                "occurred_at": self.now,
+                "published_at": None,
+            }
+        )
+        return event_id
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """A nested savepoint: if the body raises, its writes, audit entries and events vanish and
+        the exception propagates; the enclosing job can still record the failure and commit."""
+        self.flush()  # whatever is buffered so far belongs to the enclosing job
+        a, e = len(self._audit), len(self._events)
+        nested = self.session.begin_nested()
+        try:
+            yield
+            self.flush()
+        except BaseException:
+            nested.rollback()
+            del self._audit[a:]
+            del self._events[e:]
+            for buffer in self.buffers.values():
+                buffer.clear()
+            raise
+        else:
+            nested.commit()
+
+    def flush(self) -> None:
+        """Write the buffered domain rows. Audit entries and events stay with the Work until the
+        transaction is about to commit (see :meth:`Store.run_batch`)."""
+        for buffer in self.buffers.values():
+            buffer.flush(self.session)
+
+
+def _finish(session: Session, audit: list[PendingAudit], events: list[dict[str, Any]]) -> None:
+    """Chain the transaction's audit entries and write its events, right before COMMIT.
+
+    Chaining last keeps the audit head's row lock (on PostgreSQL the one point every writer meets)
+    held for the shortest time: from here to COMMIT, not for the whole batch."""
+    if audit:
+        AuditRepository.from_session(session).append(audit)
+    if events:
+        insert_rows(session, table_of(OutboxEvent), events)
+
+
+Job = Callable[[Work], T]
+
+
+def _is_connectivity_error(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class Store:
+    """Engines, sessions and transactions for one database."""
+
+    def __init__(self, database_url: str, *, partitions: int = 4, batch_max: int = 256) -> None:
+        self.database_url = database_url
+        self.write_engine, self.read_engine = make_engines(database_url)
+        self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False, autoflush=False)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
+        self.partitions = partitions
+        self.batch_max = batch_max
+        self._committer: Committer | None = None
+
+    @property
+    def dialect(self) -> str:
+        return self.write_engine.dialect.name
+
+    def check(self) -> None:
+        check_durability(self.write_engine)
+
+    def dispose(self) -> None:
+        if self._committer is not None:
+            self._committer.stop()
+            self._committer = None
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()
+
+    # ------------------------------------------------------------------ reads
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session. Closing it ends (rolls back) its transaction without expiring the
+        objects it loaded, so they stay readable after the block."""
+        session = self._read_sessions()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        with self.reading() as session:
+            return fn(session)
+
+    # ------------------------------------------------------------------ writes
+    def run(self, job: Job[T], *, actor: str = "system") -> T:
+        """Run one job in its own transaction (through the committer when it runs)."""
+        if self._committer is not None and self._committer.alive:
+            return self._committer.submit(job, actor).result()
+        return self.run_batch([(job, actor)])[0].result()
+
+    async def run_async(self, job: Job[T], *, actor: str = "system") -> T:
+        """For asyncio edges: awaits the group committer, never blocks the event loop."""
+        committer = self.start_committer()
+        return await asyncio.wrap_future(committer.submit(job, actor))
+
+    def start_committer(self) -> Committer:
+        if self._committer is None or not self._committer.alive:
+            self._committer = Committer(self, self.batch_max)
+            self._committer.start()
+        return self._committer
+
+    def run_batch(self, jobs: list[tuple[Job[Any], str]]) -> list[Future[Any]]:
+        """Run jobs in one transaction, each in a savepoint. Returns futures already resolved:
+        results only if COMMIT succeeded."""
+        futures: list[Future[Any]] = [Future() for _ in jobs]
+        outcomes: list[tuple[bool, Any]] = []
+        session = self._write_sessions()
+        try:
+            with session.begin():
+                now = utcnow()
+                single = len(jobs) == 1
+                audit: list[PendingAudit] = []
+                events: list[dict[str, Any]] = []
+                for job, actor in jobs:
+                    work = Work(session=session, actor=actor, now=now, partitions=self.partitions)
+                    if single:
+                        # No savepoint needed: a failure rolls back the whole transaction.
+                        try:
+                            result = job(work)
+                            work.flush()
+                        except Exception as exc:
+                            outcomes.append((False, _as_hub_error(exc)))
+                            raise _AbortBatch from exc
+                        outcomes.append((True, result))
+                        audit += work._audit
+                        events += work._events
+                        continue
+                    nested = session.begin_nested()
+                    try:
+                        result = job(work)
+                        work.flush()
+                    except Exception as exc:
+                        nested.rollback()
+                        if _is_connectivity_error(exc):
+                            raise
+                        outcomes.append((False, _as_hub_error(exc)))
+                    else:
+                        nested.commit()
+                        outcomes.append((True, result))
+                        audit += work._audit
+                        events += work._events
+                _finish(session, audit, events)
+        except _AbortBatch:
+            pass
+        except Exception as exc:
+            # The transaction as a whole failed (connection lost, COMMIT failed, disk full):
+            # nobody's work is durable, so everyone is told to retry.
+            log.error("transaction failed: %s", type(exc).__name__)
+            unavailable = StoreUnavailable()
+            unavailable.__cause__ = exc
+            for f in futures:
+                f.set_exception(unavailable)
+            return futures
+        finally:
+            session.close()
+        for f, (ok, value) in zip(futures, outcomes, strict=True):
+            if ok:
+                f.set_result(value)
+            elif isinstance(value, HubError) or not _is_connectivity_error(value):
+                f.set_exception(value)
+            else:
+                f.set_exception(StoreUnavailable())
+        return futures
+
+
+def _as_hub_error(exc: Exception) -> Exception:
+    """A uniqueness violation is the partner's duplicate, not our crash: report it as a Conflict
+    (the database constraint is what makes concurrent duplicates safe)."""
+    if isinstance(exc, IntegrityError) and not isinstance(exc, HubError):
+        conflict = Conflict("a record with the same identity already exists (concurrent duplicate)")
+        conflict.__cause__ = exc
+        return conflict
+    return exc
+
+
+class _AbortBatch(Exception):
+    """Internal: roll back a one-job transaction whose job failed."""
+
+
+_STOP = object()
+
+
+class Committer:
+    """One writer thread that batches concurrent jobs into shared transactions."""
+
+    def __init__(self, store: Store, batch_max: int) -> None:
+        self.store = store
+        self.batch_max = batch_max
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="cgthub-committer", daemon=True)
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def submit(self, job: Job[T], actor: str = "system") -> Future[T]:
+        outer: Future[T] = Future()
+        self._queue.put((job, actor, outer))
+        return outer
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            stop_after = False
+            while len(batch) < self.batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                batch.append(nxt)
+            try:
+                results = self.store.run_batch([(job, actor) for job, actor, _ in batch])
+            except BaseException as crash:  # never leave a caller waiting
+                for _, _, outer in batch:
+                    outer.set_exception(crash)
+            else:
+                for (_, _, outer), inner in zip(batch, results, strict=True):
+                    failure = inner.exception()
+                    if failure is None:
+                        outer.set_result(inner.result())
+                    else:
+                        outer.set_exception(failure)
+            if stop_after:
+                return
+
+
+def open_store(database_url: str, *, partitions: int = 4, batch_max: int = 256, check: bool = True) -> Store:
+    store = Store(database_url, partitions=partitions, batch_max=batch_max)
+    if check:
+        store.check()
+    return store
+
+
+__all__ = ["Engine", "Job", "Store", "Work", "open_store"]

@@ -1,0 +1,117 @@
+"""One Settings class for the whole hub (prefix ``CGTHUB_``).
+
+Secrets are ``SecretStr``; :func:`Settings.check_production` refuses to start in production mode
+with an empty or a development-default secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Known development defaults: never acceptable in production mode.
+DEV_SECRET_KEY = "dev-only-secret-key-change-me"  # noqa: S105 - a sentinel, refused in production
+DEV_OPERATOR_TOKEN = "dev-only-operator-token"  # noqa: S105 - a sentinel, refused in production
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class TLSSettings(BaseSettings):
+    """TLS for one listener. ``client_auth=required`` is mutual TLS (the peer must present a
+    certificate signed by ``ca_file``)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    client_auth: Literal["none", "optional", "required"] = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class ProductionConfigError(RuntimeError):
+    """Raised when production mode is asked for with unsafe settings."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CGTHUB_", env_nested_delimiter="__", extra="ignore", env_file=None)
+
+    env: Environment = Environment.development
+    database_url: str = "sqlite:///./var/cgthub.db"
+    bus_url: str = "memory://"
+    profiles_dir: Path = Path("partner-profiles")
+    mappings_dir: Path = Path("mappings")
+
+    # Listeners
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    http_tls: TLSSettings = Field(default_factory=TLSSettings)
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    # Secrets (references resolved by the deployment: env var or mounted file via pydantic-settings)
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    operator_token: SecretStr = SecretStr(DEV_OPERATOR_TOKEN)
+
+    # The issuing facility for chain-of-identity identifiers (ISBT 128 FIN, 5 characters).
+    coi_fin: str = "A9998"
+    # Site time zone used when an event carries no zone of its own.
+    default_timezone: str = "UTC"
+
+    # Group commit: how many units of work one database transaction may carry.
+    commit_batch_max: int = 256
+    # Messaging
+    consumer_max_attempts: int = 5
+    consumer_backoff_base_s: float = 0.2
+    consumer_backoff_max_s: float = 30.0
+    bus_partitions: int = 4
+    # Names of RabbitMQ exchanges and queues start with this (several hubs can share a broker).
+    bus_prefix: str = "cgthub"
+    relay_batch: int = 500
+    relay_poll_s: float = 0.05
+
+    log_level: str = "INFO"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def check_production(self) -> None:
+        """Refuse production mode with empty or default secrets or without durable services."""
+        if self.env is not Environment.production:
+            return
+        problems: list[str] = []
+        for name, value, default in (
+            ("CGTHUB_SECRET_KEY", self.secret_key, DEV_SECRET_KEY),
+            ("CGTHUB_OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN),
+        ):
+            raw = value.get_secret_value()
+            if not raw or raw == default:
+                problems.append(f"{name} is empty or the development default")
+            elif len(raw) < 32:
+                problems.append(f"{name} is shorter than 32 characters")
+        if problems:
+            raise ProductionConfigError("refusing to start in production mode: " + "; ".join(problems))
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
