@@ -1,0 +1,110 @@
+"""Which search parameters the store indexes, and how they are read from a resource.
+
+Deliberately small and explicit: each entry names a FHIR search parameter and the element(s) it
+reads. The CapabilityStatement lists exactly these (plus ``_id`` and ``_lastUpdated``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Extracted:
+    tokens: list[tuple[str, str | None, str]]  # (param, system, value)
+    references: list[tuple[str, str]]  # (element, target "Type/id")
+    dates: list[tuple[str, datetime]]  # (param, instant)
+
+
+# param -> element names; "identifier" and "status" apply to every type that has them.
+TOKEN_PARAMS: dict[str, tuple[str, ...]] = {
+    "identifier": ("identifier",),
+    "status": ("status",),
+    "code": ("code",),
+}
+REFERENCE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "ServiceRequest": {"subject": ("subject",), "patient": ("subject",), "requester": ("requester",)},
+    "Task": {"subject": ("for",), "patient": ("for",), "based-on": ("basedOn",)},
+    "Specimen": {"subject": ("subject",), "patient": ("subject",), "request": ("request",)},
+    "Observation": {"subject": ("subject",), "patient": ("subject",), "based-on": ("basedOn",)},
+    "DiagnosticReport": {"subject": ("subject",), "patient": ("subject",), "based-on": ("basedOn",)},
+    "Provenance": {"target": ("target",), "patient": ("target",)},
+    "AuditEvent": {"entity": ("entity",)},
+    "BiologicallyDerivedProduct": {"request": ("request",)},
+    "Device": {"patient": ("patient",)},
+}
+DATE_PARAMS: dict[str, dict[str, str]] = {
+    "ServiceRequest": {"authored": "authoredOn"},
+    "Observation": {"date": "effectiveDateTime"},
+    "DiagnosticReport": {"date": "effectiveDateTime"},
+}
+
+
+def reference_elements(rtype: str) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for elements in REFERENCE_PARAMS.get(rtype, {}).values():
+        for element in elements:
+            seen[element] = None
+    return tuple(seen)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def parse_instant(value: str) -> datetime | None:
+    """FHIR dateTime → aware UTC (dates without a zone are read as UTC; partial dates start)."""
+    try:
+        if len(value) == 4:
+            return datetime(int(value), 1, 1, tzinfo=UTC)
+        if len(value) == 7:
+            return datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def extract(resource: dict[str, Any]) -> Extracted:
+    rtype = resource["resourceType"]
+    tokens: list[tuple[str, str | None, str]] = []
+    for ident in _as_list(resource.get("identifier")):
+        if isinstance(ident, dict) and ident.get("value"):
+            tokens.append(("identifier", ident.get("system"), str(ident["value"])[:255]))
+    status = resource.get("status")
+    if isinstance(status, str):
+        tokens.append(("status", None, status))
+    for concept in _as_list(resource.get("code")):
+        if isinstance(concept, dict):
+            for coding in _as_list(concept.get("coding")):
+                if isinstance(coding, dict) and coding.get("code"):
+                    tokens.append(("code", coding.get("system"), str(coding["code"])[:255]))
+    references: list[tuple[str, str]] = []
+    # One row per referencing *element* (``subject`` serves both ``subject`` and ``patient``).
+    for element in reference_elements(rtype):
+        for ref in _as_list(resource.get(element)):
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                references.append((element, ref["reference"][:160]))
+    dates: list[tuple[str, datetime]] = []
+    for param, element in DATE_PARAMS.get(rtype, {}).items():
+        raw = resource.get(element)
+        if isinstance(raw, str):
+            instant = parse_instant(raw)
+            if instant is not None:
+                dates.append((param, instant))
+    return Extracted(tokens, references, dates)
+
+
+def search_params_for(resource_type: str) -> list[tuple[str, str]]:
+    """(name, FHIR search type) pairs served for a type — the CapabilityStatement's source."""
+    params: list[tuple[str, str]] = [("_id", "token"), ("_lastUpdated", "date"), ("identifier", "token")]
+    params.append(("status", "token"))
+    params += [(name, "reference") for name in REFERENCE_PARAMS.get(resource_type, {})]
+    params += [(name, "date") for name in DATE_PARAMS.get(resource_type, {})]
+    return params

@@ -1,0 +1,507 @@
+"""All queries of the FHIR resource store.
+
+Versions are never overwritten: every write inserts a ``resource_version`` row and moves the
+``resource`` row (the current version) forward. Search indexes are derived data, rewritten with the
+current version. Audit entries for resources carry the version and content hash (the content itself
+lives, immutable, in ``resource_version``), so the audit chain binds every version's exact bytes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, select
+from sqlalchemy.orm import Session
+
+from hub import canonical
+from hub.db.bulk import insert_rows
+from hub.db.models import Resource, ResourceVersion, SearchDate, SearchReference, SearchToken, table_of
+from hub.db.types import iso_utc
+from hub.db.uow import Work
+from hub.errors import Conflict, Issue, NotFound, ValidationFailed
+from hub.fhirstore import indexing
+from hub.fhirstore.validation import validate
+
+
+@dataclass(frozen=True)
+class Stored:
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: dict[str, Any]
+    content_hash: str
+    deleted: bool = False
+    text: str = field(default="", repr=False)  # the canonical JSON stored (and hashed)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+def _row_to_stored(row: Any) -> Stored:
+    return Stored(
+        row.resource_type,
+        row.id,
+        row.version_id,
+        row.last_updated,
+        canonical.loads(row.content),
+        row.content_hash,
+        bool(row.deleted),
+        row.content,
+    )
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ResourceBuffer:
+    """The resource rows a job has written, flushed in a handful of executemany statements at the
+    end of the job (or of a nested attempt) instead of ~8 statements per resource. Reads within
+    the job see these pending versions first."""
+
+    def __init__(self) -> None:
+        self.current: dict[tuple[str, str], Stored] = {}
+        self.new_keys: set[tuple[str, str]] = set()
+        self.updated_keys: set[tuple[str, str]] = set()
+        self.versions: list[dict[str, Any]] = []
+
+    def clear(self) -> None:
+        self.current.clear()
+        self.new_keys.clear()
+        self.updated_keys.clear()
+        self.versions.clear()
+
+    def flush(self, session: Session) -> None:
+        if not self.versions:
+            return
+        conn = session.connection()
+        rows = lambda keys: [  # noqa: E731
+            {
+                "resource_type": k[0],
+                "id": k[1],
+                "version_id": self.current[k].version_id,
+                "last_updated": self.current[k].last_updated,
+                "deleted": self.current[k].deleted,
+                "content": self.current[k].text,
+                "content_hash": self.current[k].content_hash,
+            }
+            for k in sorted(keys)
+        ]
+        if self.new_keys:
+            insert_rows(session, _RES, rows(self.new_keys))
+        if self.updated_keys:
+            updates = [{("k_" + key): value for key, value in r.items()} for r in rows(self.updated_keys)]
+            conn.execute(_UPDATE_CURRENT, updates)
+            owners = [{"k_type": k[0], "k_id": k[1]} for k in sorted(self.updated_keys)]
+            for stmt in _DROP_INDEXES:
+                conn.execute(stmt, owners)
+        insert_rows(session, _VER, self.versions)
+        tokens: list[dict[str, Any]] = []
+        refs: list[dict[str, Any]] = []
+        dates: list[dict[str, Any]] = []
+        for (rtype, rid), stored in self.current.items():
+            if stored.deleted:
+                continue
+            ex = indexing.extract(stored.content)
+            tokens += [
+                {"resource_type": rtype, "id": rid, "param": p, "system": sy, "value": v} for p, sy, v in ex.tokens
+            ]
+            refs += [{"resource_type": rtype, "id": rid, "param": p, "target": t} for p, t in ex.references]
+            dates += [{"resource_type": rtype, "id": rid, "param": p, "value": v} for p, v in ex.dates]
+        insert_rows(session, table_of(SearchToken), tokens)
+        insert_rows(session, table_of(SearchReference), refs)
+        insert_rows(session, table_of(SearchDate), dates)
+        self.clear()
+
+    def pending_identifier(self, rtype: str, system: str | None, value: str) -> list[Stored]:
+        found = []
+        for (t, _), stored in self.current.items():
+            if t != rtype or stored.deleted:
+                continue
+            for ident in stored.content.get("identifier", []) or []:
+                if str(ident.get("value")) == value and (system is None or ident.get("system") == system):
+                    found.append(stored)
+                    break
+        return found
+
+
+_RES = table_of(Resource)
+_VER = table_of(ResourceVersion)
+_UPDATE_CURRENT = (
+    _RES.update()
+    .where(_RES.c.resource_type == bindparam("k_resource_type"), _RES.c.id == bindparam("k_id"))
+    .values(
+        version_id=bindparam("k_version_id"),
+        last_updated=bindparam("k_last_updated"),
+        deleted=bindparam("k_deleted"),
+        content=bindparam("k_content"),
+        content_hash=bindparam("k_content_hash"),
+    )
+)
+_DROP_INDEXES = [
+    t.delete().where(t.c.resource_type == bindparam("k_type"), t.c.id == bindparam("k_id"))
+    for t in (table_of(SearchToken), table_of(SearchReference), table_of(SearchDate))
+]
+BUFFER_KEY = "fhirstore"
+_EXISTING = select(Resource.id).where(
+    Resource.resource_type == bindparam("t"),
+    Resource.id.in_(bindparam("ids", expanding=True)),
+    Resource.deleted.is_(False),
+)
+_READ = select(Resource).where(Resource.resource_type == bindparam("t"), Resource.id == bindparam("i"))
+_TOKEN_IDS = select(SearchToken.id).where(
+    SearchToken.resource_type == bindparam("t"), SearchToken.param == "identifier", SearchToken.value == bindparam("v")
+)
+_BY_IDENTIFIER_VALUE = select(Resource).where(
+    Resource.resource_type == bindparam("t"), Resource.id.in_(_TOKEN_IDS), Resource.deleted.is_(False)
+)
+_BY_IDENTIFIER = select(Resource).where(
+    Resource.resource_type == bindparam("t"),
+    Resource.id.in_(_TOKEN_IDS.where(SearchToken.system == bindparam("s"))),
+    Resource.deleted.is_(False),
+)
+
+
+def buffer_of(work: Work) -> ResourceBuffer:
+    buffer = work.buffers.get(BUFFER_KEY)
+    if buffer is None:
+        buffer = work.buffers[BUFFER_KEY] = ResourceBuffer()
+    assert isinstance(buffer, ResourceBuffer)
+    return buffer
+
+
+class ResourceRepository:
+    """Reads take a Session (``from_session``); inside a job use ``for_work`` so reads also see the
+    job's pending writes. Writes take the Work (they audit and buffer)."""
+
+    def __init__(self, session: Session, work: Work | None = None) -> None:
+        self.session = session
+        self.work = work
+
+    @classmethod
+    def from_session(cls, session: Session) -> ResourceRepository:
+        return cls(session)
+
+    @classmethod
+    def for_work(cls, work: Work) -> ResourceRepository:
+        return cls(work.session, work)
+
+    def _pending(self) -> ResourceBuffer | None:
+        if self.work is None:
+            return None
+        buffer = self.work.buffers.get(BUFFER_KEY)
+        return buffer if isinstance(buffer, ResourceBuffer) else None
+
+    # ------------------------------------------------------------------ writes
+    def create(
+        self,
+        work: Work,
+        resource: dict[str, Any],
+        *,
+        id: str | None = None,
+        reason: str = "",
+        shape_validated: bool = False,
+    ) -> Stored:
+        """Create version 1. ``id`` is a hub-assigned, fresh id; an id inside ``resource`` (a client's
+        choice) is checked for existence first. Either way the primary key is the last word.
+
+        ``shape_validated``: the hub built this resource from a template that was validated with
+        fhir.resources once (see ``hub.orders.fhir.validated_task_shapes``); only ids, references
+        and instants differ, so it is not validated again. Never set it for partner input."""
+        rtype = resource["resourceType"] if shape_validated else validate(resource)
+        rid = id or resource.get("id")
+        if rid is None:
+            rid = new_id()
+        elif id is None and self._exists(work, rtype, rid):
+            raise Conflict(f"{rtype}/{rid} already exists")
+        return self._write(work, rtype, rid, resource, version=1, method="create", reason=reason)
+
+    def update(
+        self,
+        work: Work,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        reason: str = "",
+    ) -> Stored:
+        rtype = validate(resource)
+        rid = resource.get("id")
+        if not isinstance(rid, str):
+            raise NotFound(f"{rtype} has no id to update")
+        current = self._current_for_update(work, rtype, rid)
+        if current is None or current.deleted:
+            raise NotFound(f"{rtype}/{rid} does not exist")
+        if if_match is not None and if_match != current.version_id:
+            raise Conflict(f"{rtype}/{rid} is at version {current.version_id}, not {if_match}")
+        return self._write(
+            work,
+            rtype,
+            rid,
+            resource,
+            version=current.version_id + 1,
+            method="update",
+            reason=reason,
+            previous=current,
+        )
+
+    def delete(self, work: Work, rtype: str, rid: str, *, reason: str = "") -> Stored:
+        current = self._current_for_update(work, rtype, rid)
+        if current is None or current.deleted:
+            raise NotFound(f"{rtype}/{rid} does not exist")
+        version = current.version_id + 1
+        content = {
+            "resourceType": rtype,
+            "id": rid,
+            "meta": {"versionId": str(version), "lastUpdated": iso_utc(work.now)},
+        }
+        text = canonical.dumps(content)
+        stored = Stored(rtype, rid, version, work.now, content, canonical.sha256_hex(text), True, text)
+        digest = stored.content_hash
+        self._buffer(work, stored, "delete", new=False)
+        work.audit(
+            "delete",
+            rtype,
+            rid,
+            reason=reason,
+            old={"version": current.version_id, "hash": current.content_hash},
+            new={"version": version, "hash": digest, "deleted": True},
+        )
+        return stored
+
+    def _write(
+        self,
+        work: Work,
+        rtype: str,
+        rid: str,
+        resource: dict[str, Any],
+        *,
+        version: int,
+        method: str,
+        reason: str,
+        previous: Stored | None = None,
+    ) -> Stored:
+        content = dict(resource)
+        content["id"] = rid
+        meta = dict(content.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = iso_utc(work.now)
+        content["meta"] = meta
+        text = canonical.dumps(content)
+        digest = canonical.sha256_hex(text)
+        stored = Stored(rtype, rid, version, work.now, content, digest, False, text)
+        self._buffer(work, stored, method, new=previous is None)
+        work.audit(
+            method,
+            rtype,
+            rid,
+            reason=reason,
+            old=None if previous is None else {"version": previous.version_id, "hash": previous.content_hash},
+            new={"version": version, "hash": digest},
+        )
+        return stored
+
+    def _buffer(self, work: Work, stored: Stored, method: str, *, new: bool) -> None:
+        buffer = buffer_of(work)
+        key = (stored.resource_type, stored.id)
+        buffer.current[key] = stored
+        if new:
+            buffer.new_keys.add(key)
+        elif key not in buffer.new_keys:
+            buffer.updated_keys.add(key)
+        buffer.versions.append(
+            {
+                "resource_type": stored.resource_type,
+                "id": stored.id,
+                "version_id": stored.version_id,
+                "last_updated": stored.last_updated,
+                "method": method,
+                "deleted": stored.deleted,
+                "content": stored.text,
+                "content_hash": stored.content_hash,
+            }
+        )
+
+    def _exists(self, work: Work, rtype: str, rid: str) -> bool:
+        if (rtype, rid) in buffer_of(work).current:
+            return True
+        return (
+            self.session.execute(
+                select(Resource.version_id).where(Resource.resource_type == rtype, Resource.id == rid)
+            ).first()
+            is not None
+        )
+
+    def _current_for_update(self, work: Work, rtype: str, rid: str) -> Stored | None:
+        pending = buffer_of(work).current.get((rtype, rid))
+        if pending is not None:
+            return pending
+        row = self.session.execute(
+            select(Resource).where(Resource.resource_type == rtype, Resource.id == rid).with_for_update()
+        ).scalar_one_or_none()
+        return None if row is None else _row_to_stored(row)
+
+    # ------------------------------------------------------------------ reads
+    def read(self, rtype: str, rid: str) -> Stored:
+        pending = self._pending()
+        if pending is not None and (rtype, rid) in pending.current:
+            stored = pending.current[(rtype, rid)]
+            if stored.deleted:
+                raise NotFound(f"{rtype}/{rid} is not known")
+            return stored
+        row = self.session.execute(_READ, {"t": rtype, "i": rid}).scalar_one_or_none()
+        if row is None or row.deleted:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return _row_to_stored(row)
+
+    def vread(self, rtype: str, rid: str, version: int) -> Stored:
+        row = self.session.execute(
+            select(ResourceVersion).where(
+                ResourceVersion.resource_type == rtype,
+                ResourceVersion.id == rid,
+                ResourceVersion.version_id == version,
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"{rtype}/{rid}/_history/{version} is not known")
+        return _row_to_stored(row)
+
+    def history(self, rtype: str, rid: str) -> list[Stored]:
+        rows = self.session.execute(
+            select(ResourceVersion)
+            .where(ResourceVersion.resource_type == rtype, ResourceVersion.id == rid)
+            .order_by(ResourceVersion.version_id.desc())
+        ).scalars()
+        return [_row_to_stored(r) for r in rows]
+
+    def existing_ids(self, rtype: str, ids: list[str]) -> set[str]:
+        """Which of these ids exist (pending in this job or stored, not deleted)."""
+        pending = self._pending()
+        found = {i for i in ids if pending is not None and (rtype, i) in pending.current}
+        rest = [i for i in ids if i not in found]
+        if rest:
+            found |= set(self.session.execute(_EXISTING, {"t": rtype, "ids": rest}).scalars())
+        return found
+
+    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[Stored]:
+        pending = self._pending()
+        if pending is not None:
+            found = pending.pending_identifier(rtype, system, value)
+            if found:
+                return found
+        if system is None:
+            rows = self.session.execute(_BY_IDENTIFIER_VALUE, {"t": rtype, "v": value}).scalars()
+        else:
+            rows = self.session.execute(_BY_IDENTIFIER, {"t": rtype, "s": system, "v": value}).scalars()
+        return [_row_to_stored(r) for r in rows]
+
+    def referencing(self, rtype: str, param: str, target: str) -> list[Stored]:
+        """Resources whose search parameter ``param`` points at ``target``."""
+        elements = indexing.REFERENCE_PARAMS.get(rtype, {}).get(param, ())
+        rows = self.session.execute(
+            select(Resource)
+            .join(
+                SearchReference,
+                and_(SearchReference.resource_type == Resource.resource_type, SearchReference.id == Resource.id),
+            )
+            .where(
+                SearchReference.resource_type == rtype,
+                SearchReference.param.in_(elements),
+                SearchReference.target == target,
+                Resource.deleted.is_(False),
+            )
+            .order_by(Resource.last_updated, Resource.id)
+        ).scalars()
+        return [_row_to_stored(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    name: str
+    value: str
+
+
+_DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+
+
+def _date_condition(column: Any, raw: str) -> Any:
+    prefix = raw[:2] if raw[:2] in _DATE_PREFIXES and not raw[:2].isdigit() else "eq"
+    value = raw[2:] if raw[:2] in _DATE_PREFIXES else raw
+    instant = indexing.parse_instant(value)
+    if instant is None:
+        raise ValidationFailed(f"{raw!r} is not a FHIR date", [Issue(f"bad date {raw!r}", "search")])
+    ops = {
+        "eq": column == instant,
+        "ne": column != instant,
+        "gt": column > instant,
+        "sa": column > instant,
+        "lt": column < instant,
+        "eb": column < instant,
+        "ge": column >= instant,
+        "le": column <= instant,
+    }
+    return ops[prefix]
+
+
+def search_conditions(rtype: str, params: list[SearchParam]) -> list[Any]:
+    """SQL conditions (AND) over ``resource`` for the supported search parameters."""
+    conds: list[Any] = []
+    ref_params = indexing.REFERENCE_PARAMS.get(rtype, {})
+    date_params = indexing.DATE_PARAMS.get(rtype, {})
+    for p in params:
+        if p.name == "_id":
+            conds.append(Resource.id.in_(p.value.split(",")))
+        elif p.name == "_lastUpdated":
+            conds.append(_date_condition(Resource.last_updated, p.value))
+        elif p.name in indexing.TOKEN_PARAMS:
+            system, sep, value = p.value.rpartition("|")
+            sub = select(SearchToken.id).where(
+                SearchToken.resource_type == rtype, SearchToken.param == p.name, SearchToken.value == value
+            )
+            if sep and system:
+                sub = sub.where(SearchToken.system == system)
+            conds.append(Resource.id.in_(sub))
+        elif p.name in ref_params:
+            targets = [p.value]
+            if "/" not in p.value and p.name in ("patient", "subject"):
+                targets = [f"Patient/{p.value}"]
+            sub = select(SearchReference.id).where(
+                SearchReference.resource_type == rtype,
+                SearchReference.param.in_(ref_params[p.name]),
+                SearchReference.target.in_(targets),
+            )
+            conds.append(Resource.id.in_(sub))
+        elif p.name in date_params:
+            sub = select(SearchDate.id).where(
+                SearchDate.resource_type == rtype,
+                SearchDate.param == p.name,
+                _date_condition(SearchDate.value, p.value),
+            )
+            conds.append(Resource.id.in_(sub))
+        else:
+            raise ValidationFailed(
+                f"search parameter {p.name!r} is not supported for {rtype}",
+                [Issue(f"unsupported search parameter {p.name}", p.name)],
+            )
+    return conds
+
+
+def search(
+    session: Session, rtype: str, params: list[SearchParam], *, count: int = 50, offset: int = 0
+) -> list[Stored]:
+    stmt = (
+        select(Resource)
+        .where(Resource.resource_type == rtype, Resource.deleted.is_(False), *search_conditions(rtype, params))
+        .order_by(Resource.last_updated, Resource.id)
+        .limit(count)
+        .offset(offset)
+    )
+    return [_row_to_stored(r) for r in session.execute(stmt).scalars()]

@@ -1,0 +1,157 @@
+"""Structural validation of R4 resources through ``fhir.resources.R4B``.
+
+fhir.resources checks structure (types, cardinality, unknown elements, date formats) but not code
+bindings (LIBRARIES.md): the statuses the hub relies on are checked here too. Model classes are
+imported lazily, one per type, because importing all of R4B costs seconds and ~116 MB.
+
+What is stored is the JSON the partner sent (once valid), not fhir.resources' re-serialisation, so
+a resource reads back as it was written (decimal precision, element order) apart from ``meta``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from hub.errors import Issue, ValidationFailed
+
+# Resource types the hub stores. Anything else is refused with a clear message.
+SUPPORTED_TYPES: tuple[str, ...] = (
+    "ServiceRequest",
+    "Patient",
+    "Practitioner",
+    "Organization",
+    "Location",
+    "Task",
+    "Specimen",
+    "BiologicallyDerivedProduct",
+    "Observation",
+    "DiagnosticReport",
+    "Device",
+    "Provenance",
+    "AuditEvent",
+)
+
+# Required code bindings fhir.resources does not enforce (FHIR R4 value sets).
+STATUS_CODES: dict[str, frozenset[str]] = {
+    "ServiceRequest": frozenset({"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}),
+    "Task": frozenset(
+        {
+            "draft",
+            "requested",
+            "received",
+            "accepted",
+            "rejected",
+            "ready",
+            "cancelled",
+            "in-progress",
+            "on-hold",
+            "failed",
+            "completed",
+            "entered-in-error",
+        }
+    ),
+    "Observation": frozenset(
+        {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
+    ),
+    "DiagnosticReport": frozenset(
+        {
+            "registered",
+            "partial",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "appended",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    ),
+    "Specimen": frozenset({"available", "unavailable", "unsatisfactory", "entered-in-error"}),
+    "BiologicallyDerivedProduct": frozenset({"available", "unavailable"}),
+    "Device": frozenset({"active", "inactive", "entered-in-error", "unknown"}),
+}
+INTENT_CODES: dict[str, frozenset[str]] = {
+    "ServiceRequest": frozenset(
+        {
+            "proposal",
+            "plan",
+            "directive",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),
+    "Task": frozenset(
+        {
+            "unknown",
+            "proposal",
+            "plan",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),
+}
+
+
+@lru_cache(maxsize=64)
+def model_class(resource_type: str) -> type[BaseModel]:
+    if resource_type not in SUPPORTED_TYPES:
+        raise ValidationFailed(
+            f"resource type {resource_type!r} is not supported by this hub",
+            [Issue(f"unsupported resource type {resource_type!r}", "resourceType")],
+        )
+    module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+    cls: type[BaseModel] = getattr(module, resource_type)
+    return cls
+
+
+def fhirpath(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    """pydantic error location → FHIRPath-like expression (``ServiceRequest.identifier[0].value``)."""
+    out = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("__root__",):
+            out += f".{part}"
+    return out
+
+
+def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
+    """Validate a resource; return its type. Raises ValidationFailed listing every issue."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        raise ValidationFailed("resourceType is missing", [Issue("resourceType is missing", "resourceType")])
+    if expected_type is not None and rtype != expected_type:
+        raise ValidationFailed(
+            f"expected a {expected_type}, got a {rtype}",
+            [Issue(f"expected resourceType {expected_type}", "resourceType")],
+        )
+    cls = model_class(rtype)
+    issues: list[Issue] = []
+    try:
+        cls.model_validate(resource)
+    except PydanticValidationError as exc:
+        for err in exc.errors():
+            issues.append(Issue(f"{err['msg']}", fhirpath(rtype, tuple(err["loc"]))))
+    statuses = STATUS_CODES.get(rtype)
+    if statuses is not None and "status" in resource and resource["status"] not in statuses:
+        issues.append(Issue(f"status {resource['status']!r} is not in the R4 value set", f"{rtype}.status"))
+    intents = INTENT_CODES.get(rtype)
+    if intents is not None and "intent" in resource and resource["intent"] not in intents:
+        issues.append(Issue(f"intent {resource['intent']!r} is not in the R4 value set", f"{rtype}.intent"))
+    if issues:
+        raise ValidationFailed(f"{rtype} is not valid FHIR R4 ({len(issues)} issue(s))", issues)
+    return rtype

@@ -1,0 +1,185 @@
+"""All queries on the order's journey tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session
+
+from hub.db.models import (
+    CoiSequence,
+    CustodyHandoff,
+    IdentityVerification,
+    OrderHold,
+    OrderParticipant,
+    QcResult,
+    StageTransition,
+    TherapyOrder,
+    table_of,
+)
+from hub.errors import NotFound
+
+_BY_PLACER = select(TherapyOrder.id).where(
+    TherapyOrder.ordering_partner == bindparam("p"), TherapyOrder.placer_number == bindparam("n")
+)
+_COI = table_of(CoiSequence)
+_TAKE_COI = (
+    _COI.update()
+    .where(_COI.c.fin == bindparam("f"), _COI.c.year == bindparam("y"))
+    .values(next_value=_COI.c.next_value + 1)
+    .returning(_COI.c.next_value)
+)
+
+
+class OrderRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @classmethod
+    def from_session(cls, session: Session) -> OrderRepository:
+        return cls(session)
+
+    # ------------------------------------------------------------------ orders
+    def get(self, order_id: str, *, for_update: bool = False) -> TherapyOrder:
+        stmt = select(TherapyOrder).where(TherapyOrder.id == order_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        order = self.session.execute(stmt).scalar_one_or_none()
+        if order is None:
+            raise NotFound(f"therapy order {order_id} is not known")
+        return order
+
+    def find(self, key: str) -> TherapyOrder | None:
+        """By id, or by CoI (data content, barcode or eye-readable form)."""
+        normal = key.strip().upper().replace(" ", "").removeprefix("&/")
+        return self.session.execute(
+            select(TherapyOrder).where(
+                (TherapyOrder.id == key) | (TherapyOrder.coi == normal) | (TherapyOrder.coi == normal[:15])
+            )
+        ).scalar_one_or_none()
+
+    def by_placer(self, partner: str, placer_number: str) -> str | None:
+        """The id of the order this partner placed under this number, if any."""
+        return self.session.execute(_BY_PLACER, {"p": partner, "n": placer_number}).scalar_one_or_none()
+
+    def add(self, order: TherapyOrder) -> None:
+        """Insert a new order (Core insert: the object stays transient, used only to build views)."""
+        table = table_of(TherapyOrder)
+        self.session.execute(table.insert(), [{c.name: getattr(order, c.name) for c in table.columns}])
+
+    def participants(self, order_id: str) -> list[tuple[str, str]]:
+        rows = self.session.execute(
+            select(OrderParticipant.partner_id, OrderParticipant.role).where(OrderParticipant.order_id == order_id)
+        )
+        return [(r.partner_id, r.role) for r in rows]
+
+    def add_participants(self, order_id: str, pairs: set[tuple[str, str]]) -> None:
+        self.session.execute(
+            table_of(OrderParticipant).insert(),
+            [{"order_id": order_id, "partner_id": p, "role": r} for p, r in sorted(pairs)],
+        )
+
+    def order_ids_for_partner(self, partner_id: str) -> list[str]:
+        return list(
+            self.session.scalars(
+                select(OrderParticipant.order_id).where(OrderParticipant.partner_id == partner_id).distinct()
+            )
+        )
+
+    def next_coi_number(self, fin: str, year: str) -> int:
+        """Take the next sequence number (one UPDATE … RETURNING; the row lock lasts to commit)."""
+        number = self.session.execute(_TAKE_COI, {"f": fin, "y": year}).scalar_one_or_none()
+        if number is None:
+            self.session.execute(table_of(CoiSequence).insert(), [{"fin": fin, "year": year, "next_value": 2}])
+            return 1
+        return int(number) - 1
+
+    # ------------------------------------------------------------------ journey
+    def add_transition(self, **values: Any) -> None:
+        self.session.execute(table_of(StageTransition).insert(), [values])
+
+    def transitions(self, order_id: str) -> list[StageTransition]:
+        return list(
+            self.session.scalars(
+                select(StageTransition).where(StageTransition.order_id == order_id).order_by(StageTransition.seq)
+            )
+        )
+
+    def add_hold(self, hold: OrderHold) -> None:
+        self.session.add(hold)
+        self.session.flush()
+
+    def hold(self, hold_id: str, order_id: str) -> OrderHold:
+        hold = self.session.execute(
+            select(OrderHold).where(OrderHold.id == hold_id, OrderHold.order_id == order_id).with_for_update()
+        ).scalar_one_or_none()
+        if hold is None:
+            raise NotFound(f"hold {hold_id} is not on order {order_id}")
+        return hold
+
+    def holds(self, order_id: str) -> list[OrderHold]:
+        return list(
+            self.session.scalars(select(OrderHold).where(OrderHold.order_id == order_id).order_by(OrderHold.opened_at))
+        )
+
+    def open_holds(self, order_id: str) -> list[OrderHold]:
+        return [h for h in self.holds(order_id) if h.released_at is None]
+
+    # ------------------------------------------------------------------ identity and custody
+    def add_verification(self, **values: Any) -> None:
+        self.session.execute(table_of(IdentityVerification).insert(), [values])
+
+    def matched_since(self, order_id: str, checkpoint: str, after_seq: int) -> list[IdentityVerification]:
+        return list(
+            self.session.scalars(
+                select(IdentityVerification).where(
+                    IdentityVerification.order_id == order_id,
+                    IdentityVerification.checkpoint == checkpoint,
+                    IdentityVerification.result == "match",
+                    IdentityVerification.seq > after_seq,
+                )
+            )
+        )
+
+    def verifications(self, order_id: str) -> list[IdentityVerification]:
+        return list(
+            self.session.scalars(
+                select(IdentityVerification)
+                .where(IdentityVerification.order_id == order_id)
+                .order_by(IdentityVerification.seq)
+            )
+        )
+
+    def add_handoff(self, **values: Any) -> None:
+        self.session.execute(table_of(CustodyHandoff).insert(), [values])
+
+    def handoffs(self, order_id: str) -> list[CustodyHandoff]:
+        return list(
+            self.session.scalars(
+                select(CustodyHandoff).where(CustodyHandoff.order_id == order_id).order_by(CustodyHandoff.seq)
+            )
+        )
+
+    # ------------------------------------------------------------------ results
+    def supersede_results(self, order_id: str, test_code: str) -> None:
+        self.session.execute(
+            update(QcResult)
+            .where(QcResult.order_id == order_id, QcResult.test_code == test_code, QcResult.superseded.is_(False))
+            .values(superseded=True)
+        )
+
+    def add_result(self, **values: Any) -> None:
+        self.session.execute(table_of(QcResult).insert(), [values])
+
+    def current_results(self, order_id: str) -> list[QcResult]:
+        return list(
+            self.session.scalars(
+                select(QcResult)
+                .where(QcResult.order_id == order_id, QcResult.superseded.is_(False))
+                .order_by(QcResult.test_code)
+            )
+        )
+
+    def count_orders(self) -> int:
+        return int(self.session.execute(select(func.count()).select_from(TherapyOrder)).scalar_one())

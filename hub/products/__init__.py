@@ -1,0 +1,1 @@
+"""Therapy products as data: stages, checkpoints, clocks, temperature legs, release panels."""
