@@ -1,0 +1,1 @@
+"""HTTP edge: health, metrics, FHIR reads. Routes are thin; the store and services decide."""

@@ -1,0 +1,98 @@
+"""The FastAPI application and its single error handler family."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub import __version__, canonical
+from hub.api import fhir, health
+from hub.api.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from hub.api.outcomes import operation_outcome, outcome_for, problem_for
+from hub.context import HubContext
+from hub.errors import HubError, Issue
+
+log = logging.getLogger("hub.http")
+
+
+def _is_fhir(request: Request) -> bool:
+    return request.url.path.startswith("/fhir")
+
+
+def _render(request: Request, error: HubError) -> Response:
+    headers = {"Retry-After": "5"} if error.retryable else None
+    if _is_fhir(request):
+        return Response(
+            canonical.dumpb(outcome_for(error)), status_code=error.status, media_type=fhir.FHIR_JSON, headers=headers
+        )
+    return JSONResponse(
+        problem_for(error), status_code=error.status, media_type="application/problem+json", headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HubError)
+    async def _hub_error(request: Request, exc: HubError) -> Response:
+        return _render(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError) -> Response:
+        issues = [Issue(str(e.get("msg")), ".".join(str(p) for p in e.get("loc", ()))) for e in exc.errors()]
+        error = HubError("malformed request", issues, status=422, fhir_code="structure", hl7_code="100")
+        return _render(request, error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden"}.get(
+            exc.status_code, "processing"
+        )
+        if _is_fhir(request):
+            body = operation_outcome([Issue(str(exc.detail))], code)
+            return Response(canonical.dumpb(body), status_code=exc.status_code, media_type=fhir.FHIR_JSON)
+        return JSONResponse(
+            {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+            media_type="application/problem+json",
+        )
+
+
+def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if runtime is not None:
+                await runtime.stop()
+
+    app = FastAPI(title="CGT Hub", version=__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.runtime = runtime
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - started
+        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, template).observe(elapsed)
+        # Route template only: paths and query strings can carry identifiers.
+        log.info("%s %s -> %d in %.1f ms", request.method, template, response.status_code, elapsed * 1000)
+        return response
+
+    app.include_router(health.router)
+    app.include_router(fhir.router)
+    return app

@@ -1,0 +1,35 @@
+"""Render domain errors: OperationOutcome for FHIR routes, problem JSON (RFC 9457) elsewhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.errors import HubError, Issue
+
+
+def operation_outcome(issues: list[Issue], code: str, *, severity: str = "error") -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    for issue in issues:
+        entry: dict[str, Any] = {
+            "severity": issue.severity if issue.severity in ("fatal", "error", "warning", "information") else severity,
+            "code": code,
+            "diagnostics": issue.message,
+        }
+        if issue.location:
+            entry["expression"] = [issue.location]
+        out.append(entry)
+    return {"resourceType": "OperationOutcome", "issue": out}
+
+
+def outcome_for(error: HubError) -> dict[str, Any]:
+    return operation_outcome(error.issues, error.fhir_code)
+
+
+def problem_for(error: HubError) -> dict[str, Any]:
+    return {
+        "type": f"https://cgt-hub.org/problems/{error.fhir_code}",
+        "title": type(error).__name__,
+        "status": error.status,
+        "detail": error.message,
+        "issues": [{"message": i.message, "location": i.location} for i in error.issues],
+    }

@@ -1,0 +1,265 @@
+"""`cgt-hub`: the operator's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hub.settings import Settings, get_settings
+
+# Pretty tracebacks with locals could print PHI: plain tracebacks only.
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="CGT Hub: vein-to-vein integration hub.",
+)
+audit_app = typer.Typer(no_args_is_help=True, help="Verify and checkpoint the hash-chained audit trail.")
+partners_app = typer.Typer(no_args_is_help=True, help="Partner profiles.")
+orders_app = typer.Typer(no_args_is_help=True, help="Therapy orders.")
+db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
+users_app = typer.Typer(no_args_is_help=True, help="People who operate and sign.")
+events_app = typer.Typer(no_args_is_help=True, help="Outbox, bus and dead letters.")
+app.add_typer(audit_app, name="audit")
+app.add_typer(partners_app, name="partners")
+app.add_typer(orders_app, name="orders")
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(events_app, name="events")
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+) -> None:
+    """Run the API, the committer, the outbox relay and the bus consumers."""
+    import uvicorn
+
+    from hub.api.app import create_app
+    from hub.runtime import build_runtime
+
+    settings = _settings()
+    _logging(settings)
+    runtime = build_runtime(settings)
+    application = create_app(runtime.ctx, runtime)
+    tls = settings.http_tls
+    kwargs: dict[str, object] = {}
+    if tls.enabled:
+        import ssl
+
+        kwargs = {
+            "ssl_certfile": str(tls.cert_file),
+            "ssl_keyfile": str(tls.key_file) if tls.key_file else None,
+            "ssl_ca_certs": str(tls.ca_file) if tls.ca_file else None,
+            "ssl_cert_reqs": {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}[
+                tls.client_auth
+            ],
+        }
+    uvicorn.run(
+        application,
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@app.command()
+def demo() -> None:
+    """Run one whole journey and one held identity mismatch on the embedded default."""
+    from hub.demo import run_demo
+
+    settings = _settings()
+    logging.basicConfig(level=logging.ERROR)
+    raise typer.Exit(run_demo(settings))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations."""
+    from hub.db.migrate import upgrade
+
+    upgrade(_settings().database_url)
+    typer.echo("database is at the latest revision")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    checkpoint: Annotated[Path | None, typer.Option(help="a checkpoint saved by `audit checkpoint`")] = None,
+) -> None:
+    """Recompute the chain; name the first broken entry and exit 1 if there is one."""
+    from hub.audit.service import load_checkpoint, verify_chain
+    from hub.db.uow import open_store
+
+    store = open_store(_settings().database_url, check=False)
+    try:
+        cp = load_checkpoint(checkpoint) if checkpoint else None
+        result = verify_chain(store, cp)
+    finally:
+        store.dispose()
+    typer.echo(result.describe())
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    out: Annotated[Path | None, typer.Option(help="also write the checkpoint to this file")] = None,
+) -> None:
+    """Print the chain's size and head hash (export it somewhere the database cannot reach)."""
+    from datetime import UTC, datetime
+
+    from hub.audit.service import take_checkpoint
+    from hub.db.uow import open_store
+
+    store = open_store(_settings().database_url, check=False)
+    try:
+        cp = take_checkpoint(store)
+    finally:
+        store.dispose()
+    doc = {**cp.as_dict(), "taken_at": datetime.now(UTC).isoformat()}
+    text = json.dumps(doc)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+    typer.echo(text)
+
+
+@partners_app.command("check")
+def partners_check(
+    directory: Annotated[Path | None, typer.Argument(help="profiles directory")] = None,
+) -> None:
+    """Validate every partner profile against the schema; errors name file and line."""
+    from adapters.registry import ADAPTERS, channel_schemas
+    from hub.partners.loader import load_directory
+
+    directory = directory or _settings().profiles_dir
+    partners, errors = load_directory(directory, channel_schemas())
+    for error in errors:
+        typer.echo(str(error), err=True)
+    for profile in partners.profiles.values():
+        pending = sorted({c.adapter for c in profile.channels if ADAPTERS[c.adapter].module is None})
+        note = f"  (adapters not built yet: {', '.join(pending)})" if pending else ""
+        typer.echo(f"ok  {profile.id:<28} {profile.kind.value:<20} tier {int(profile.tier)}{note}")
+    if errors:
+        typer.echo(f"{len(errors)} error(s)", err=True)
+        raise typer.Exit(1)
+
+
+@orders_app.command("show")
+def orders_show(key: Annotated[str, typer.Argument(help="order id or CoI (barcode, eye-readable or data)")]) -> None:
+    """The order's journey as a timeline."""
+    from hub.db.uow import open_store
+    from hub.orders import timeline
+
+    store = open_store(_settings().database_url, check=False)
+    try:
+        tl = store.read(lambda s: timeline.build(s, key))
+    finally:
+        store.dispose()
+    if tl is None:
+        typer.echo(f"no order with id or CoI {key!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(timeline.render(tl, color=sys.stdout.isatty()))
+
+
+@orders_app.command("list")
+def orders_list(limit: int = 20) -> None:
+    """The most recent orders."""
+    from sqlalchemy import select
+
+    from hub.db.models import TherapyOrder
+    from hub.db.uow import open_store
+
+    store = open_store(_settings().database_url, check=False)
+    try:
+        rows = store.read(
+            lambda s: list(s.scalars(select(TherapyOrder).order_by(TherapyOrder.created_at.desc()).limit(limit)))
+        )
+    finally:
+        store.dispose()
+    for o in rows:
+        typer.echo(f"{o.created_at:%Y-%m-%d %H:%M}  {o.coi}  {o.product_code:<12} {o.stage:<26} {o.status:<9} {o.id}")
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    name: Annotated[str, typer.Option(help="printed name shown on signatures")],
+    role: Annotated[list[str], typer.Option(help="operator, qa or admin (repeatable)")],
+) -> None:
+    """Add a person who can sign. The password is read from CGTHUB_NEW_USER_PASSWORD or prompted."""
+    from hub.db.uow import open_store
+    from hub.signatures.service import add_user
+
+    password = os.environ.get("CGTHUB_NEW_USER_PASSWORD") or typer.prompt(
+        "password", hide_input=True, confirmation_prompt=True
+    )
+    store = open_store(_settings().database_url)
+    try:
+        store.run(lambda w: add_user(w, username, name, set(role), password), actor="cli")
+    finally:
+        store.dispose()
+    typer.echo(f"user {username} added")
+
+
+@events_app.command("drain")
+def events_drain() -> None:
+    """Publish every pending outbox event through the configured bus, then stop."""
+    from hub.runtime import build_runtime
+
+    settings = _settings()
+    _logging(settings)
+
+    async def go() -> int:
+        runtime = build_runtime(settings)
+        await runtime.start(run_relay=False)
+        try:
+            return await runtime.relay.drain()
+        finally:
+            await runtime.stop()
+            runtime.ctx.store.dispose()
+
+    typer.echo(f"published {asyncio.run(go())} events")
+
+
+@events_app.command("dead")
+def events_dead() -> None:
+    """List dead-lettered events (not yet replayed)."""
+    from sqlalchemy import select
+
+    from hub.db.models import DeadLetter
+    from hub.db.uow import open_store
+
+    store = open_store(_settings().database_url, check=False)
+    try:
+        rows = store.read(lambda s: list(s.scalars(select(DeadLetter).where(DeadLetter.replayed_at.is_(None)))))
+    finally:
+        store.dispose()
+    for d in rows:
+        typer.echo(f"{d.dead_at:%Y-%m-%d %H:%M}  {d.consumer:<16} {d.event_type:<24} {d.event_id}  {d.last_error}")
+    if not rows:
+        typer.echo("no dead letters")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

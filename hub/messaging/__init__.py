@@ -1,0 +1,1 @@
+"""Inbox (inbound, stored before interpretation), outbox relay, the bus, and idempotent consumers."""

@@ -1,0 +1,221 @@
+"""RabbitMQ bus (``CGTHUB_BUS_URL=amqp://…``) with aio-pika.
+
+Topology (names start with ``CGTHUB_BUS_PREFIX``, default ``cgthub``): one durable topic exchange
+``cgthub.events``; per consumer and partition a durable quorum queue ``cgthub.<consumer>.p<k>`` with
+single-active-consumer (one process at a time consumes a partition, in order: per-order ordering)
+and a delivery limit with a dead-letter exchange as the broker-side safety net. Routing key
+``p<k>.<event type>``; bindings ``p<k>.<pattern>``.
+
+Publishing waits for the broker's confirm with ``mandatory=True``; a publish that is not confirmed
+raises and the outbox row stays unpublished.
+
+Reconnection is ours, not aio-pika's robust connection: measured here, after a broker restart the
+robust channel kept raising ``ChannelInvalidStateError`` and consumer iterators died. So the
+publisher reconnects (and re-declares the topology) on the next publish after a failure, and each
+consumer task is supervised: when its channel dies it reconnects with backoff. Publisher and
+consumers use separate connections, so a slow consumer never throttles publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+
+from hub.events import Envelope
+from hub.messaging.consumers import Consumer, ConsumerRunner
+
+log = logging.getLogger(__name__)
+
+
+class AmqpBus:
+    def __init__(
+        self,
+        url: str,
+        runner: ConsumerRunner,
+        *,
+        partitions: int = 4,
+        consume: bool = True,
+        prefetch: int = 64,
+        connect_timeout_s: float = 30.0,
+        prefix: str = "cgthub",
+    ) -> None:
+        self.url = url
+        self.runner = runner
+        self.partitions = partitions
+        self.consume = consume
+        self.prefetch = prefetch
+        self.connect_timeout_s = connect_timeout_s
+        self.prefix = prefix
+        self.exchange_name = f"{prefix}.events"
+        self.dead_name = f"{prefix}.dead"
+        self._pub_conn: AbstractConnection | None = None
+        self._pub: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._pub_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # ------------------------------------------------------------------ connections
+    async def _connect(self) -> AbstractConnection:
+        deadline = asyncio.get_running_loop().time() + self.connect_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                return await aio_pika.connect(self.url, timeout=10)
+            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ConnectionError(f"RabbitMQ unreachable: {type(exc).__name__}") from exc
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    def queue_args(self, max_attempts: int) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-single-active-consumer": True,
+            "x-delivery-limit": max_attempts * 4,
+            "x-dead-letter-exchange": self.dead_name,
+        }
+
+    def queue_name(self, consumer: Consumer, partition: int) -> str:
+        return f"{self.prefix}.{consumer.name}.p{partition}"
+
+    async def _declare(self, channel: AbstractChannel) -> AbstractExchange:
+        exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        dead = await channel.declare_exchange(self.dead_name, aio_pika.ExchangeType.FANOUT, durable=True)
+        dq = await channel.declare_queue(self.dead_name, durable=True, arguments={"x-queue-type": "quorum"})
+        await dq.bind(dead)
+        # Every consumer's queues exist even in a publish-only process: a published event must
+        # always have somewhere to go.
+        for consumer in self.runner.consumers:
+            for k in range(self.partitions):
+                q = await channel.declare_queue(
+                    self.queue_name(consumer, k), durable=True, arguments=self.queue_args(self.runner.max_attempts)
+                )
+                for pattern in consumer.patterns:
+                    await q.bind(exchange, routing_key=f"p{k}.{pattern}")
+        return exchange
+
+    async def _ensure_publisher(self) -> AbstractExchange:
+        async with self._pub_lock:
+            healthy = (
+                self._pub_conn is not None
+                and not self._pub_conn.is_closed
+                and self._pub is not None
+                and not self._pub.is_closed
+                and self._exchange is not None
+            )
+            if not healthy:
+                await self._drop_publisher()
+                self._pub_conn = await self._connect()
+                self._pub = await self._pub_conn.channel(publisher_confirms=True)
+                self._exchange = await self._declare(self._pub)
+            assert self._exchange is not None
+            return self._exchange
+
+    async def _drop_publisher(self) -> None:
+        if self._pub_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pub_conn.close()
+        self._pub_conn, self._pub, self._exchange = None, None, None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self._ensure_publisher()
+        if self.consume:
+            for consumer in self.runner.consumers:
+                for k in range(self.partitions):
+                    self._tasks.append(asyncio.create_task(self._supervise(consumer, k)))
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks.clear()
+        await self._drop_publisher()
+
+    async def ping(self) -> bool:
+        return self._pub_conn is not None and not self._pub_conn.is_closed
+
+    # ------------------------------------------------------------------ publish
+    async def publish(self, envelope: Envelope) -> None:
+        exchange = await self._ensure_publisher()
+        try:
+            await exchange.publish(
+                aio_pika.Message(
+                    body=envelope.model_dump_json().encode(),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=envelope.event_id,
+                    type=envelope.type,
+                    headers={"aggregate_id": envelope.aggregate_id},
+                ),
+                routing_key=envelope.routing_key(),
+                mandatory=True,
+                timeout=10,
+            )
+        except Exception:
+            async with self._pub_lock:
+                await self._drop_publisher()
+            raise
+
+    # ------------------------------------------------------------------ consume
+    async def _supervise(self, consumer: Consumer, partition: int) -> None:
+        delay = 0.2
+        while not self._closing:
+            conn: AbstractConnection | None = None
+            try:
+                conn = await self._connect()
+                channel = await conn.channel()
+                await channel.set_qos(prefetch_count=self.prefetch)
+                queue = await channel.declare_queue(
+                    self.queue_name(consumer, partition),
+                    durable=True,
+                    arguments=self.queue_args(self.runner.max_attempts),
+                )
+                delay = 0.2
+                async with queue.iterator() as messages:
+                    async for message in messages:
+                        await self._handle(consumer, message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._closing:
+                    log.warning(
+                        "consumer %s.p%d lost its channel (%s); reconnecting",
+                        consumer.name,
+                        partition,
+                        type(exc).__name__,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(10.0, delay * 2)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def _handle(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
+        try:
+            envelope = Envelope.model_validate_json(message.body)
+        except Exception:
+            log.error("unreadable message %s on %s; dead-lettering", message.message_id, consumer.name)
+            await message.reject(requeue=False)
+            return
+        try:
+            await self.runner.process(consumer, envelope)
+        except Exception as exc:
+            # The store is down even for the dead letter: hand it back to the broker to redeliver.
+            log.warning(
+                "consumer %s could not finish event %s: %s", consumer.name, envelope.event_id, type(exc).__name__
+            )
+            await message.nack(requeue=True)
+            await asyncio.sleep(1.0)
+            return
+        await message.ack()

@@ -1,0 +1,111 @@
+"""Idempotent consumers with retry, backoff and dead-lettering, independent of the bus.
+
+A consumer's handler runs inside a unit of work together with the insertion of
+``(consumer, event_id)`` into ``consumer_handled``: the effect and the record that it happened
+commit together, so a redelivered event is skipped. A handler that keeps failing is retried with
+capped exponential backoff and, after ``max_attempts``, recorded in ``dead_letter`` (operators can
+replay it) and acknowledged, so one poison event does not block its partition forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+
+from hub.db.models import ConsumerHandled, DeadLetter
+from hub.db.uow import Store, Work
+from hub.events import Envelope
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Work, Envelope], None]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    name: str
+    patterns: tuple[str, ...]
+    handle: Handler
+
+
+@dataclass
+class ConsumerRunner:
+    store: Store
+    consumers: list[Consumer]
+    max_attempts: int = 5
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1))))
+
+    async def process(self, consumer: Consumer, envelope: Envelope) -> str:
+        """Handle one delivery: 'handled', 'duplicate' or 'dead'. Raises only if the store is down
+        while recording a dead letter (then the bus must redeliver)."""
+        last_error = ""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return await self.store.run_async(_job(consumer, envelope), actor=f"consumer:{consumer.name}")
+            except Exception as exc:
+                last_error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                log.warning(
+                    "consumer %s failed on event %s (%s), attempt %d/%d: %s",
+                    consumer.name,
+                    envelope.event_id,
+                    envelope.type,
+                    attempt,
+                    self.max_attempts,
+                    type(exc).__name__,
+                )
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(self.backoff(attempt))
+        await self.store.run_async(_dead_letter_job(consumer, envelope, self.max_attempts, last_error))
+        log.error("event %s dead-lettered for consumer %s", envelope.event_id, consumer.name)
+        return "dead"
+
+
+def _job(consumer: Consumer, envelope: Envelope) -> Callable[[Work], str]:
+    def job(work: Work) -> str:
+        seen = work.session.execute(
+            select(ConsumerHandled.event_id).where(
+                ConsumerHandled.consumer == consumer.name, ConsumerHandled.event_id == envelope.event_id
+            )
+        ).first()
+        if seen is not None:
+            return "duplicate"
+        consumer.handle(work, envelope)
+        work.session.execute(
+            insert(ConsumerHandled).values(consumer=consumer.name, event_id=envelope.event_id, handled_at=work.now)
+        )
+        return "handled"
+
+    return job
+
+
+def _dead_letter_job(consumer: Consumer, envelope: Envelope, attempts: int, error: str) -> Callable[[Work], str]:
+    def job(work: Work) -> str:
+        exists = work.session.execute(
+            select(DeadLetter.id).where(DeadLetter.consumer == consumer.name, DeadLetter.event_id == envelope.event_id)
+        ).first()
+        if exists is None:
+            work.session.execute(
+                insert(DeadLetter).values(
+                    id=str(uuid.uuid4()),
+                    consumer=consumer.name,
+                    event_id=envelope.event_id,
+                    event_type=envelope.type,
+                    payload=envelope.model_dump_json(),
+                    attempts=attempts,
+                    last_error=error,
+                    dead_at=work.now,
+                    replayed_at=None,
+                )
+            )
+        return "dead"
+
+    return job

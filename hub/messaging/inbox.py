@@ -1,0 +1,155 @@
+"""Store every inbound message raw before interpreting it, and answer a repeat exactly as before.
+
+``receive`` runs inside the edge's unit of work. The raw bytes are inserted first; the adapter's
+``interpret`` runs in a nested savepoint, so when it is refused or crashes its writes vanish while
+the message itself, its status and the answer given are still committed. A duplicate (same partner,
+channel and external id with the same content hash) gets the stored answer and changes nothing; the
+same external id with different content is stored under a derived id and answered as a conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hub import canonical
+from hub.db.models import InboxMessage
+from hub.db.uow import Work
+from hub.errors import HubError
+
+log = logging.getLogger(__name__)
+
+
+class InboxStatus(StrEnum):
+    received = "received"
+    handled = "handled"
+    ignored = "ignored"  # understood, deliberately not acted on (acknowledged so the sender stops)
+    rejected = "rejected"  # refused with a reason (partner's mistake or a guard)
+    failed = "failed"  # our fault: kept for replay
+    conflict = "conflict"  # external id reused with different content
+    quarantined = "quarantined"  # set aside by an operator
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    status: InboxStatus
+    response: bytes | None = None
+    order_id: str | None = None
+    message_type: str | None = None
+
+
+@dataclass(frozen=True)
+class InboxOutcome:
+    message_id: str
+    status: InboxStatus
+    response: bytes | None
+    duplicate: bool = False
+    error: HubError | None = None
+
+
+Interpret = Callable[[Work, str], Interpretation]
+RenderError = Callable[[HubError | None, Exception], bytes | None]
+
+
+def receive(
+    work: Work,
+    *,
+    partner: str,
+    channel: str,
+    external_id: str,
+    raw: bytes,
+    interpret: Interpret,
+    render_error: RenderError,
+    render_conflict: Callable[[InboxMessage], bytes | None] | None = None,
+    message_type: str | None = None,
+) -> InboxOutcome:
+    digest = canonical.sha256_hex(raw)
+    session = work.session
+    existing = _find(session, partner, channel, external_id)
+    if existing is not None:
+        if existing.content_hash == digest:
+            return InboxOutcome(existing.id, InboxStatus(existing.status), existing.response, duplicate=True)
+        conflict_id = f"{external_id}#conflict:{digest[:16]}"
+        again = _find(session, partner, channel, conflict_id)
+        if again is not None:
+            return InboxOutcome(again.id, InboxStatus(again.status), again.response, duplicate=True)
+        row = _insert(work, partner, channel, conflict_id, digest, raw, message_type, InboxStatus.conflict)
+        row.error = f"external id {external_id} was already used for different content (message {existing.id})"
+        row.response = render_conflict(existing) if render_conflict else None
+        row.handled_at = work.now
+        session.flush()
+        return InboxOutcome(row.id, InboxStatus.conflict, row.response)
+
+    row = _insert(work, partner, channel, external_id, digest, raw, message_type, InboxStatus.received)
+    error: HubError | None = None
+    try:
+        with work.attempt():
+            result = interpret(work, row.id)
+        status, response = result.status, result.response
+        row.order_id = result.order_id
+        row.message_type = result.message_type or row.message_type
+    except HubError as exc:
+        error = exc
+        status, response = InboxStatus.rejected, render_error(exc, exc)
+        row.error = exc.message[:2000]
+    except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
+        log.exception("inbox message %s from %s/%s failed: %s", row.id, partner, channel, type(exc).__name__)
+        status, response = InboxStatus.failed, render_error(None, exc)
+        row.error = f"internal error: {type(exc).__name__}"
+    row.status = status.value
+    row.response = response
+    row.handled_at = work.now
+    session.flush()
+    return InboxOutcome(row.id, status, response, error=error)
+
+
+def _find(session: Session, partner: str, channel: str, external_id: str) -> InboxMessage | None:
+    return session.execute(
+        select(InboxMessage).where(
+            InboxMessage.partner == partner, InboxMessage.channel == channel, InboxMessage.external_id == external_id
+        )
+    ).scalar_one_or_none()
+
+
+def _insert(
+    work: Work,
+    partner: str,
+    channel: str,
+    external_id: str,
+    digest: str,
+    raw: bytes,
+    message_type: str | None,
+    status: InboxStatus,
+) -> InboxMessage:
+    row = InboxMessage(
+        id=str(uuid.uuid4()),
+        partner=partner,
+        channel=channel,
+        external_id=external_id[:255],
+        content_hash=digest,
+        raw=raw,
+        message_type=message_type,
+        received_at=work.now,
+        status=status.value,
+    )
+    work.session.add(row)
+    work.session.flush()
+    return row
+
+
+def set_status(work: Work, message_id: str, status: InboxStatus, reason: str) -> None:
+    """Operator actions (quarantine, replay bookkeeping); audited."""
+    row = work.session.get(InboxMessage, message_id)
+    if row is None:
+        from hub.errors import NotFound
+
+        raise NotFound(f"inbox message {message_id} is not known")
+    old = row.status
+    work.session.execute(update(InboxMessage).where(InboxMessage.id == message_id).values(status=status.value))
+    work.audit("update", "InboxMessage", message_id, old={"status": old}, new={"status": status.value}, reason=reason)

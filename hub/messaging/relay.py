@@ -1,0 +1,162 @@
+"""The outbox relay: publishes committed events in commit order and marks them published.
+
+Only one relay per database publishes at a time (a lease row, renewed while it works), so events
+of one order leave in the order they were written. A publish that is not confirmed stays
+unpublished and is retried; consumers are idempotent, so a publish confirmed but not yet marked
+(a crash in between) is harmless when it is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hub import canonical
+from hub.db.models import Lease, OutboxEvent
+from hub.db.uow import Store, Work
+from hub.events import Envelope
+from hub.messaging.bus import Bus
+
+log = logging.getLogger(__name__)
+LEASE_NAME = "outbox-relay"
+
+
+class OutboxRelay:
+    def __init__(
+        self, store: Store, bus: Bus, *, batch: int = 500, poll_s: float = 0.05, lease_s: float = 15.0
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.batch = batch
+        self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self.published = 0
+
+    async def acquire_lease(self) -> bool:
+        holder, lease_s = self.holder, self.lease_s
+
+        def job(work: Work) -> bool:
+            row = work.session.execute(
+                select(Lease).where(Lease.name == LEASE_NAME).with_for_update()
+            ).scalar_one_or_none()
+            expires = work.now + timedelta(seconds=lease_s)
+            if row is None:
+                work.session.add(Lease(name=LEASE_NAME, holder=holder, expires_at=expires))
+                return True
+            if row.holder == holder or row.expires_at < work.now:
+                row.holder, row.expires_at = holder, expires
+                return True
+            return False
+
+        return await self.store.run_async(job, actor="relay")
+
+    async def release_lease(self) -> None:
+        holder = self.holder
+
+        def job(work: Work) -> None:
+            row = work.session.get(Lease, LEASE_NAME)
+            if row is not None and row.holder == holder:
+                work.session.delete(row)
+
+        await self.store.run_async(job, actor="relay")
+
+    def _pending(self) -> list[Envelope]:
+        def read(session: Session) -> list[Envelope]:
+            rows = session.execute(
+                select(OutboxEvent).where(OutboxEvent.published_at.is_(None)).order_by(OutboxEvent.id).limit(self.batch)
+            ).scalars()
+            return [
+                Envelope(
+                    event_id=r.event_id,
+                    type=r.event_type,
+                    aggregate_id=r.aggregate_id,
+                    partition=r.partition,
+                    occurred_at=r.occurred_at,
+                    data=canonical.loads(r.payload),
+                )
+                for r in rows
+            ]
+
+        return self.store.read(read)
+
+    async def drain_once(self) -> int:
+        """Publish up to one batch. Returns how many were confirmed and marked."""
+        pending = await asyncio.to_thread(self._pending)
+        if not pending:
+            return 0
+        confirmed: list[str] = []
+        try:
+            for envelope in pending:
+                await self.bus.publish(envelope)
+                confirmed.append(envelope.event_id)
+        except Exception as exc:
+            log.warning(
+                "relay: publish failed after %d of %d events: %s", len(confirmed), len(pending), type(exc).__name__
+            )
+        if confirmed:
+            ids = list(confirmed)
+
+            def mark(work: Work) -> None:
+                work.session.execute(
+                    update(OutboxEvent).where(OutboxEvent.event_id.in_(ids)).values(published_at=work.now)
+                )
+
+            await self.store.run_async(mark, actor="relay")
+            self.published += len(confirmed)
+        if len(confirmed) < len(pending):
+            raise RelayStalled(f"{len(pending) - len(confirmed)} events not confirmed")
+        return len(confirmed)
+
+    async def drain(self, *, timeout_s: float = 60.0) -> int:
+        """Publish until the outbox is empty (demo, tests, CLI)."""
+        total = 0
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                n = await self.drain_once()
+            except RelayStalled:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
+            total += n
+            if n == 0:
+                return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = self.poll_s
+        while not stop.is_set():
+            try:
+                if not await self.acquire_lease():
+                    await _wait(stop, self.lease_s / 3)
+                    continue
+                n = await self.drain_once()
+                backoff = self.poll_s
+                if n == 0:
+                    await _wait(stop, self.poll_s)
+            except Exception as exc:
+                log.warning("relay: %s; retrying in %.1fs", type(exc).__name__, backoff)
+                await _wait(stop, backoff)
+                backoff = min(10.0, backoff * 2)
+        try:
+            await self.release_lease()
+        except Exception:
+            log.warning("relay: could not release its lease (it will expire)")
+
+
+class RelayStalled(RuntimeError):
+    pass
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return
