@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hub.api.app import create_app
+from hub.context import HubContext
+from hub.db.uow import Store
+from hub.partners.loader import PartnerDirectory
+from hub.settings import Settings
+from tests.builders import Driver
+
+TOKEN = "test-operator-token-0123456789abcdef"
+
+
+@pytest.fixture
+def client(store: Store, partners: PartnerDirectory, db_url: str) -> Iterator[TestClient]:
+    settings = Settings(database_url=db_url, operator_token=TOKEN)  # type: ignore[arg-type]
+    app = create_app(HubContext(settings, store, partners))
+    with TestClient(app) as c:
+        yield c
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_health_ready_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+    metrics = client.get("/metrics")
+    assert "cgthub_outbox_pending" in metrics.text
+    assert "cgthub_http_requests_total" in metrics.text
+
+
+def test_capability_statement_states_what_exists(client: TestClient) -> None:
+    cs = client.get("/fhir/metadata")
+    assert cs.headers["content-type"].startswith("application/fhir+json")
+    body = cs.json()
+    assert body["fhirVersion"] == "4.0.1"
+    sr = next(r for r in body["rest"][0]["resource"] if r["type"] == "ServiceRequest")
+    assert {i["code"] for i in sr["interaction"]} == {"read", "vread", "history-instance", "search-type"}
+    assert "create" not in str(body)
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    CapabilityStatement.model_validate(body)
+
+
+def test_read_an_order_and_its_tasks(client: TestClient, store: Store, partners: PartnerDirectory) -> None:
+    d = Driver.place(store, partners)
+    d.walk_to("collected")
+    r = client.get(f"/fhir/ServiceRequest/{d.order.id}", headers=auth())
+    assert r.status_code == 200
+    assert r.headers["etag"] == 'W/"1"'
+    assert "last-modified" in r.headers
+    assert r.json()["subject"]["reference"].startswith("Patient/")
+    tasks = client.get("/fhir/Task", params={"based-on": f"ServiceRequest/{d.order.id}", "_count": 50}, headers=auth())
+    statuses = {e["resource"]["code"]["coding"][0]["code"]: e["resource"]["status"] for e in tasks.json()["entry"]}
+    assert statuses["collected"] == "completed"
+    assert statuses["shipped-to-manufacturing"] == "ready"
+    history = client.get(f"/fhir/Task/{d.order.id}-s02/_history", headers=auth()).json()
+    assert history["type"] == "history"
+    assert history["total"] == 3
+    assert client.get(f"/fhir/Task/{d.order.id}-s02/_history/1", headers=auth()).json()["status"] == "requested"
+
+
+def test_errors_are_operation_outcomes(client: TestClient) -> None:
+    unauth = client.get("/fhir/ServiceRequest/x")
+    assert unauth.status_code == 401
+    assert unauth.json()["resourceType"] == "OperationOutcome"
+    missing = client.get("/fhir/ServiceRequest/nope", headers=auth())
+    assert missing.status_code == 404
+    assert missing.json()["issue"][0]["code"] == "not-found"
+    unknown = client.get("/fhir/Banana/1", headers=auth())
+    assert unknown.status_code == 404
+    assert unknown.json()["resourceType"] == "OperationOutcome"
+    bad = client.get("/fhir/ServiceRequest", params={"colour": "red"}, headers=auth())
+    assert bad.status_code == 422
+    assert bad.json()["issue"][0]["expression"] == ["colour"]
+    baddate = client.get("/fhir/ServiceRequest", params={"authored": "ge2026-99"}, headers=auth())
+    assert baddate.status_code == 422
+    notfhir = client.get("/nothing-here")
+    assert notfhir.status_code == 404
+    assert notfhir.headers["content-type"] == "application/problem+json"

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from hub.db.engine import DurabilityError, check_durability, make_engines
+from hub.settings import Environment, ProductionConfigError, Settings
+from tests.conftest import PG_ADMIN, unavailable
+
+
+def test_production_refuses_default_or_empty_secrets() -> None:
+    with pytest.raises(ProductionConfigError, match="CGTHUB_SECRET_KEY"):
+        Settings(env=Environment.production).check_production()
+    with pytest.raises(ProductionConfigError, match="shorter"):
+        Settings(
+            env=Environment.production, secret_key=SecretStr("x" * 10), operator_token=SecretStr("y" * 40)
+        ).check_production()
+    Settings(
+        env=Environment.production, secret_key=SecretStr("x" * 40), operator_token=SecretStr("y" * 40)
+    ).check_production()
+    Settings().check_production()  # development mode may use defaults
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CGTHUB_DATABASE_URL", "postgresql://x@y/z")
+    monkeypatch.setenv("CGTHUB_BUS_URL", "amqp://guest:guest@localhost/")
+    monkeypatch.setenv("CGTHUB_MLLP_TLS__CLIENT_AUTH", "required")
+    s = Settings()
+    assert s.database_url == "postgresql://x@y/z"
+    assert s.bus_url.startswith("amqp://")
+    assert s.mllp_tls.client_auth == "required"
+    assert "x" not in repr(s.secret_key)
+
+
+def test_sqlite_engine_is_durable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    write, _ = make_engines(f"sqlite:///{tmp_path}/x.db")
+    check_durability(write)
+    with write.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+
+
+@pytest.mark.postgres
+def test_postgres_with_synchronous_commit_off_is_refused() -> None:
+    role = f"cgthub_async_{uuid.uuid4().hex[:6]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        unavailable("PostgreSQL", type(exc).__name__)
+        return
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    admin.execute(f"ALTER ROLE {role} SET synchronous_commit = off")
+    try:
+        write, _ = make_engines(f"postgresql://{role}@127.0.0.1:5432/test")
+        with pytest.raises(DurabilityError, match="synchronous_commit=off"):
+            check_durability(write)
+        write.dispose()
+        ok, _ = make_engines("postgresql://postgres@127.0.0.1:5432/test")
+        check_durability(ok)
+        ok.dispose()
+    finally:
+        admin.execute(f"DROP ROLE {role}")
+        admin.close()

@@ -1,0 +1,150 @@
+"""The RabbitMQ bus against the machine's broker: confirms, quorum queues, redelivery, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aio_pika
+import pytest
+from sqlalchemy import func, select
+
+from hub.alerts.tasks import CONSUMERS as ALERTS
+from hub.db.models import Alert, ConsumerHandled, OutboxEvent
+from hub.db.uow import Store
+from hub.events import AlertRaised, EventType
+from hub.messaging.amqp import AmqpBus
+from hub.messaging.consumers import ConsumerRunner
+from hub.messaging.relay import OutboxRelay
+from tests.conftest import unavailable
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+def prefix(amqp_url: str) -> Iterator[str]:
+    name = f"cgthubtest{uuid.uuid4().hex[:8]}"
+    yield name
+
+    async def cleanup() -> None:
+        conn = await aio_pika.connect(amqp_url)
+        ch = await conn.channel()
+        for q in [f"{name}.alerts.p{k}" for k in range(4)] + [f"{name}.dead"]:
+            try:
+                await ch.queue_delete(q)
+            except Exception:
+                ch = await conn.channel()
+        for ex in (f"{name}.events", f"{name}.dead"):
+            try:
+                await ch.exchange_delete(ex)
+            except Exception:
+                ch = await conn.channel()
+        await conn.close()
+
+    asyncio.run(cleanup())
+
+
+def _emit(store: Store, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        order = f"order-{i % 7}"
+        store.run(
+            lambda w, i=i, order=order: w.emit(
+                EventType.ALERT_RAISED,
+                order,
+                AlertRaised(order_id=order, severity="info", kind="test", message=f"m{i}"),
+            )
+        )
+
+
+def _count(store: Store, model: Any, *where: Any) -> int:
+    return store.read(lambda s: s.execute(select(func.count()).select_from(model).where(*where)).scalar_one())
+
+
+async def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(predicate):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_publish_with_confirms_and_consume_exactly_once(store: Store, amqp_url: str, prefix: str) -> None:
+    async def go() -> None:
+        runner = ConsumerRunner(store, [*ALERTS], backoff_base_s=0.01)
+        bus = AmqpBus(amqp_url, runner, partitions=4, prefix=prefix)
+        await bus.start()
+        try:
+            relay = OutboxRelay(store, bus)
+            _emit(store, 50)
+            assert await relay.drain() == 50
+            await _wait_for(lambda: _count(store, Alert) == 50)
+            # A second publish of the same events (a relay crash before marking) is absorbed.
+            rows = await asyncio.to_thread(store.read, lambda s: s.scalars(select(OutboxEvent)).all())
+            from hub import canonical
+            from hub.events import Envelope
+
+            for r in rows[:10]:
+                await bus.publish(
+                    Envelope(
+                        event_id=r.event_id,
+                        type=r.event_type,
+                        aggregate_id=r.aggregate_id,
+                        partition=r.partition,
+                        occurred_at=r.occurred_at,
+                        data=canonical.loads(r.payload),
+                    )
+                )
+            await asyncio.sleep(1.0)
+            assert _count(store, Alert) == 50
+            assert _count(store, ConsumerHandled) == 50
+        finally:
+            await bus.close()
+
+    asyncio.run(go())
+
+
+def _restart_rabbitmq() -> None:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        unavailable("rabbitmqctl", "not installed")
+        return
+    subprocess.run([ctl, "stop_app"], check=True, capture_output=True, timeout=120)
+    time.sleep(1.0)
+    subprocess.run([ctl, "start_app"], check=True, capture_output=True, timeout=120)
+    subprocess.run([ctl, "await_startup"], check=False, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_restart_rabbitmq_while_events_flow(store: Store, amqp_url: str, prefix: str) -> None:
+    """Nothing confirmed is lost, and the outbox drains after the broker comes back."""
+    total = 300
+
+    async def go() -> None:
+        runner = ConsumerRunner(store, [*ALERTS], backoff_base_s=0.05)
+        bus = AmqpBus(amqp_url, runner, partitions=4, prefix=prefix, connect_timeout_s=120)
+        await bus.start()
+        relay = OutboxRelay(store, bus, poll_s=0.01)
+        stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(stop))
+        producer = threading.Thread(target=lambda: _emit(store, total), daemon=True)
+        producer.start()
+        await _wait_for(lambda: _count(store, OutboxEvent, OutboxEvent.published_at.is_not(None)) >= 40)
+        await asyncio.to_thread(_restart_rabbitmq)
+        await asyncio.to_thread(producer.join)
+        await _wait_for(lambda: _count(store, OutboxEvent, OutboxEvent.published_at.is_(None)) == 0, timeout=180)
+        await _wait_for(lambda: _count(store, Alert) == total, timeout=180)
+        stop.set()
+        await relay_task
+        await bus.close()
+
+    asyncio.run(go())
+    assert _count(store, ConsumerHandled) == total
+    messages = store.read(lambda s: sorted(s.scalars(select(Alert.message)).all()))
+    assert messages == sorted(f"m{i}" for i in range(total))
