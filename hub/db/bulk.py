@@ -15,22 +15,35 @@ rows read back exactly as if SQLAlchemy had written them (tests read them throug
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 
-def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, bool):
-        return int(value)
-    return value
+def _sqlite_converter(sample: Any) -> Callable[[Any], Any] | None:
+    """How a column's Python values must be converted for sqlite3 (decided from one row)."""
+    if isinstance(sample, datetime):
+        formatted: dict[datetime, str] = {}
+
+        def to_text(value: Any) -> Any:
+            if value is None:
+                return None
+            text = formatted.get(value)
+            if text is None:
+                if value.tzinfo is None:
+                    raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+                # A job's rows share one clock reading: each instant is formatted once.
+                text = formatted[value] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            return text
+
+        return to_text
+    if isinstance(sample, bool):
+        return lambda value: None if value is None else int(value)
+    return None
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -48,12 +61,20 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         return
     if conn.dialect.name == "sqlite":
         marks = ", ".join("?" for _ in columns)
+        getter = itemgetter(*columns)
+        values: list[Any] = [getter(row) for row in rows] if len(columns) > 1 else [(getter(r),) for r in rows]
+        converters = [(i, f) for i, c in enumerate(columns) if (f := _sqlite_converter(rows[0][c])) is not None]
+        if converters:
+            converted = []
+            for tup in values:
+                items = list(tup)
+                for i, f in converters:
+                    items[i] = f(items[i])
+                converted.append(items)
+            values = converted
         cur = raw.cursor()
         try:
-            cur.executemany(
-                f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})',
-                [tuple(_sqlite_value(row[c]) for c in columns) for row in rows],
-            )
+            cur.executemany(f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', values)
         finally:
             cur.close()
         return

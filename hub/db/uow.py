@@ -164,6 +164,7 @@ class Store:
         self.partitions = partitions
         self.batch_max = batch_max
         self._committer: Committer | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     @property
     def dialect(self) -> str:
@@ -176,6 +177,9 @@ class Store:
         if self._committer is not None:
             self._committer.stop()
             self._committer = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
@@ -211,6 +215,9 @@ class Store:
         if self._committer is None or not self._committer.alive:
             self._committer = Committer(self, self.batch_max)
             self._committer.start()
+            if self.dialect == "sqlite" and self._checkpointer is None:
+                self._checkpointer = WalCheckpointer(self.write_engine)
+                self._checkpointer.start()
         return self._committer
 
     def run_batch(self, jobs: list[tuple[Job[Any], str]]) -> list[Future[Any]]:
@@ -221,6 +228,9 @@ class Store:
         session = self._write_sessions()
         try:
             with session.begin():
+                if self._checkpointer is not None:
+                    # The checkpointer thread copies the WAL into the database off the commit path.
+                    session.connection().exec_driver_sql("PRAGMA wal_autocheckpoint=0")
                 now = utcnow()
                 single = len(jobs) == 1
                 audit: list[PendingAudit] = []
@@ -292,6 +302,46 @@ class _AbortBatch(Exception):
 
 
 _STOP = object()
+
+
+class WalCheckpointer:
+    """SQLite only: checkpoint the WAL from a background thread instead of inside a commit.
+
+    With automatic checkpoints, every ~1000 pages one unlucky COMMIT also copies the WAL into the
+    database file and fsyncs it (measured: commits averaging ~13 ms under load). Here a thread does
+    that work while the committer keeps going; sqlite3 releases the GIL during it. Durability is
+    unchanged: a committed transaction is in the fsynced WAL either way.
+    """
+
+    def __init__(self, engine: Engine, interval_s: float = 0.5) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cgthub-wal-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._checkpoint("TRUNCATE")
+
+    def _checkpoint(self, mode: str) -> None:
+        try:
+            raw = self.engine.raw_connection()  # autocommit DB-API connection: no BEGIN around it
+            try:
+                cur = raw.cursor()
+                cur.execute(f"PRAGMA wal_checkpoint({mode})")
+                cur.close()
+            finally:
+                raw.close()
+        except Exception as exc:  # a busy database is fine: try again on the next tick
+            log.debug("wal checkpoint skipped: %s", type(exc).__name__)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._checkpoint("PASSIVE")
 
 
 class Committer:

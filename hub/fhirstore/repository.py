@@ -152,22 +152,24 @@ _DROP_INDEXES = [
     for t in (table_of(SearchToken), table_of(SearchReference), table_of(SearchDate))
 ]
 BUFFER_KEY = "fhirstore"
-_EXISTING = select(Resource.id).where(
-    Resource.resource_type == bindparam("t"),
-    Resource.id.in_(bindparam("ids", expanding=True)),
-    Resource.deleted.is_(False),
+# Hot-path statements, built once, on Core tables (rows, not ORM objects).
+_TOK = table_of(SearchToken)
+_EXISTING = select(_RES.c.id).where(
+    _RES.c.resource_type == bindparam("t"),
+    _RES.c.id.in_(bindparam("ids", expanding=True)),
+    _RES.c.deleted.is_(False),
 )
-_READ = select(Resource).where(Resource.resource_type == bindparam("t"), Resource.id == bindparam("i"))
-_TOKEN_IDS = select(SearchToken.id).where(
-    SearchToken.resource_type == bindparam("t"), SearchToken.param == "identifier", SearchToken.value == bindparam("v")
+_READ = select(_RES).where(_RES.c.resource_type == bindparam("t"), _RES.c.id == bindparam("i"))
+_TOKEN_IDS = select(_TOK.c.id).where(
+    _TOK.c.resource_type == bindparam("t"), _TOK.c.param == "identifier", _TOK.c.value == bindparam("v")
 )
-_BY_IDENTIFIER_VALUE = select(Resource).where(
-    Resource.resource_type == bindparam("t"), Resource.id.in_(_TOKEN_IDS), Resource.deleted.is_(False)
+_BY_IDENTIFIER_VALUE = select(_RES).where(
+    _RES.c.resource_type == bindparam("t"), _RES.c.id.in_(_TOKEN_IDS), _RES.c.deleted.is_(False)
 )
-_BY_IDENTIFIER = select(Resource).where(
-    Resource.resource_type == bindparam("t"),
-    Resource.id.in_(_TOKEN_IDS.where(SearchToken.system == bindparam("s"))),
-    Resource.deleted.is_(False),
+_BY_IDENTIFIER = select(_RES).where(
+    _RES.c.resource_type == bindparam("t"),
+    _RES.c.id.in_(_TOKEN_IDS.where(_TOK.c.system == bindparam("s"))),
+    _RES.c.deleted.is_(False),
 )
 
 
@@ -214,9 +216,10 @@ class ResourceRepository:
         """Create version 1. ``id`` is a hub-assigned, fresh id; an id inside ``resource`` (a client's
         choice) is checked for existence first. Either way the primary key is the last word.
 
-        ``shape_validated``: the hub built this resource from a template that was validated with
-        fhir.resources once (see ``hub.orders.fhir.validated_task_shapes``); only ids, references
-        and instants differ, so it is not validated again. Never set it for partner input."""
+        ``shape_validated``: this exact content was already validated in the same command, or it
+        was built from a template validated with fhir.resources (``hub.orders.fhir.
+        validated_task_shapes``: only ids, references and instants differ). Never set it for
+        partner input that has not been through ``validate``."""
         rtype = resource["resourceType"] if shape_validated else validate(resource)
         rid = id or resource.get("id")
         if rid is None:
@@ -357,7 +360,7 @@ class ResourceRepository:
             if stored.deleted:
                 raise NotFound(f"{rtype}/{rid} is not known")
             return stored
-        row = self.session.execute(_READ, {"t": rtype, "i": rid}).scalar_one_or_none()
+        row = self.session.connection().execute(_READ, {"t": rtype, "i": rid}).one_or_none()
         if row is None or row.deleted:
             raise NotFound(f"{rtype}/{rid} is not known")
         return _row_to_stored(row)
@@ -388,7 +391,7 @@ class ResourceRepository:
         found = {i for i in ids if pending is not None and (rtype, i) in pending.current}
         rest = [i for i in ids if i not in found]
         if rest:
-            found |= set(self.session.execute(_EXISTING, {"t": rtype, "ids": rest}).scalars())
+            found |= set(self.session.connection().execute(_EXISTING, {"t": rtype, "ids": rest}).scalars())
         return found
 
     def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[Stored]:
@@ -398,9 +401,9 @@ class ResourceRepository:
             if found:
                 return found
         if system is None:
-            rows = self.session.execute(_BY_IDENTIFIER_VALUE, {"t": rtype, "v": value}).scalars()
+            rows = self.session.connection().execute(_BY_IDENTIFIER_VALUE, {"t": rtype, "v": value})
         else:
-            rows = self.session.execute(_BY_IDENTIFIER, {"t": rtype, "s": system, "v": value}).scalars()
+            rows = self.session.connection().execute(_BY_IDENTIFIER, {"t": rtype, "s": system, "v": value})
         return [_row_to_stored(r) for r in rows]
 
     def referencing(self, rtype: str, param: str, target: str) -> list[Stored]:

@@ -20,8 +20,9 @@ from hub.db.models import (
 )
 from hub.errors import NotFound
 
-_BY_PLACER = select(TherapyOrder.id).where(
-    TherapyOrder.ordering_partner == bindparam("p"), TherapyOrder.placer_number == bindparam("n")
+_ORDERS = table_of(TherapyOrder)
+_BY_PLACER = select(_ORDERS.c.id).where(
+    _ORDERS.c.ordering_partner == bindparam("p"), _ORDERS.c.placer_number == bindparam("n")
 )
 _COI = table_of(CoiSequence)
 _TAKE_COI = (
@@ -61,12 +62,12 @@ class OrderRepository:
 
     def by_placer(self, partner: str, placer_number: str) -> str | None:
         """The id of the order this partner placed under this number, if any."""
-        return self.session.execute(_BY_PLACER, {"p": partner, "n": placer_number}).scalar_one_or_none()
+        return self.session.connection().execute(_BY_PLACER, {"p": partner, "n": placer_number}).scalar_one_or_none()
 
     def add(self, order: TherapyOrder) -> None:
         """Insert a new order (Core insert: the object stays transient, used only to build views)."""
         table = table_of(TherapyOrder)
-        self.session.execute(table.insert(), [{c.name: getattr(order, c.name) for c in table.columns}])
+        self.session.connection().execute(table.insert(), [{c.name: getattr(order, c.name) for c in table.columns}])
 
     def participants(self, order_id: str) -> list[tuple[str, str]]:
         rows = self.session.execute(
@@ -75,7 +76,7 @@ class OrderRepository:
         return [(r.partner_id, r.role) for r in rows]
 
     def add_participants(self, order_id: str, pairs: set[tuple[str, str]]) -> None:
-        self.session.execute(
+        self.session.connection().execute(
             table_of(OrderParticipant).insert(),
             [{"order_id": order_id, "partner_id": p, "role": r} for p, r in sorted(pairs)],
         )
@@ -89,15 +90,17 @@ class OrderRepository:
 
     def next_coi_number(self, fin: str, year: str) -> int:
         """Take the next sequence number (one UPDATE … RETURNING; the row lock lasts to commit)."""
-        number = self.session.execute(_TAKE_COI, {"f": fin, "y": year}).scalar_one_or_none()
+        number = self.session.connection().execute(_TAKE_COI, {"f": fin, "y": year}).scalar_one_or_none()
         if number is None:
-            self.session.execute(table_of(CoiSequence).insert(), [{"fin": fin, "year": year, "next_value": 2}])
+            self.session.connection().execute(
+                table_of(CoiSequence).insert(), [{"fin": fin, "year": year, "next_value": 2}]
+            )
             return 1
         return int(number) - 1
 
     # ------------------------------------------------------------------ journey
     def add_transition(self, **values: Any) -> None:
-        self.session.execute(table_of(StageTransition).insert(), [values])
+        self.session.connection().execute(table_of(StageTransition).insert(), [values])
 
     def transitions(self, order_id: str) -> list[StageTransition]:
         return list(
@@ -128,7 +131,7 @@ class OrderRepository:
 
     # ------------------------------------------------------------------ identity and custody
     def add_verification(self, **values: Any) -> None:
-        self.session.execute(table_of(IdentityVerification).insert(), [values])
+        self.session.connection().execute(table_of(IdentityVerification).insert(), [values])
 
     def matched_since(self, order_id: str, checkpoint: str, after_seq: int) -> list[IdentityVerification]:
         return list(
@@ -152,7 +155,7 @@ class OrderRepository:
         )
 
     def add_handoff(self, **values: Any) -> None:
-        self.session.execute(table_of(CustodyHandoff).insert(), [values])
+        self.session.connection().execute(table_of(CustodyHandoff).insert(), [values])
 
     def handoffs(self, order_id: str) -> list[CustodyHandoff]:
         return list(
@@ -170,7 +173,7 @@ class OrderRepository:
         )
 
     def add_result(self, **values: Any) -> None:
-        self.session.execute(table_of(QcResult).insert(), [values])
+        self.session.connection().execute(table_of(QcResult).insert(), [values])
 
     def current_results(self, order_id: str) -> list[QcResult]:
         return list(

@@ -288,7 +288,8 @@ class OrderService:
                 )
             return found
         body = {k: v for k, v in patient.items() if k not in ("id", "meta")}
-        return self.resources.create(self.work, body, reason="patient of a therapy order")
+        # Validated by _check_patient in this same command.
+        return self.resources.create(self.work, body, reason="patient of a therapy order", shape_validated=True)
 
     def _practitioner(self, practitioner: dict[str, Any]) -> Stored:
         for ident in practitioner.get("identifier", []):
@@ -297,7 +298,8 @@ class OrderService:
                 if found:
                     return found[0]
         body = {k: v for k, v in practitioner.items() if k not in ("id", "meta")}
-        return self.resources.create(self.work, body, reason="ordering practitioner")
+        # Validated at the start of place().
+        return self.resources.create(self.work, body, reason="ordering practitioner", shape_validated=True)
 
     def _organizations(self, roles: dict[str, str]) -> dict[str, str]:
         """role -> Organization reference for each site, creating the partners' Organizations once."""
