@@ -5,10 +5,10 @@ PostgreSQL synchronous_commit=on) before the caller hears back.
 
 Two ways in, as the edges use them:
   * sequential: one caller, one transaction per order;
-  * concurrent: 16 callers through the group committer (what MLLP/HTTP edges do).
+  * concurrent: 64 callers through the group committer (what MLLP connections and HTTP workers do).
 
 Baseline, same run, same machine, same database settings: a bare durable insert — the order's JSON
-into a one-table schema, one transaction per order, 16 concurrent callers — i.e. the
+into a one-table schema, one transaction per order, 64 concurrent callers — i.e. the
 durable-commit floor with none of the hub's work.
 
     .venv/bin/python bench/accept_orders.py [--orders 3000] [--backend sqlite|postgres|both]
@@ -36,7 +36,7 @@ from hub.orders.service import OrderService
 from hub.partners.loader import load_directory
 from tests.builders import place_cmd
 
-CALLERS = 16
+CALLERS = 64
 
 
 def bench_hub(url: str, n: int, concurrent: bool) -> tuple[float, list[float]]:

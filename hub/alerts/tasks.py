@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from sqlalchemy import insert
 
 from hub.db.models import Alert
 from hub.db.uow import Work
 from hub.events import AlertRaised, Envelope, EventType
+from hub.ids import uuid7
 from hub.messaging.consumers import Consumer
 
 log = logging.getLogger("hub.alerts")
@@ -18,7 +18,7 @@ log = logging.getLogger("hub.alerts")
 def record_alert(work: Work, envelope: Envelope) -> None:
     payload = envelope.payload()
     assert isinstance(payload, AlertRaised)
-    alert_id = str(uuid.uuid4())
+    alert_id = uuid7()
     work.session.execute(
         insert(Alert).values(
             id=alert_id,

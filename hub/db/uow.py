@@ -20,7 +20,6 @@ import asyncio
 import logging
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from hub.db.models import OutboxEvent, table_of
 from hub.db.types import iso_utc, utcnow
 from hub.errors import Conflict, HubError, StoreUnavailable
 from hub.events import EventPayload, EventType, partition_of
+from hub.ids import uuid7
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +92,7 @@ class Work:
         )
 
     def emit(self, event_type: EventType, aggregate_id: str, payload: EventPayload) -> str:
-        event_id = str(uuid.uuid4())
+        event_id = uuid7()
         self._events.append(
             {
                 "event_id": event_id,
@@ -156,13 +156,16 @@ def _is_connectivity_error(exc: BaseException) -> bool:
 class Store:
     """Engines, sessions and transactions for one database."""
 
-    def __init__(self, database_url: str, *, partitions: int = 4, batch_max: int = 256) -> None:
+    def __init__(
+        self, database_url: str, *, partitions: int = 4, batch_max: int = 256, writer_threads: int = 2
+    ) -> None:
         self.database_url = database_url
         self.write_engine, self.read_engine = make_engines(database_url)
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False, autoflush=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
         self.partitions = partitions
         self.batch_max = batch_max
+        self.writer_threads = writer_threads
         self._committer: Committer | None = None
         self._checkpointer: WalCheckpointer | None = None
 
@@ -213,7 +216,8 @@ class Store:
 
     def start_committer(self) -> Committer:
         if self._committer is None or not self._committer.alive:
-            self._committer = Committer(self, self.batch_max)
+            threads = 1 if self.dialect == "sqlite" else self.writer_threads
+            self._committer = Committer(self, self.batch_max, threads)
             self._committer.start()
             if self.dialect == "sqlite" and self._checkpointer is None:
                 self._checkpointer = WalCheckpointer(self.write_engine)
@@ -345,26 +349,35 @@ class WalCheckpointer:
 
 
 class Committer:
-    """One writer thread that batches concurrent jobs into shared transactions."""
+    """Writer threads that batch concurrent jobs into shared transactions.
 
-    def __init__(self, store: Store, batch_max: int) -> None:
+    SQLite has one writer at a time, so one thread. PostgreSQL takes several: while one
+    transaction waits on the server, another thread's jobs run (row locks and the audit head,
+    taken only right before COMMIT, keep them correct)."""
+
+    def __init__(self, store: Store, batch_max: int, threads: int = 1) -> None:
         self.store = store
         self.batch_max = batch_max
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="cgthub-committer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"cgthub-committer-{i}", daemon=True) for i in range(threads)
+        ]
         self._stopping = False
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
+        return any(t.is_alive() for t in self._threads) and not self._stopping
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         self._stopping = True
-        self._queue.put(_STOP)
-        self._thread.join(timeout=30)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            t.join(timeout=30)
 
     def submit(self, job: Job[T], actor: str = "system") -> Future[T]:
         outer: Future[T] = Future()

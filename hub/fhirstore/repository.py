@@ -8,7 +8,6 @@ lives, immutable, in ``resource_version``), so the audit chain binds every versi
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +23,7 @@ from hub.db.uow import Work
 from hub.errors import Conflict, Issue, NotFound, ValidationFailed
 from hub.fhirstore import indexing
 from hub.fhirstore.validation import validate
+from hub.ids import uuid7
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _row_to_stored(row: Any) -> Stored:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    return uuid7()
 
 
 class ResourceBuffer:

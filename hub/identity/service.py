@@ -11,7 +11,6 @@ is written: the operator scans again.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -21,6 +20,7 @@ from hub.errors import GuardFailed, Issue, ValidationFailed
 from hub.events import CustodyHandoffEvent, EventType, IdentityVerified
 from hub.fhirstore.repository import ResourceRepository
 from hub.identity.scans import interpret
+from hub.ids import uuid7
 from hub.orders.repository import OrderRepository
 from hub.orders.schemas import PlaceHold, RecordHandoff, VerificationView, VerifyIdentity
 from hub.orders.service import IDENTITY_HOLD, OrderService, _primary_identifier, event_time
@@ -96,7 +96,7 @@ class IdentityService:
                 f"unknown time zone {zone_name!r}", [Issue("unknown time zone", "timezone")]
             ) from None
         order.journey_seq += 1
-        verification_id = str(uuid.uuid4())
+        verification_id = uuid7()
         expected = {"coi": order.coi}
         if needs_patient or scanned.patient:
             expected["patient"] = expected_patient
@@ -187,7 +187,7 @@ class IdentityService:
             raise ValidationFailed("a handoff needs two different parties", [Issue("same party", "to_party")])
         at = event_time(work, cmd.at)
         order.journey_seq += 1
-        handoff_id = str(uuid.uuid4())
+        handoff_id = uuid7()
         self.orders.add_handoff(
             id=handoff_id,
             order_id=order.id,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from sqlalchemy import insert, select
 from hub.db.models import ConsumerHandled, DeadLetter
 from hub.db.uow import Store, Work
 from hub.events import Envelope
+from hub.ids import uuid7
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _dead_letter_job(consumer: Consumer, envelope: Envelope, attempts: int, erro
         if exists is None:
             work.session.execute(
                 insert(DeadLetter).values(
-                    id=str(uuid.uuid4()),
+                    id=uuid7(),
                     consumer=consumer.name,
                     event_id=envelope.event_id,
                     event_type=envelope.type,

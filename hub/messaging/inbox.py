@@ -10,7 +10,6 @@ same external id with different content is stored under a derived id and answere
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +21,7 @@ from hub import canonical
 from hub.db.models import InboxMessage
 from hub.db.uow import Work
 from hub.errors import HubError
+from hub.ids import uuid7
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _insert(
     status: InboxStatus,
 ) -> InboxMessage:
     row = InboxMessage(
-        id=str(uuid.uuid4()),
+        id=uuid7(),
         partner=partner,
         channel=channel,
         external_id=external_id[:255],

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from hub.db.models import (
@@ -25,12 +26,47 @@ _BY_PLACER = select(_ORDERS.c.id).where(
     _ORDERS.c.ordering_partner == bindparam("p"), _ORDERS.c.placer_number == bindparam("n")
 )
 _COI = table_of(CoiSequence)
+_ENSURE_COI = text(
+    "INSERT INTO coi_sequence (fin, year, next_value) VALUES (:f, :y, 1) ON CONFLICT (fin, year) DO NOTHING"
+)
 _TAKE_COI = (
     _COI.update()
     .where(_COI.c.fin == bindparam("f"), _COI.c.year == bindparam("y"))
-    .values(next_value=_COI.c.next_value + 1)
+    .values(next_value=_COI.c.next_value + bindparam("n"))
     .returning(_COI.c.next_value)
 )
+
+
+class CoiBlocks:
+    """Per-engine reservations of CoI sequence numbers (PostgreSQL)."""
+
+    BLOCK = 64
+    _registry: ClassVar[dict[int, CoiBlocks]] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._blocks: dict[tuple[str, str], tuple[int, int]] = {}  # (fin, year) -> (next, end)
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> CoiBlocks:
+        with cls._registry_lock:
+            found = cls._registry.get(id(engine))
+            if found is None or found.engine is not engine:
+                found = cls._registry[id(engine)] = cls(engine)
+            return found
+
+    def take(self, fin: str, year: str) -> int:
+        with self._lock:
+            nxt, end = self._blocks.get((fin, year), (0, 0))
+            if nxt >= end:
+                with self.engine.begin() as conn:
+                    conn.execute(_ENSURE_COI, {"f": fin, "y": year})
+                    end = int(conn.execute(_TAKE_COI, {"f": fin, "y": year, "n": self.BLOCK}).scalar_one())
+                nxt = end - self.BLOCK
+            self._blocks[(fin, year)] = (nxt + 1, end)
+            return nxt
 
 
 class OrderRepository:
@@ -89,12 +125,19 @@ class OrderRepository:
         )
 
     def next_coi_number(self, fin: str, year: str) -> int:
-        """Take the next sequence number (one UPDATE … RETURNING; the row lock lasts to commit)."""
-        number = self.session.connection().execute(_TAKE_COI, {"f": fin, "y": year}).scalar_one_or_none()
+        """Take the next sequence number for this facility and year.
+
+        SQLite (one writer): inside the transaction, gap-free. PostgreSQL (many writers): from a
+        block reserved in its own short transaction, so concurrent transactions never queue on the
+        sequence row; numbers stay unique and rising per process, and a process that stops leaves
+        the rest of its block unused (a gap, never a duplicate)."""
+        conn = self.session.connection()
+        if conn.dialect.name == "postgresql":
+            return CoiBlocks.for_engine(conn.engine).take(fin, year)
+        number = conn.execute(_TAKE_COI, {"f": fin, "y": year, "n": 1}).scalar_one_or_none()
         if number is None:
-            self.session.connection().execute(
-                table_of(CoiSequence).insert(), [{"fin": fin, "year": year, "next_value": 2}]
-            )
+            first = {"fin": fin, "year": year, "next_value": 2}
+            conn.execute(table_of(CoiSequence).insert(), [first])
             return 1
         return int(number) - 1
 

@@ -5,11 +5,11 @@ unit of work rolls back anything a failing command might have started).
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.db.locks import lock_identity
 from hub.db.models import OrderHold, QaDecision, TherapyOrder
 from hub.db.uow import Work
 from hub.errors import Conflict, GuardFailed, Issue, NotFound, ValidationFailed
@@ -26,6 +26,7 @@ from hub.events import (
 from hub.fhirstore.repository import ResourceRepository, Stored
 from hub.fhirstore.validation import validate
 from hub.identity.isbt128 import CoI, make_coi
+from hub.ids import uuid7
 from hub.orders import fhir
 from hub.orders.repository import OrderRepository
 from hub.orders.schemas import (
@@ -138,7 +139,7 @@ class OrderService:
         practitioner = self._practitioner(cmd.requester)
         site_orgs = self._organizations(dict(self._site_pairs(cmd)))
 
-        order_id = str(uuid.uuid4())
+        order_id = uuid7()
         coi = make_coi(self.fin, work.now.year, self.orders.next_coi_number(self.fin, f"{work.now.year % 100:02d}"))
         sr = fhir.service_request(
             cmd.service_request,
@@ -191,7 +192,7 @@ class OrderService:
         }
         self.orders.add_participants(order_id, participants)
         self.orders.add_transition(
-            id=str(uuid.uuid4()),
+            id=uuid7(),
             order_id=order_id,
             seq=1,
             from_stage=None,
@@ -276,6 +277,9 @@ class OrderService:
         ident = _primary_identifier(patient)
         assert ident is not None
         matches = self.resources.find_by_identifier("Patient", ident["system"], str(ident["value"]))
+        if not matches:
+            lock_identity(self.work.session, f"Patient|{ident['system']}|{ident['value']}")
+            matches = self.resources.find_by_identifier("Patient", ident["system"], str(ident["value"]))
         for found in matches:
             same = found.content.get("birthDate") == patient.get("birthDate") and _family(found.content) == _family(
                 patient
@@ -295,6 +299,9 @@ class OrderService:
         for ident in practitioner.get("identifier", []):
             if ident.get("system") and ident.get("value"):
                 found = self.resources.find_by_identifier("Practitioner", ident["system"], str(ident["value"]))
+                if not found:
+                    lock_identity(self.work.session, f"Practitioner|{ident['system']}|{ident['value']}")
+                    found = self.resources.find_by_identifier("Practitioner", ident["system"], str(ident["value"]))
                 if found:
                     return found[0]
         body = {k: v for k, v in practitioner.items() if k not in ("id", "meta")}
@@ -305,6 +312,10 @@ class OrderService:
         """role -> Organization reference for each site, creating the partners' Organizations once."""
         wanted = {fhir.organization_id(pid): pid for pid in roles.values()}
         present = self.resources.existing_ids("Organization", list(wanted))
+        if len(present) < len(wanted):
+            for org_id in sorted(set(wanted) - present):
+                lock_identity(self.work.session, f"Organization|{org_id}")
+            present = self.resources.existing_ids("Organization", list(wanted))
         for org_id, pid in wanted.items():
             if org_id not in present:
                 profile = self.partners.get(pid)
@@ -365,7 +376,7 @@ class OrderService:
             order.status = "completed"
             self._set_request_status(order.id, "completed", "journey complete: administered")
         self.orders.add_transition(
-            id=str(uuid.uuid4()),
+            id=uuid7(),
             order_id=order.id,
             seq=order.journey_seq,
             from_stage=previous,
@@ -479,7 +490,7 @@ class OrderService:
             raise GuardFailed(f"order {order.id} is {order.status}; it cannot be held")
         before = _snapshot(order)
         hold = OrderHold(
-            id=str(uuid.uuid4()),
+            id=uuid7(),
             order_id=order.id,
             kind=cmd.kind,
             reason=cmd.reason,
@@ -546,7 +557,7 @@ class OrderService:
             required_role="qa" if hold.kind == IDENTITY_HOLD else None,
         )
         decision = QaDecision(
-            id=str(uuid.uuid4()),
+            id=uuid7(),
             order_id=order.id,
             hold_id=hold.id,
             decision="release",
@@ -672,7 +683,7 @@ class OrderService:
         )
         self.orders.supersede_results(order.id, spec.code)
         self.orders.add_result(
-            id=str(uuid.uuid4()),
+            id=uuid7(),
             order_id=order.id,
             test_code=spec.code,
             value=cmd.value,

@@ -9,7 +9,6 @@ inside a session, and the signing is an audited event in the hash chain.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -22,6 +21,7 @@ from hub.db.types import iso_utc
 from hub.db.uow import Work
 from hub.errors import AuthenticationFailed, Conflict, Forbidden, NotFound, ValidationFailed
 from hub.events import EventType, SignatureApplied
+from hub.ids import uuid7
 from hub.signatures.passwords import hash_password, verify_password
 
 
@@ -132,7 +132,7 @@ def sign(
         raise Conflict(f"{record_type}/{record_id} is at version {latest}; only the current version can be signed")
     signed_at = iso_utc(work.now)
     sig = Signature(
-        id=str(uuid.uuid4()),
+        id=uuid7(),
         record_type=record_type,
         record_id=record_id,
         record_version=record_version,
