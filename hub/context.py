@@ -31,6 +31,7 @@ def build_context(settings: Settings, *, check_store: bool = True) -> HubContext
         settings.database_url,
         partitions=settings.bus_partitions,
         batch_max=settings.commit_batch_max,
+        writer_threads=settings.writer_threads,
         check=check_store,
     )
     return HubContext(settings=settings, store=store, partners=partners)

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
 
     # Group commit: how many units of work one database transaction may carry.
     commit_batch_max: int = 256
+    # PostgreSQL only: transactions in flight at once from this process (SQLite has one writer).
+    writer_threads: int = 2
     # Messaging
     consumer_max_attempts: int = 5
     consumer_backoff_base_s: float = 0.2

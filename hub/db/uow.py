@@ -416,8 +416,10 @@ class Committer:
                 return
 
 
-def open_store(database_url: str, *, partitions: int = 4, batch_max: int = 256, check: bool = True) -> Store:
-    store = Store(database_url, partitions=partitions, batch_max=batch_max)
+def open_store(
+    database_url: str, *, partitions: int = 4, batch_max: int = 256, writer_threads: int = 2, check: bool = True
+) -> Store:
+    store = Store(database_url, partitions=partitions, batch_max=batch_max, writer_threads=writer_threads)
     if check:
         store.check()
     return store

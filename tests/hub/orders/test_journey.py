@@ -222,3 +222,20 @@ def test_events_are_written_with_the_change(store: Store, partners: PartnerDirec
     with store.write_engine.connect() as conn:
         types = [r[0] for r in conn.execute(text("SELECT event_type FROM outbox_event ORDER BY id"))]
     assert types == ["order.accepted"]
+
+
+def test_concurrent_orders_for_one_new_patient_create_one_patient(store: Store, partners: PartnerDirectory) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.builders import patient
+
+    store.start_committer()  # several writer threads on PostgreSQL, one on SQLite
+    cmds = [place_cmd(patient=patient("MRN-RACE", "Rivera")) for _ in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        views = list(pool.map(lambda c: store.run(lambda w: OrderService(w, partners).place(c)), cmds))
+    assert len({v.patient_id for v in views}) == 1
+    assert len({v.coi for v in views}) == 24
+    with store.reading() as s:
+        assert len(search(s, "Patient", [SearchParam("identifier", "MRN-RACE")])) == 1
+        assert len(search(s, "Organization", [], count=100)) == 4
+    assert verify_chain(store).ok
