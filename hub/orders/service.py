@@ -477,6 +477,15 @@ class OrderService:
         index = product.index(order.stage) + 1
         return index if index < len(product.stages) else None
 
+    def _pause_or_resume(self, order: TherapyOrder, status: str, reason: str) -> None:
+        """Hold ("on-hold") or resume ("active"): the order, its ServiceRequest and the Task of the
+        step being worked toward change together."""
+        order.status = status
+        self._set_request_status(order.id, status, reason)
+        index = self._current_task_index(order)
+        if index is not None:
+            self._set_task(order.id, index, "on-hold" if status == "on-hold" else "ready", None)
+
     def _set_request_status(self, order_id: str, status: str, reason: str) -> Stored:
         sr = dict(self.resources.read("ServiceRequest", order_id).content)
         sr["status"] = status
@@ -503,11 +512,7 @@ class OrderService:
         order.open_holds += 1
         order.updated_at = work.now
         if order.status != "on-hold":
-            order.status = "on-hold"
-            self._set_request_status(order.id, "on-hold", f"hold: {cmd.kind}")
-            index = self._current_task_index(order)
-            if index is not None:
-                self._set_task(order.id, index, "on-hold", None)
+            self._pause_or_resume(order, "on-hold", f"hold: {cmd.kind}")
         work.session.flush()
         work.audit(
             "create",
@@ -576,11 +581,7 @@ class OrderService:
         order.open_holds -= 1
         order.updated_at = work.now
         if order.open_holds == 0:
-            order.status = "active"
-            self._set_request_status(order.id, "active", f"hold {hold.id} released by QA decision {decision.id}")
-            index = self._current_task_index(order)
-            if index is not None:
-                self._set_task(order.id, index, "ready", None)
+            self._pause_or_resume(order, "active", f"hold {hold.id} released by QA decision {decision.id}")
         work.session.flush()
         work.audit(
             "create",

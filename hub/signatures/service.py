@@ -34,28 +34,19 @@ class Meaning(StrEnum):
 ROLES = frozenset({"operator", "qa", "admin"})
 
 
-def signature_hash(
-    *,
-    record_type: str,
-    record_id: str,
-    record_version: int,
-    record_hash: str,
-    username: str,
-    printed_name: str,
-    meaning: str,
-    signed_at: str,
-    reason: str | None,
-) -> str:
+def signature_hash(sig: Signature) -> str:
+    """SHA-256 over everything a signature asserts: which record version (and its bytes' hash), who,
+    what it means, when, and why."""
     return canonical.sha256_hex(
         canonical.dumps(
             {
-                "record": f"{record_type}/{record_id}/_history/{record_version}",
-                "record_hash": record_hash,
-                "username": username,
-                "printed_name": printed_name,
-                "meaning": meaning,
-                "signed_at": signed_at,
-                "reason": reason or "",
+                "record": f"{sig.record_type}/{sig.record_id}/_history/{sig.record_version}",
+                "record_hash": sig.record_hash,
+                "username": sig.username,
+                "printed_name": sig.printed_name,
+                "meaning": sig.meaning,
+                "signed_at": sig.signed_at,
+                "reason": sig.reason or "",
             }
         )
     )
@@ -142,18 +133,9 @@ def sign(
         meaning=meaning.value,
         signed_at=signed_at,
         reason=reason,
-        signature_hash=signature_hash(
-            record_type=record_type,
-            record_id=record_id,
-            record_version=record_version,
-            record_hash=version.content_hash,
-            username=user.username,
-            printed_name=user.printed_name,
-            meaning=meaning.value,
-            signed_at=signed_at,
-            reason=reason,
-        ),
+        signature_hash="",
     )
+    sig.signature_hash = signature_hash(sig)
     work.session.add(sig)
     work.session.flush()
     work.audit(
@@ -191,18 +173,7 @@ def check_signature(session: Session, sig: Signature) -> SignatureCheck:
         return SignatureCheck(False, "the signed record version does not exist")
     if canonical.sha256_hex(version.content) != sig.record_hash or version.content_hash != sig.record_hash:
         return SignatureCheck(False, "the signed record's content differs from what was signed")
-    expected = signature_hash(
-        record_type=sig.record_type,
-        record_id=sig.record_id,
-        record_version=sig.record_version,
-        record_hash=sig.record_hash,
-        username=sig.username,
-        printed_name=sig.printed_name,
-        meaning=sig.meaning,
-        signed_at=sig.signed_at,
-        reason=sig.reason,
-    )
-    if expected != sig.signature_hash:
+    if signature_hash(sig) != sig.signature_hash:
         return SignatureCheck(False, "the signature manifest was altered (record, signer, meaning or time)")
     return SignatureCheck(True, "valid")
 
