@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "outbox-relay"
 
 
+def envelope_of(row: OutboxEvent) -> Envelope:
+    """The bus message for one outbox row."""
+    return Envelope(
+        event_id=row.event_id,
+        type=row.event_type,
+        aggregate_id=row.aggregate_id,
+        partition=row.partition,
+        occurred_at=row.occurred_at,
+        data=canonical.loads(row.payload),
+    )
+
+
 class OutboxRelay:
     def __init__(
         self, store: Store, bus: Bus, *, batch: int = 500, poll_s: float = 0.05, lease_s: float = 15.0
@@ -72,17 +84,7 @@ class OutboxRelay:
             rows = session.execute(
                 select(OutboxEvent).where(OutboxEvent.published_at.is_(None)).order_by(OutboxEvent.id).limit(self.batch)
             ).scalars()
-            return [
-                Envelope(
-                    event_id=r.event_id,
-                    type=r.event_type,
-                    aggregate_id=r.aggregate_id,
-                    partition=r.partition,
-                    occurred_at=r.occurred_at,
-                    data=canonical.loads(r.payload),
-                )
-                for r in rows
-            ]
+            return [envelope_of(r) for r in rows]
 
         return self.store.read(read)
 

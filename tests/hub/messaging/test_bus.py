@@ -12,7 +12,7 @@ from hub.db.uow import Store, Work
 from hub.events import AlertRaised, Envelope, EventType
 from hub.messaging.bus import MemoryBus
 from hub.messaging.consumers import Consumer, ConsumerRunner
-from hub.messaging.relay import OutboxRelay
+from hub.messaging.relay import OutboxRelay, envelope_of
 
 
 def _emit(store: Store, n: int, order: str = "order-1") -> None:
@@ -45,14 +45,7 @@ def test_outbox_relay_memory_bus_idempotent_consumer(store: Store) -> None:
     assert _count(store, OutboxEvent, OutboxEvent.published_at.is_(None)) == 0
     # Redelivery (e.g. a crash after publish, before marking) changes nothing.
     envelopes = [
-        Envelope(
-            event_id=r.event_id,
-            type=r.event_type,
-            aggregate_id=r.aggregate_id,
-            partition=r.partition,
-            occurred_at=r.occurred_at,
-            data={"order_id": "order-1", "severity": "info", "kind": "test", "message": "again"},
-        )
+        envelope_of(r).model_copy(update={"data": {**envelope_of(r).data, "message": "again"}})
         for r in store.read(lambda s: s.scalars(select(OutboxEvent)).all())
     ]
     for env in envelopes:

@@ -21,7 +21,7 @@ from hub.db.uow import Store
 from hub.events import AlertRaised, EventType
 from hub.messaging.amqp import AmqpBus
 from hub.messaging.consumers import ConsumerRunner
-from hub.messaging.relay import OutboxRelay
+from hub.messaging.relay import OutboxRelay, envelope_of
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.rabbitmq
@@ -87,20 +87,8 @@ def test_publish_with_confirms_and_consume_exactly_once(store: Store, amqp_url: 
             await _wait_for(lambda: _count(store, Alert) == 50)
             # A second publish of the same events (a relay crash before marking) is absorbed.
             rows = await asyncio.to_thread(store.read, lambda s: s.scalars(select(OutboxEvent)).all())
-            from hub import canonical
-            from hub.events import Envelope
-
             for r in rows[:10]:
-                await bus.publish(
-                    Envelope(
-                        event_id=r.event_id,
-                        type=r.event_type,
-                        aggregate_id=r.aggregate_id,
-                        partition=r.partition,
-                        occurred_at=r.occurred_at,
-                        data=canonical.loads(r.payload),
-                    )
-                )
+                await bus.publish(envelope_of(r))
             await asyncio.sleep(1.0)
             assert _count(store, Alert) == 50
             assert _count(store, ConsumerHandled) == 50
