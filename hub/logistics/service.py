@@ -210,6 +210,7 @@ class ShipmentService:
         shipment.eta = cmd.eta
         self._write_task(order, shipment, leg, courier_code=None)
         self._status_event(order, shipment, "registered")
+        self._check_eta(order, shipment)
         return view(shipment)
 
     def _next_leg(self, order: TherapyOrder, product: Product) -> Leg:
