@@ -136,3 +136,12 @@ def verify(
     if scheme == "static-token":
         return verify_token(headers, secrets, header or "x-api-key")
     raise AuthenticationFailed(f"unknown signature scheme {scheme}")
+
+
+def signed_headers_for_test(secret: str, body: bytes, webhook_id: str, timestamp: int) -> dict[str, str]:
+    """Standard Webhooks headers as a sender would set them (tests, sandbox, benches)."""
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_signature(secret, webhook_id, timestamp, body),
+    }
