@@ -129,9 +129,7 @@ def logistics_journey(ctx: HubContext, stamp: str, say: Callable[[str], None]) -
             say(f"   Customs (ICS2 over SOAP): declaration {d.functional_reference} lodged, MRN {d.mrn}, {d.status}")
 
             j.verify("manufacturing-receipt", site="leiden-cell-factory")
-            delivered = event_body(
-                "DL", tracking, utcnow() - timedelta(seconds=5), location="Leiden NL", signed_by="goods-in"
-            )
+            delivered = event_body("DL", tracking, utcnow(), location="Leiden NL", signed_by="goods-in")
             answer = push(http, webhook, secret, delivered)
             say(f"   Delivery webhook: HTTP {answer.status_code}")
             _wait("the delivery to move the journey", lambda: stage() == "received-at-manufacturing")

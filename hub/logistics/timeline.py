@@ -16,8 +16,10 @@ def for_order(session: Session, order: TherapyOrder) -> list[tuple[datetime, str
     repo = LogisticsRepository.from_session(session)
     out: list[tuple[datetime, str, str, bool]] = []
     shipments = {s.id: s for s in repo.shipments(order.id)}
-    for s in shipments.values():
-        out.append((s.created_at, "shipment", f"leg {s.leg_code}: {s.courier} {s.origin} → {s.destination}", True))
+    for leg in shipments.values():
+        out.append(
+            (leg.created_at, "shipment", f"leg {leg.leg_code}: {leg.courier} {leg.origin} → {leg.destination}", True)
+        )
     for e in repo.events(order.id):
         s = shipments.get(e.shipment_id)
         where = f" at {e.location}" if e.location else ""

@@ -45,7 +45,8 @@ def test_retries_5xx_with_the_same_idempotency_key() -> None:
     )
     client = PolarRestBooking("https://courier.test/v2", "t0k", retries=3, backoff_s=0.001)
     result = asyncio.run(client.book(REQ))
-    assert result.tracking_number == "PLR000000042" and result.eta == datetime(2026, 11, 26, 8, tzinfo=UTC)
+    assert result.tracking_number == "PLR000000042"
+    assert result.eta == datetime(2026, 11, 26, 8, tzinfo=UTC)
     assert route.call_count == 3
     assert {c.request.headers["idempotency-key"] for c in route.calls} == {"key-1"}
     assert route.calls[0].request.headers["authorization"] == "Bearer t0k"
@@ -57,7 +58,8 @@ def test_4xx_is_final_and_exhausted_retries_are_retryable() -> None:
     client = PolarRestBooking("https://courier.test/v2", "t0k", retries=3, backoff_s=0.001)
     with pytest.raises(PartnerCallError) as refused:
         asyncio.run(client.book(REQ))
-    assert not refused.value.retryable and refused.value.code == "http-400"
+    assert not refused.value.retryable
+    assert refused.value.code == "http-400"
     respx.post("https://courier.test/v2/bookings").mock(return_value=httpx.Response(502))
     with pytest.raises(PartnerCallError) as down:
         asyncio.run(client.book(REQ))
@@ -85,14 +87,20 @@ def test_booking_through_the_dispatcher_against_a_real_courier(ctx: HubContext) 
         dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, policy)
         view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
         again = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
-        assert again.id == view.id and view.status == "booking"
+        assert again.id == view.id
+        assert view.status == "booking"
         asyncio.run(dispatcher.run_once())  # 503 once (retried inside the client), then booked
     s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(view.id))
-    assert s.status == "booked" and s.tracking_number == "PLR000000001" and s.eta is not None
-    assert len(courier.bookings) == 1 and courier.requests == 2
+    assert s.status == "booked"
+    assert s.tracking_number == "PLR000000001"
+    assert s.eta is not None
+    assert len(courier.bookings) == 1
+    assert courier.requests == 2
     (work,) = ctx.store.read(lambda s: LogisticsRepository.from_session(s).work_for("booking", view.id))
     assert work.status == "done"
-    assert [a.outcome for a in ctx.store.read(lambda s: LogisticsRepository.from_session(s).attempts(work.id))] == ["ok"]
+    assert [a.outcome for a in ctx.store.read(lambda s: LogisticsRepository.from_session(s).attempts(work.id))] == [
+        "ok"
+    ]
 
 
 @pytest.mark.slow

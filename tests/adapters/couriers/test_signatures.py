@@ -42,7 +42,9 @@ def test_standard_webhooks_rotation_staleness_and_tampering() -> None:
     body = b'{"type":"shipment.updated"}'
     headers = signed_headers_for_test(new, body, "msg_1", 1_000_000)
     # Several signatures in one header (the sender signs with both keys while rotating).
-    headers["webhook-signature"] = standard_signature(old, "msg_1", 1_000_000, body) + " " + headers["webhook-signature"]
+    headers["webhook-signature"] = (
+        standard_signature(old, "msg_1", 1_000_000, body) + " " + headers["webhook-signature"]
+    )
     assert verify("standard-webhooks", headers, body, [new], now=1_000_100, tolerance_s=300).webhook_id == "msg_1"
     assert verify("standard-webhooks", headers, body, [old], now=1_000_100, tolerance_s=300)
     with pytest.raises(StaleWebhook):

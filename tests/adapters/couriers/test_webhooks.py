@@ -78,15 +78,20 @@ def test_easypost_corpus_event_is_verified_stored_and_mapped(ctx: HubContext, cl
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "accepted"
     (row,) = _inbox(ctx)
-    assert row.status == "received" and row.external_id == "evt_1" and bytes(row.raw) == body
+    assert row.status == "received"
+    assert row.external_id == "evt_1"
+    assert bytes(row.raw) == body
     drain(ctx)
     (row,) = _inbox(ctx)
-    assert row.status == "handled" and row.order_id == driver.order.id
+    assert row.status == "handled"
+    assert row.order_id == driver.order.id
     recorded = ctx.store.read(lambda s: LogisticsRepository.from_session(s).events(driver.order.id))
     assert [e.canonical for e in recorded][:2] == ["booked", "picked-up"]
     assert [e.courier_code for e in recorded][:2] == ["FedEx:OC", "FedEx:PU"]
     s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment.id))
-    assert s.status == "in-transit" and s.eta is not None and s.pending_stage == "shipped-to-manufacturing"
+    assert s.status == "in-transit"
+    assert s.eta is not None
+    assert s.pending_stage == "shipped-to-manufacturing"
     handoffs = ctx.store.read(lambda s: OrderRepository.from_session(s).handoffs(driver.order.id))
     assert [(h.from_party, h.to_party) for h in handoffs] == [("st-marys", "easypost-tracking")]
 
@@ -127,11 +132,13 @@ def test_refusals_disabled_unknown_bad_signature_stale(
     assert client.post("/webhooks/couriers/polar-courier", content=body, headers=forged).status_code == 401
     stale = signed_headers(POLAR_SECRET, body, timestamp=int(time.time()) - 301)
     response = client.post("/webhooks/couriers/polar-courier", content=body, headers=stale)
-    assert response.status_code == 401 and "tolerated" in response.json()["detail"]
+    assert response.status_code == 401
+    assert "tolerated" in response.json()["detail"]
     monkeypatch.delenv("POLAR_COURIER_WEBHOOK_SECRET")
     clear_secret_cache()
     disabled = client.post("/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body))
-    assert disabled.status_code == 503 and "disabled" in disabled.json()["detail"]
+    assert disabled.status_code == 503
+    assert "disabled" in disabled.json()["detail"]
     assert _inbox(ctx) == []  # nothing unverified is stored
 
 
@@ -164,7 +171,10 @@ def test_same_webhook_ten_times_in_parallel_over_http(ctx: HubContext) -> None:
             async with httpx.AsyncClient(base_url=server.url) as http:
                 return list(
                     await asyncio.gather(
-                        *(http.post("/webhooks/couriers/polar-courier", content=body, headers=headers) for _ in range(10))
+                        *(
+                            http.post("/webhooks/couriers/polar-courier", content=body, headers=headers)
+                            for _ in range(10)
+                        )
                     )
                 )
 
@@ -185,10 +195,16 @@ def test_same_webhook_ten_times_in_parallel_over_http(ctx: HubContext) -> None:
 
 def test_unknown_tracking_number_is_kept_and_alerted(ctx: HubContext, client: TestClient) -> None:
     body = event_body("PU", "PLR999999999", utcnow())
-    assert client.post("/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)).status_code == 202
+    assert (
+        client.post(
+            "/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)
+        ).status_code
+        == 202
+    )
     drain(ctx)
     (row,) = _inbox(ctx)
-    assert row.status == "rejected" and "PLR999999999" in (row.error or "")
+    assert row.status == "rejected"
+    assert "PLR999999999" in (row.error or "")
     assert "courier.event-refused" in alert_kinds(ctx.store)
 
 
@@ -205,7 +221,8 @@ def test_telemetry_batches_and_readings_inside_webhooks(ctx: HubContext, client:
     ).encode()
     headers = signed_headers(POLAR_SECRET, batch)
     answer = client.post("/webhooks/couriers/polar-courier/telemetry", content=batch, headers=headers)
-    assert answer.status_code == 202 and answer.json()["readings"] == 30
+    assert answer.status_code == 202
+    assert answer.json()["readings"] == 30
     inside = event_body(
         "IT",
         "PLR000000001",
@@ -213,9 +230,16 @@ def test_telemetry_batches_and_readings_inside_webhooks(ctx: HubContext, client:
         logger="L-77",
         readings=[{"at": (start + timedelta(minutes=40)).isoformat(), "temperature_c": 6.0}],
     )
-    assert client.post("/webhooks/couriers/polar-courier", content=inside, headers=signed_headers(POLAR_SECRET, inside)).status_code == 202
+    assert (
+        client.post(
+            "/webhooks/couriers/polar-courier", content=inside, headers=signed_headers(POLAR_SECRET, inside)
+        ).status_code
+        == 202
+    )
     bad = b'{"tracking_number": "PLR000000001", "logger": "L", "readings": [{"at": "yesterday"}]}'
-    refused = client.post("/webhooks/couriers/polar-courier/telemetry", content=bad, headers=signed_headers(POLAR_SECRET, bad))
+    refused = client.post(
+        "/webhooks/couriers/polar-courier/telemetry", content=bad, headers=signed_headers(POLAR_SECRET, bad)
+    )
     assert refused.status_code == 422
     drain(ctx)
     assert ctx.store.read(lambda s: LogisticsRepository.from_session(s).reading_count(shipment.id)) == 31
@@ -227,15 +251,24 @@ _json = st.recursive(
     max_leaves=20,
 )
 _shaped = st.fixed_dictionaries(
-    {"type": st.sampled_from(["shipment.updated", "x", 3]), "data": st.dictionaries(
-        st.sampled_from(["tracking_number", "code", "occurred_at", "eta", "readings", "location", "logger"]), _json, max_size=7
-    )}
+    {
+        "type": st.sampled_from(["shipment.updated", "x", 3]),
+        "data": st.dictionaries(
+            st.sampled_from(["tracking_number", "code", "occurred_at", "eta", "readings", "location", "logger"]),
+            _json,
+            max_size=7,
+        ),
+    }
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    body=st.one_of(st.binary(max_size=300), _json.map(lambda v: json.dumps(v).encode()), _shaped.map(lambda v: json.dumps(v).encode())),
+    body=st.one_of(
+        st.binary(max_size=300),
+        _json.map(lambda v: json.dumps(v).encode()),
+        _shaped.map(lambda v: json.dumps(v).encode()),
+    ),
     extra=st.dictionaries(
         st.sampled_from(["webhook-id", "webhook-timestamp", "webhook-signature", "content-length", "x-hmac-signature"]),
         st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
@@ -243,7 +276,9 @@ _shaped = st.fixed_dictionaries(
     ),
     sign=st.booleans(),
 )
-def test_fuzzed_bodies_and_headers_never_500(client: TestClient, body: bytes, extra: dict[str, str], sign: bool) -> None:
+def test_fuzzed_bodies_and_headers_never_500(
+    client: TestClient, body: bytes, extra: dict[str, str], sign: bool
+) -> None:
     headers = signed_headers(POLAR_SECRET, body) if sign else {}
     headers.update(extra)
     for path in ("/webhooks/couriers/polar-courier", "/webhooks/couriers/polar-courier/telemetry"):
@@ -251,7 +286,7 @@ def test_fuzzed_bodies_and_headers_never_500(client: TestClient, body: bytes, ex
             response = client.post(path, content=body, headers=headers)
         except (httpx.LocalProtocolError, ValueError):
             continue  # the client itself refuses to send an impossible header
-        assert response.status_code < 500 or response.status_code == 503 and sign is False, response.text
+        assert response.status_code < 500 or (response.status_code == 503 and sign is False), response.text
         assert response.status_code in (202, 400, 401, 413, 422)
 
 
@@ -259,14 +294,33 @@ def test_fuzzed_signed_bodies_are_processed_without_crash(ctx: HubContext, clien
     driver = order_at(ctx.store, ctx.partners, "collected")
     register(ctx.store, ctx.partners, driver.order.id)
     odd = [
-        {"type": "shipment.updated", "data": {"tracking_number": "PLR000000001", "code": "??", "occurred_at": "2026-01-01T00:00:00Z"}},
-        {"type": "shipment.updated", "data": {"tracking_number": "PLR000000001", "code": "PU", "occurred_at": "2099-01-01T00:00:00Z"}},
-        {"type": "shipment.updated", "data": {"tracking_number": "PLR000000001", "code": "DL", "occurred_at": "2026-01-01T00:00:00+05:00", "readings": [{"at": "2026-01-01T00:00:00Z", "temperature_c": 150}]}},
+        {
+            "type": "shipment.updated",
+            "data": {"tracking_number": "PLR000000001", "code": "??", "occurred_at": "2026-01-01T00:00:00Z"},
+        },
+        {
+            "type": "shipment.updated",
+            "data": {"tracking_number": "PLR000000001", "code": "PU", "occurred_at": "2099-01-01T00:00:00Z"},
+        },
+        {
+            "type": "shipment.updated",
+            "data": {
+                "tracking_number": "PLR000000001",
+                "code": "DL",
+                "occurred_at": "2026-01-01T00:00:00+05:00",
+                "readings": [{"at": "2026-01-01T00:00:00Z", "temperature_c": 150}],
+            },
+        },
         {"type": "other.event", "data": {}},
     ]
     for item in odd:
         body = json.dumps(item).encode()
-        assert client.post("/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)).status_code == 202
+        assert (
+            client.post(
+                "/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)
+            ).status_code
+            == 202
+        )
     drain(ctx)
     statuses = sorted(m.status for m in _inbox(ctx))
     assert statuses == ["handled", "handled", "handled", "ignored"]

@@ -67,7 +67,9 @@ def test_lodge_and_follow_a_declaration(sandbox: tuple[CustomsSandbox, str]) -> 
     client.submit(CustomsSubmission("CGTTEST0001", "NL987654321000", "NL000396", datetime.now(UTC), None))
     assert service.requests[-1] == "IE4N10submitPresentationInformationReqMsg"
     first = client.status("CGTTEST0001", None)
-    assert first.status == "accepted" and first.mrn is not None and len(first.mrn) == 18
+    assert first.status == "accepted"
+    assert first.mrn is not None
+    assert len(first.mrn) == 18
     assert client.status("CGTTEST0001", first.mrn).status == "released"
 
 
@@ -94,7 +96,8 @@ def test_bad_answers_become_clear_errors(
             client.status("CGTTEST0002", None)
     finally:
         service.mode = "normal"
-    assert caught.value.code == code and caught.value.retryable is retryable
+    assert caught.value.code == code
+    assert caught.value.retryable is retryable
 
 
 def test_unknown_declaration_is_a_sender_fault(sandbox: tuple[CustomsSandbox, str]) -> None:
@@ -102,7 +105,8 @@ def test_unknown_declaration_is_a_sender_fault(sandbox: tuple[CustomsSandbox, st
     service.mode = "normal"
     with pytest.raises(PartnerCallError) as caught:
         _client(url).status("CGTNOSUCHTHING", None)
-    assert caught.value.code == "env:Sender" and not caught.value.retryable
+    assert caught.value.code == "env:Sender"
+    assert not caught.value.retryable
 
 
 def test_timeout_is_retryable(sandbox: tuple[CustomsSandbox, str]) -> None:
@@ -113,7 +117,8 @@ def test_timeout_is_retryable(sandbox: tuple[CustomsSandbox, str]) -> None:
             _client(url).status("CGTTEST0001", None)
     finally:
         service.mode, service.delay_s = "normal", 0.0
-    assert caught.value.retryable and caught.value.code == "transport"
+    assert caught.value.retryable
+    assert caught.value.code == "transport"
 
 
 @pytest.fixture
@@ -137,7 +142,10 @@ def test_international_leg_is_declared_and_cleared_through_the_dispatcher(ctx: H
         for _ in range(5):
             asyncio.run(dispatcher.run_once())
     decl = ctx.store.read(lambda s: LogisticsRepository.from_session(s).declaration_for(shipment.id))
-    assert decl is not None and decl.status == "released" and decl.mrn and decl.cleared_at
+    assert decl is not None
+    assert decl.status == "released"
+    assert decl.mrn
+    assert decl.cleared_at
     assert "customs.under-control" in alert_kinds(ctx.store, driver.order.id)
 
 
@@ -147,10 +155,14 @@ def test_a_customs_fault_fails_the_declaration_and_alerts(ctx: HubContext) -> No
     driver = order_at(ctx.store, ctx.partners, "collected")
     shipment = register(ctx.store, ctx.partners, driver.order.id)
     with LocalServer(service.app()) as server:
-        dispatcher = OutboundDispatcher(ctx.store, ctx.partners, logistics_ports(ctx, {"eu-customs-ics2": server.url}), Policy())
+        dispatcher = OutboundDispatcher(
+            ctx.store, ctx.partners, logistics_ports(ctx, {"eu-customs-ics2": server.url}), Policy()
+        )
         asyncio.run(dispatcher.run_once())
     decl = ctx.store.read(lambda s: LogisticsRepository.from_session(s).declaration_for(shipment.id))
-    assert decl is not None and decl.status == "failed" and "hostile-xml" in (decl.detail or "")
+    assert decl is not None
+    assert decl.status == "failed"
+    assert "hostile-xml" in (decl.detail or "")
     assert "customs.fault" in alert_kinds(ctx.store, driver.order.id)
 
 

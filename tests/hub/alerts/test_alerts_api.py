@@ -51,9 +51,7 @@ def test_list_filter_acknowledge_and_escalate(ctx: HubContext) -> None:
         assert client.get("/alerts", params={"since": "2000-01-01T00:00:00"}, headers=AUTH).status_code == 422
 
         # Nobody acknowledged the critical one for 20 minutes: level 1. The warning is not due yet.
-        ctx.store.run(
-            lambda w: w.session.execute(update(Alert).values(raised_at=utcnow() - timedelta(minutes=20)))
-        )
+        ctx.store.run(lambda w: w.session.execute(update(Alert).values(raised_at=utcnow() - timedelta(minutes=20))))
         assert ctx.store.run(lambda w: AlertService(w).escalate_due(Policy())) == 1
         assert ctx.store.run(lambda w: AlertService(w).escalate_due(Policy())) == 0
         assert len(events(ctx.store, "alert.escalated")) == 1
@@ -61,7 +59,8 @@ def test_list_filter_acknowledge_and_escalate(ctx: HubContext) -> None:
         assert crit["escalation_level"] == 1
 
         answer = client.post(f"/alerts/{crit['id']}/acknowledge", json={"by": "Dr. Jane Quality"}, headers=AUTH)
-        assert answer.status_code == 200 and answer.json()["acknowledged_by"] == "Dr. Jane Quality"
+        assert answer.status_code == 200
+        assert answer.json()["acknowledged_by"] == "Dr. Jane Quality"
         again = client.post(f"/alerts/{crit['id']}/acknowledge", json={"by": "Someone Else"}, headers=AUTH)
         assert again.status_code == 409
         assert client.post("/alerts/nope/acknowledge", json={"by": "Dr. X Y"}, headers=AUTH).status_code == 404

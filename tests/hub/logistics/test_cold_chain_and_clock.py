@@ -34,16 +34,22 @@ def test_short_excursion_is_recorded_and_does_not_hold(store: Store, partners: P
     start = utcnow() - timedelta(hours=2)
     # 2-8 °C leg, 15 min tolerated: 10 min at 9.5 °C, then back in range.
     result = _record(store, partners, _readings(start, [5, 5.5, 9.5, 9.1, 9.5, 6, 5]))
-    assert result.stored == 7 and result.out_of_range == 3
-    assert len(result.opened) == 1 and len(result.closed) == 1 and not result.escalated
+    assert result.stored == 7
+    assert result.out_of_range == 3
+    assert len(result.opened) == 1
+    assert len(result.closed) == 1
+    assert not result.escalated
     order = store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id))
     assert order.status == "active"
     kinds = alert_kinds(store, driver.order.id)
-    assert "temperature.excursion-recorded" in kinds and "temperature.excursion" not in kinds
+    assert "temperature.excursion-recorded" in kinds
+    assert "temperature.excursion" not in kinds
     exc = store.read(lambda s: LogisticsRepository.from_session(s).excursions(driver.order.id))[0]
-    assert exc.peak == 9.5 and exc.kind == "too-warm"
+    assert exc.peak == 9.5
+    assert exc.kind == "too-warm"
     obs = store.read(lambda s: ResourceRepository.from_session(s).read("Observation", exc.observation_id or "")).content
-    assert obs["valueQuantity"]["value"] == 9.5 and obs["interpretation"][0]["coding"][0]["code"] == "H"
+    assert obs["valueQuantity"]["value"] == 9.5
+    assert obs["interpretation"][0]["coding"][0]["code"] == "H"
     summary = store.read(lambda s: ResourceRepository.from_session(s).read("Observation", result.observation_id or ""))
     components = {c["code"]["coding"][0]["code"]: c for c in summary.content["component"]}
     assert components["reading-count"]["valueInteger"] == 7
@@ -55,7 +61,8 @@ def test_long_excursion_escalates_and_holds_the_order_across_batches(store: Stor
     register(store, partners, driver.order.id)
     start = utcnow() - timedelta(hours=3)
     first = _record(store, partners, _readings(start, [4, 1.5, 1.2]))  # too cold from +5 min
-    assert first.opened and not first.escalated
+    assert first.opened
+    assert not first.escalated
     second = _record(store, partners, _readings(start + timedelta(minutes=15), [1.0, 0.8, 1.9]))  # 20 min cold
     assert second.escalated == first.opened
     order = store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id))
@@ -65,7 +72,8 @@ def test_long_excursion_escalates_and_holds_the_order_across_batches(store: Stor
     assert "temperature.excursion" in alert_kinds(store, driver.order.id)
     # A replayed (older) batch is stored but does not reopen or re-escalate anything.
     again = _record(store, partners, _readings(start, [1.0, 1.0]))
-    assert not again.opened and not again.escalated
+    assert not again.opened
+    assert not again.escalated
     assert store.read(lambda s: LogisticsRepository.from_session(s).reading_count(first.shipment_id)) == 8
 
 
@@ -78,7 +86,8 @@ def test_cryogenic_leg_escalates_at_once_and_watches_nitrogen(store: Store, part
         Reading(at=start + timedelta(minutes=5), temperature_c=-175, ln2_percent=15),
     )
     result = _record(store, partners, readings, tracking="PLR000000009")
-    assert result.escalated == result.opened and len(result.opened) == 1
+    assert result.escalated == result.opened
+    assert len(result.opened) == 1
     exc = store.read(lambda s: LogisticsRepository.from_session(s).excursions(driver.order.id))[0]
     assert exc.kind == "ln2-low"
 
@@ -104,7 +113,8 @@ def test_escalations_at_each_fraction_once_and_at_breach(store: Store, partners:
     _start_clock(store, driver.order.id, utcnow() - timedelta(hours=49))
     assert store.run(lambda w: ViabilityService(w).sweep()) == 2  # 0.9 and breach
     kinds = alert_kinds(store, driver.order.id)
-    assert kinds.count("viability.escalation") == 3 and kinds.count("viability.breach") == 1
+    assert kinds.count("viability.escalation") == 3
+    assert kinds.count("viability.breach") == 1
 
 
 def test_predicted_breach_is_alerted_before_the_breach(store: Store, partners: PartnerDirectory) -> None:
@@ -119,7 +129,9 @@ def test_predicted_breach_is_alerted_before_the_breach(store: Store, partners: P
     assert alerts[0].occurred_at < order.viability_deadline - timedelta(hours=40)  # raised ~47 h early
     assert "breach" not in store.read(lambda s: LogisticsRepository.from_session(s).viability_levels(order.id))
     clock = store.read(lambda s: countdown(LogisticsRepository.from_session(s), order, utcnow()))
-    assert clock is not None and clock.predicted_arrival == eta and clock.remaining_minutes > 47 * 60 - 5
+    assert clock is not None
+    assert clock.predicted_arrival == eta
+    assert clock.remaining_minutes > 47 * 60 - 5
 
 
 def test_product_eta_after_planned_infusion_threatens_conditioning(store: Store, partners: PartnerDirectory) -> None:
@@ -144,5 +156,6 @@ def test_conditioning_start_from_the_order_is_kept(store: Store, partners: Partn
 
     view = store.run(lambda w: OrderService(w, partners).place(cmd))
     row = store.read(lambda s: LogisticsRepository.from_session(s).conditioning(view.id))
-    assert row is not None and row.conditioning_start == start
+    assert row is not None
+    assert row.conditioning_start == start
     assert row.planned_infusion_at == start + timedelta(days=5)

@@ -32,12 +32,11 @@ def _apply(store: Store, partners: PartnerDirectory, event: CourierEvent) -> str
     return store.run(lambda w: ShipmentService(w, partners).apply(event).outcome, actor="test")
 
 
-def test_pickup_records_custody_but_waits_for_the_identity_checkpoint(
-    store: Store, partners: PartnerDirectory
-) -> None:
+def test_pickup_records_custody_but_waits_for_the_identity_checkpoint(store: Store, partners: PartnerDirectory) -> None:
     driver = order_at(store, partners, "collected")
     shipment = register(store, partners, driver.order.id)
-    assert shipment.origin == "st-marys" and shipment.destination == "leiden-cell-factory"
+    assert shipment.origin == "st-marys"
+    assert shipment.destination == "leiden-cell-factory"
 
     _apply(store, partners, _event(ShipmentEventKind.picked_up, "PU", location="Rochester NY"))
     order = store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id))
@@ -45,7 +44,8 @@ def test_pickup_records_custody_but_waits_for_the_identity_checkpoint(
     handoffs = store.read(lambda s: OrderRepository.from_session(s).handoffs(driver.order.id))
     assert [(h.from_party, h.to_party) for h in handoffs] == [("st-marys", "polar-courier")]
     s = store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment.id))
-    assert s.status == "picked-up" and s.pending_stage == "shipped-to-manufacturing"
+    assert s.status == "picked-up"
+    assert s.pending_stage == "shipped-to-manufacturing"
     assert "shipment.stage-pending" in alert_kinds(store, driver.order.id)
 
     driver.verify("courier-handoff")  # the courier's driver scans the bag
@@ -62,7 +62,9 @@ def test_delivery_moves_custody_and_the_journey_when_receipt_is_verified(
     shipment = register(store, partners, driver.order.id)
     driver.verify("courier-handoff")
     _apply(store, partners, _event(ShipmentEventKind.picked_up, "PU", 30))
-    assert store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id)).stage == "shipped-to-manufacturing"
+    assert (
+        store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id)).stage == "shipped-to-manufacturing"
+    )
     _apply(store, partners, _event(ShipmentEventKind.in_transit, "IT", 20, eta=utcnow() + timedelta(hours=3)))
     driver.verify("manufacturing-receipt")
     outcome = _apply(store, partners, _event(ShipmentEventKind.delivered, "DL", 5, signed_by="goods-in"))
@@ -77,7 +79,8 @@ def test_delivery_moves_custody_and_the_journey_when_receipt_is_verified(
     ext = {e["url"]: e for e in task["extension"]}
     assert ext[EXT_TRANSPORT_STATUS]["valueCode"] == "completed"
     assert EXT_ETA in ext
-    assert task["status"] == "completed" and task["executionPeriod"]["start"] < task["executionPeriod"]["end"]
+    assert task["status"] == "completed"
+    assert task["executionPeriod"]["start"] < task["executionPeriod"]["end"]
     assert task["basedOn"] == [{"reference": f"ServiceRequest/{driver.order.id}"}]
 
 
