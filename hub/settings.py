@@ -134,6 +134,14 @@ class Settings(BaseSettings):
             raise ProductionConfigError("refusing to start in production mode: " + "; ".join(problems))
 
 
+def project_path(path: Path) -> Path:
+    """A relative data directory (mappings, WSDLs) as given when it exists from the working
+    directory, else relative to the project checkout (the CLI may run from elsewhere)."""
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(__file__).resolve().parents[1] / path
+
+
 def generate_secret() -> str:
     return secrets.token_urlsafe(48)
 

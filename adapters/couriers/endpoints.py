@@ -183,9 +183,17 @@ async def _store(
     return _answer(outcome)
 
 
+class MappingMissing(HubError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"courier mapping {name} is not configured", status=503, fhir_code="transient", retryable=True)
+
+
 @router.post("/{partner}", status_code=202, summary="Courier tracking webhook (signature verified first)")
 async def courier_webhook(delivery: VerifiedDep, ctx: CtxDep) -> Response:
-    mapping = load_mapping(ctx.settings.mappings_dir, delivery.channel.mapping)
+    try:
+        mapping = load_mapping(ctx.settings.mappings_dir, delivery.channel.mapping)
+    except (OSError, ValueError):
+        raise MappingMissing(delivery.channel.mapping) from None
     parsed: Delivery | None = None
     problem: ValidationFailed | None = None
     try:

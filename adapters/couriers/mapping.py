@@ -37,6 +37,9 @@ class CourierMapping:
 
 @lru_cache(maxsize=64)
 def load_mapping(mappings_dir: Path, name: str) -> CourierMapping:
+    from hub.settings import project_path
+
+    mappings_dir = project_path(mappings_dir)
     path = (mappings_dir / f"{name}.yaml").resolve()
     if not path.is_relative_to(mappings_dir.resolve()):
         raise ValueError(f"mapping {name!r} lies outside {mappings_dir}")

@@ -51,7 +51,9 @@ class CustomsMapping:
 
 @lru_cache(maxsize=16)
 def load_customs_mapping(mappings_dir: Path, name: str) -> CustomsMapping:
-    data = yaml.safe_load((mappings_dir / f"{name}.yaml").read_text(encoding="utf-8"))
+    from hub.settings import project_path
+
+    data = yaml.safe_load((project_path(mappings_dir) / f"{name}.yaml").read_text(encoding="utf-8"))
     events = {str(k): str(v) for k, v in (data.get("events") or {}).items()}
     allowed = {"accepted", "under-control", "released", "rejected", "submitted"}
     bad = sorted(set(events.values()) - allowed)
@@ -99,6 +101,9 @@ class Ics2CustomsClient:
         status_endpoint: str | None = None,
         retry_backoff_s: float = 0.5,
     ) -> None:
+        from hub.settings import project_path
+
+        wsdl_dir = project_path(wsdl_dir)
         self.channel = channel
         self.mapping = load_customs_mapping(mappings_dir, channel.mapping)
         self.retries = channel.retries
