@@ -37,6 +37,8 @@ services:
 bench: $(STAMP)
 	$(BIN)/python bench/accept_orders.py
 	$(BIN)/python bench/audit_verify.py
+	$(BIN)/python bench/courier_webhooks.py
+	$(BIN)/python bench/temperature_readings.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

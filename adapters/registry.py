@@ -40,20 +40,33 @@ class CourierWebhook(ChannelSettings):
     secret: str  # name of an entry in the profile's `secrets`
     mapping: str
     tolerance_s: int = 300
+    # More secrets accepted during a key rotation (names of entries in `secrets`).
+    rotation_secrets: tuple[str, ...] = ()
+    # The header that carries the signature or token (fedex-hmac, static-token).
+    header: str | None = None
+    # Headers that must be present with this value (UPS Track Alert: User-Agent).
+    require_headers: dict[str, str] = Field(default_factory=dict)
 
 
 class CourierBooking(ChannelSettings):
     kind: str
     base_url: str
     credential: str  # name of an entry in `secrets`
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=3, ge=0, le=10)
 
 
 class SoapCustoms(ChannelSettings):
-    wsdl: str
+    wsdl: str  # relative to CGTHUB_WSDL_DIR: the service that lodges declarations
+    status_wsdl: str | None = None  # the service that answers status queries
     service: str | None = None
     port: str | None = None
     endpoint: str | None = None
+    status_endpoint: str | None = None
     credential: str | None = None
+    mapping: str = "customs/ics2"
+    timeout_s: float = Field(default=15.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
 
 
 class Email(ChannelSettings):
@@ -83,9 +96,11 @@ ADAPTERS: dict[str, AdapterInfo] = {
     for a in (
         AdapterInfo("hl7v2-mllp", Hl7v2Mllp, None, "HL7 v2 over MLLP (orders, ADT, SIU in; ORU out)"),
         AdapterInfo("fhir-rest", FhirRest, None, "FHIR R4 REST with SMART Backend Services"),
-        AdapterInfo("courier-webhook", CourierWebhook, None, "signed courier tracking webhooks"),
-        AdapterInfo("courier-booking", CourierBooking, None, "courier booking API client"),
-        AdapterInfo("soap-customs", SoapCustoms, None, "customs declarations over SOAP"),
+        AdapterInfo(
+            "courier-webhook", CourierWebhook, "adapters.couriers.endpoints", "signed courier tracking webhooks"
+        ),
+        AdapterInfo("courier-booking", CourierBooking, "adapters.couriers.booking", "courier booking API client"),
+        AdapterInfo("soap-customs", SoapCustoms, "adapters.customs.client", "customs declarations over SOAP"),
         AdapterInfo("email", Email, None, "inbound email (tier 3)"),
         AdapterInfo("lab-pdf", LabPdf, None, "PDF lab reports (tier 3, transcribed and verified)"),
         AdapterInfo("portal", Portal, None, "the tier 2/3 web portal"),

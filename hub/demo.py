@@ -301,6 +301,14 @@ def run_demo(settings: Settings) -> int:
         assert tl2 is not None
         _say("")
         _say(timeline.render(tl2, color=sys.stdout.isatty()))
+        _say("")
+        from hub.logistics.demo import logistics_journey
+
+        third = logistics_journey(ctx, stamp, _say)
+        tl3 = ctx.store.read(lambda s: timeline.build(s, third.id))
+        assert tl3 is not None
+        _say("")
+        _say(timeline.render(tl3, color=sys.stdout.isatty()))
         published = asyncio.run(_drain(ctx))
         _say(f"\n3. Outbox relayed {published} events through the in-process bus.")
         alerts = ctx.store.read(lambda s: AlertRepository.from_session(s).list(order_id=second.id))
@@ -314,7 +322,7 @@ def run_demo(settings: Settings) -> int:
             f"   .venv/bin/cgt-hub orders show {second.coi}\n"
             f"   .venv/bin/cgt-hub audit verify"
         )
-        if first.status != "completed" or not result.ok:
+        if first.status != "completed" or not result.ok or third.stage != "received-at-manufacturing":
             return 1
         return 0
     finally:

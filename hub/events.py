@@ -27,6 +27,17 @@ class EventType(StrEnum):
     CUSTODY_HANDOFF = "custody.handoff"
     SIGNATURE_APPLIED = "signature.applied"
     ALERT_RAISED = "alert.raised"
+    # logistics (issue 5)
+    COURIER_WEBHOOK_RECEIVED = "courier.webhook_received"
+    TELEMETRY_RECEIVED = "telemetry.received"
+    SHIPMENT_BOOKING_REQUESTED = "shipment.booking_requested"
+    SHIPMENT_STATUS_CHANGED = "shipment.status_changed"
+    TEMPERATURE_EXCURSION = "temperature.excursion"
+    CUSTOMS_STATUS_CHANGED = "customs.status_changed"
+    VIABILITY_ESCALATED = "viability.escalated"
+    CONDITIONING_SCHEDULED = "conditioning.scheduled"
+    ALERT_ACKNOWLEDGED = "alert.acknowledged"
+    ALERT_ESCALATED = "alert.escalated"
 
 
 class EventPayload(BaseModel):
@@ -109,6 +120,76 @@ class AlertRaised(EventPayload):
     message: str  # never PHI: ids, codes and reasons only
 
 
+class InboundReceived(EventPayload):
+    """A partner message is in the inbox; its processing continues from the bus."""
+
+    partner: str
+    channel: str
+    inbox_message_id: str
+
+
+class ShipmentBookingRequested(EventPayload):
+    order_id: str
+    shipment_id: str
+    courier: str
+    leg: str
+
+
+class ShipmentStatusChanged(EventPayload):
+    order_id: str
+    shipment_id: str
+    courier: str
+    leg: str
+    status: str
+    event: str
+    tracking_number: str | None = None
+    eta: datetime | None = None
+
+
+class TemperatureExcursionEvent(EventPayload):
+    order_id: str
+    shipment_id: str
+    excursion_id: str
+    kind: str
+    state: str  # opened | escalated | closed
+    peak: float
+    minutes: float
+
+
+class CustomsStatusChanged(EventPayload):
+    order_id: str
+    shipment_id: str
+    declaration_id: str
+    status: str
+
+
+class ViabilityEscalated(EventPayload):
+    order_id: str
+    coi: str
+    level: str
+    deadline: datetime
+    remaining_minutes: float
+
+
+class ConditioningScheduled(EventPayload):
+    order_id: str
+    conditioning_start: datetime
+    planned_infusion_at: datetime
+
+
+class AlertAcknowledged(EventPayload):
+    alert_id: str
+    by: str
+
+
+class AlertEscalated(EventPayload):
+    alert_id: str
+    order_id: str | None
+    level: int
+    severity: str
+    kind: str
+
+
 PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.ORDER_ACCEPTED: OrderAccepted,
     EventType.ORDER_STAGE_CHANGED: OrderStageChanged,
@@ -121,6 +202,16 @@ PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.CUSTODY_HANDOFF: CustodyHandoffEvent,
     EventType.SIGNATURE_APPLIED: SignatureApplied,
     EventType.ALERT_RAISED: AlertRaised,
+    EventType.COURIER_WEBHOOK_RECEIVED: InboundReceived,
+    EventType.TELEMETRY_RECEIVED: InboundReceived,
+    EventType.SHIPMENT_BOOKING_REQUESTED: ShipmentBookingRequested,
+    EventType.SHIPMENT_STATUS_CHANGED: ShipmentStatusChanged,
+    EventType.TEMPERATURE_EXCURSION: TemperatureExcursionEvent,
+    EventType.CUSTOMS_STATUS_CHANGED: CustomsStatusChanged,
+    EventType.VIABILITY_ESCALATED: ViabilityEscalated,
+    EventType.CONDITIONING_SCHEDULED: ConditioningScheduled,
+    EventType.ALERT_ACKNOWLEDGED: AlertAcknowledged,
+    EventType.ALERT_ESCALATED: AlertEscalated,
 }
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hub.alerts.tasks import CONSUMERS as ALERT_CONSUMERS
 from hub.context import HubContext, build_context
@@ -18,9 +20,82 @@ from hub.messaging.relay import OutboxRelay
 from hub.settings import Settings
 
 
-def all_consumers() -> list[Consumer]:
+def all_consumers(ctx: HubContext | None = None) -> list[Consumer]:
     """Every consumer the hub runs. Adapters' outbound consumers join this list as they land."""
-    return [*ALERT_CONSUMERS]
+    consumers = [*ALERT_CONSUMERS]
+    if ctx is not None:
+        consumers += logistics_consumers(ctx)
+    return consumers
+
+
+def logistics_consumers(ctx: HubContext) -> list[Consumer]:
+    from adapters.couriers.consumer import courier_consumer
+    from hub.logistics.policy import Policy
+    from hub.logistics.tasks import pending_stages
+
+    policy = Policy.from_settings(ctx.settings)
+    return [courier_consumer(ctx.partners, ctx.settings.mappings_dir, policy), pending_stages(ctx.partners)]
+
+
+def all_routers() -> list[Any]:
+    """Adapters' HTTP routes (the API includes them; hub/api never imports adapters itself)."""
+    from adapters.couriers.endpoints import router as couriers
+
+    return [couriers]
+
+
+def logistics_ports(ctx: HubContext, overrides: dict[str, str] | None = None) -> Any:
+    """Booking and customs clients from the partner profiles (``overrides``: partner id -> base URL,
+    used by the demo and tests to point a partner at a local service)."""
+    from adapters.couriers.booking import booking_client
+    from adapters.customs.client import Ics2CustomsClient
+    from adapters.registry import SoapCustoms
+    from hub.logistics.ports import BookingClient, CustomsClient
+    from hub.logistics.worker import Ports
+
+    urls = overrides or {}
+    customs: dict[str, CustomsClient | None] = {}
+
+    def book(partner_id: str) -> BookingClient | None:
+        return booking_client(ctx.partners, partner_id, base_url=urls.get(partner_id))
+
+    def soap(partner_id: str) -> CustomsClient | None:
+        if partner_id not in customs:
+            profile = ctx.partners.get(partner_id)
+            channels = [
+                c for c in (profile.channels_of("soap-customs") if profile else []) if isinstance(c, SoapCustoms)
+            ]
+            base = urls.get(partner_id)
+            customs[partner_id] = (
+                Ics2CustomsClient(
+                    channels[0],
+                    wsdl_dir=ctx.settings.wsdl_dir,
+                    mappings_dir=ctx.settings.mappings_dir,
+                    secrets=dict(profile.secrets) if profile else None,
+                    endpoint=f"{base}/ENSLifecycleManagementBAS" if base else None,
+                    status_endpoint=f"{base}/ENSConsultationDS" if base else None,
+                )
+                if channels
+                else None
+            )
+        return customs[partner_id]
+
+    return Ports(booking=book, customs=soap)
+
+
+def logistics_background(ctx: HubContext, ports: Any = None) -> Callable[[asyncio.Event], Awaitable[None]]:
+    from hub.logistics.policy import Policy
+    from hub.logistics.worker import OutboundDispatcher
+
+    dispatcher = OutboundDispatcher(
+        ctx.store, ctx.partners, ports or logistics_ports(ctx), Policy.from_settings(ctx.settings)
+    )
+    settings = ctx.settings.logistics
+
+    def run(stop: asyncio.Event) -> Awaitable[None]:
+        return dispatcher.run(stop, poll_s=settings.outbound_poll_s, sweep_s=settings.sweep_s)
+
+    return run
 
 
 def make_bus(ctx: HubContext, runner: ConsumerRunner, *, consume: bool = True) -> Bus:
@@ -42,6 +117,8 @@ class Runtime:
     runner: ConsumerRunner
     bus: Bus
     relay: OutboxRelay
+    # Long-running loops started with the relay (logistics dispatcher and sweeps).
+    background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -50,6 +127,8 @@ class Runtime:
         await self.bus.start()
         if run_relay:
             self._tasks.append(asyncio.create_task(self.relay.run(self._stop)))
+            for loop in self.background:
+                self._tasks.append(asyncio.create_task(loop(self._stop)))  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         self._stop.set()
@@ -63,11 +142,11 @@ def build_runtime(settings: Settings, *, ctx: HubContext | None = None, consume:
     ctx = ctx or build_context(settings)
     runner = ConsumerRunner(
         ctx.store,
-        all_consumers(),
+        all_consumers(ctx),
         max_attempts=settings.consumer_max_attempts,
         backoff_base_s=settings.consumer_backoff_base_s,
         backoff_max_s=settings.consumer_backoff_max_s,
     )
     bus = make_bus(ctx, runner, consume=consume)
     relay = OutboxRelay(ctx.store, bus, batch=settings.relay_batch, poll_s=settings.relay_poll_s)
-    return Runtime(ctx, runner, bus, relay)
+    return Runtime(ctx, runner, bus, relay, background=[logistics_background(ctx)])

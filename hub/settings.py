@@ -42,6 +42,25 @@ class TLSSettings(BaseSettings):
         return self.cert_file is not None
 
 
+class LogisticsSettings(BaseSettings):
+    """Logistics rules (see hub/logistics/policy.py): margins, outbound retries, alert escalation."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    receipt_margin_minutes: float = 120
+    site_margin_minutes: float = 240
+    infusion_after_conditioning_days: float = 5
+    outbound_backoff_base_s: float = 2
+    outbound_backoff_max_s: float = 600
+    outbound_max_attempts: int = 6
+    customs_poll_s: float = 60
+    alert_escalation_minutes: dict[str, float] = Field(default_factory=lambda: {"critical": 15.0, "warning": 120.0})
+    alert_escalation_max_levels: int = 3
+    # How often the viability clocks and unacknowledged alerts are swept, and outbound work polled.
+    sweep_s: float = 30
+    outbound_poll_s: float = 0.5
+
+
 class ProductionConfigError(RuntimeError):
     """Raised when production mode is asked for with unsafe settings."""
 
@@ -54,6 +73,10 @@ class Settings(BaseSettings):
     bus_url: str = "memory://"
     profiles_dir: Path = Path("partner-profiles")
     mappings_dir: Path = Path("mappings")
+    # Where customs WSDLs/XSDs are read from (local files only; profiles name paths relative to it).
+    wsdl_dir: Path = Path(
+        "../shared/corpora/soap/eu-ics2-hmrc-import-control-wsdls/public/eu/outbound/CR-for-NES-Services-V2"
+    )
 
     # Listeners
     http_host: str = "127.0.0.1"
@@ -88,6 +111,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # Logistics (issue 5): CGTHUB_LOGISTICS__SWEEP_S=… and so on.
+    logistics: LogisticsSettings = Field(default_factory=LogisticsSettings)
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -108,6 +134,14 @@ class Settings(BaseSettings):
                 problems.append(f"{name} is shorter than 32 characters")
         if problems:
             raise ProductionConfigError("refusing to start in production mode: " + "; ".join(problems))
+
+
+def project_path(path: Path) -> Path:
+    """A relative data directory (mappings, WSDLs) as given when it exists from the working
+    directory, else relative to the project checkout (the CLI may run from elsewhere)."""
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(__file__).resolve().parents[1] / path
 
 
 def generate_secret() -> str:

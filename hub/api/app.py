@@ -95,4 +95,12 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(fhir.router)
+    from hub.alerts.endpoints import router as alerts
+    from hub.logistics.endpoints import router as logistics
+    from hub.runtime import all_routers
+
+    app.include_router(alerts)
+    app.include_router(logistics)
+    for router in all_routers():
+        app.include_router(router)
     return app

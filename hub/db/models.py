@@ -399,3 +399,7 @@ def table_of(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+# Domain tables that live in their own modules register on the same metadata.
+from hub.db import models_logistics as _models_logistics  # noqa: E402, F401

@@ -153,3 +153,16 @@ def set_status(work: Work, message_id: str, status: InboxStatus, reason: str) ->
     old = row.status
     work.session.execute(update(InboxMessage).where(InboxMessage.id == message_id).values(status=status.value))
     work.audit("update", "InboxMessage", message_id, old={"status": old}, new={"status": status.value}, reason=reason)
+
+
+def settle(
+    work: Work, message_id: str, status: InboxStatus, *, error: str | None = None, order_id: str | None = None
+) -> None:
+    """Record how a message accepted earlier (status ``received``) was finally processed, when its
+    processing continued from the bus (courier webhooks: acknowledged at receipt, handled later)."""
+    values: dict[str, object] = {"status": status.value, "handled_at": work.now}
+    if error is not None:
+        values["error"] = error[:2000]
+    if order_id is not None:
+        values["order_id"] = order_id
+    work.session.execute(update(InboxMessage).where(InboxMessage.id == message_id).values(**values))

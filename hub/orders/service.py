@@ -229,6 +229,10 @@ class OrderService:
                 stage=order.stage,
             ),
         )
+        if cmd.conditioning_start is not None:
+            from hub.logistics.viability import conditioning_from_order
+
+            conditioning_from_order(work, order_id, cmd.conditioning_start)
         return view(order)
 
     def _site_pairs(self, cmd: PlaceOrder) -> list[tuple[str, str]]:

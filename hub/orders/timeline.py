@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -35,6 +35,7 @@ class Timeline:
     timezone: str
     viability_deadline: datetime | None
     entries: list[Entry]
+    notes: list[str] = field(default_factory=list)  # extra header lines (e.g. the viability countdown)
 
 
 def build(session: Session, key: str) -> Timeline | None:
@@ -109,6 +110,12 @@ def build(session: Session, key: str) -> Timeline | None:
                     ok=check.valid,
                 )
             )
+    from hub.db.types import utcnow
+    from hub.logistics import timeline as logistics
+
+    for at, kind, text, ok in logistics.for_order(session, order):
+        entries.append(Entry(0, at, kind, text, ok=ok))
+    countdown = logistics.countdown_line(session, order, utcnow())
     entries.sort(key=lambda e: (e.at, e.seq))
     coi = coi_of(order)
     return Timeline(
@@ -121,6 +128,7 @@ def build(session: Session, key: str) -> Timeline | None:
         order.timezone,
         order.viability_deadline,
         entries,
+        [countdown] if countdown else [],
     )
 
 
@@ -137,6 +145,7 @@ def render(tl: Timeline, *, color: bool = False) -> str:
     ]
     if tl.viability_deadline is not None:
         lines.append(f"  Viability window closes {tl.viability_deadline:%Y-%m-%d %H:%M} UTC")
+    lines += tl.notes
     lines.append("")
     for e in tl.entries:
         mark = f"{green}✓{reset}" if e.ok else f"{red}✗{reset}"

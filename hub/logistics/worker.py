@@ -1,0 +1,285 @@
+"""Background work of the logistics domain, run by the runtime next to the relay and consumers:
+
+* :class:`OutboundDispatcher` performs the partner calls the core owes (``outbound_work``): book a
+  courier, submit a customs declaration, poll its status. A call never happens inside a database
+  transaction: the work item is claimed in one unit of work, the call is made, and its outcome is
+  recorded (with one ``outbound_attempt`` row per attempt) in another. Bookings carry the shipment's
+  idempotency key, so a retry after a lost answer never books twice. Transient failures back off
+  exponentially (capped), then fail terminally with a critical alert.
+* :func:`sweep` raises due viability escalations and escalates unacknowledged alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from hub.alerts.service import AlertService
+from hub.db.models_logistics import OutboundAttempt, OutboundWork
+from hub.db.types import utcnow
+from hub.db.uow import Store, Work
+from hub.logistics.customs import CustomsService
+from hub.logistics.policy import Policy
+from hub.logistics.ports import (
+    BookingClient,
+    BookingRequest,
+    BookingResult,
+    CustomsClient,
+    CustomsStatus,
+    CustomsSubmission,
+    PartnerCallError,
+)
+from hub.logistics.repository import LogisticsRepository
+from hub.logistics.service import ShipmentService, leg_of
+from hub.logistics.viability import ViabilityService
+from hub.orders.repository import OrderRepository
+from hub.partners.loader import PartnerDirectory
+from hub.products.registry import get_product
+
+log = logging.getLogger(__name__)
+CLAIM = timedelta(minutes=2)
+
+
+@dataclass
+class Ports:
+    booking: Callable[[str], BookingClient | None]
+    customs: Callable[[str], CustomsClient | None]
+
+
+def sweep(store: Store, policy: Policy) -> tuple[int, int]:
+    """One pass of the viability clocks and the alert escalation (each in its own unit of work)."""
+    raised = store.run(lambda w: ViabilityService(w, policy).sweep(), actor="sweep:viability")
+    escalated = store.run(lambda w: AlertService(w).escalate_due(policy), actor="sweep:alerts")
+    return raised, escalated
+
+
+@dataclass
+class OutboundDispatcher:
+    store: Store
+    partners: PartnerDirectory
+    ports: Ports
+    policy: Policy
+    call_timeout_s: float = 30.0
+
+    async def run(self, stop: asyncio.Event, poll_s: float = 0.5, sweep_s: float = 30.0) -> None:
+        last_sweep = 0.0
+        while not stop.is_set():
+            try:
+                await self.run_once()
+                if time.monotonic() - last_sweep >= sweep_s:
+                    last_sweep = time.monotonic()
+                    await asyncio.to_thread(sweep, self.store, self.policy)
+            except Exception as exc:  # the loop must survive a bad pass; the work stays pending
+                log.error("logistics dispatcher pass failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+
+    async def run_once(self) -> int:
+        """Perform every due work item once. Returns how many were attempted."""
+        now = utcnow()
+        due = self.store.read(lambda s: LogisticsRepository.from_session(s).due_work(now))
+        done = 0
+        for item in due:
+            claimed = await self.store.run_async(_claim(item.id), actor="dispatcher")
+            if not claimed:
+                continue
+            done += 1
+            await self._perform(item)
+        return done
+
+    async def _perform(self, item: OutboundWork) -> None:
+        started = time.perf_counter()
+        try:
+            if item.kind == "booking":
+                result = await self._book(item)
+                await self._record(
+                    item, started, "ok", f"booked {result.booking_reference}", lambda w: self._booked(w, item, result)
+                )
+            elif item.kind == "customs-submit":
+                client, submission = self._customs_submission(item)
+                await asyncio.wait_for(asyncio.to_thread(client.submit, submission), self.call_timeout_s)
+                await self._record(
+                    item,
+                    started,
+                    "ok",
+                    "declaration lodged",
+                    lambda w: CustomsService(w, self.partners, self.policy).submitted(item.subject_id),
+                )
+            elif item.kind == "customs-poll":
+                client, submission = self._customs_submission(item)
+                status = await asyncio.wait_for(
+                    asyncio.to_thread(client.status, submission.functional_reference, submission.mrn),
+                    self.call_timeout_s,
+                )
+                await self._record(
+                    item, started, "ok", f"status {status.status}", lambda w: self._polled(w, item, status), keep=True
+                )
+            else:
+                raise PartnerCallError(f"unknown outbound work kind {item.kind}", retryable=False)
+        except PartnerCallError as exc:
+            await self._failure(item, started, exc)
+        except TimeoutError:
+            await self._failure(
+                item, started, PartnerCallError("the partner did not answer in time", retryable=True, code="timeout")
+            )
+        except Exception as exc:  # a bug or an unexpected answer: keep the work, retry, never crash
+            log.error("outbound %s %s failed: %s", item.kind, item.id, type(exc).__name__)
+            await self._failure(
+                item,
+                started,
+                PartnerCallError(f"internal error: {type(exc).__name__}", retryable=True, code="internal"),
+            )
+
+    # ------------------------------------------------------------------ calls
+    async def _book(self, item: OutboundWork) -> BookingResult:
+        client = self.ports.booking(item.partner)
+        if client is None:
+            raise PartnerCallError(
+                f"no booking channel configured for courier {item.partner}", retryable=False, code="config"
+            )
+
+        def request(session: object) -> BookingRequest:
+            from sqlalchemy.orm import Session
+
+            assert isinstance(session, Session)
+            s = LogisticsRepository.from_session(session).shipment(item.subject_id)
+            order = OrderRepository.from_session(session).get(s.order_id)
+            leg = leg_of(get_product(order.product_code), s.leg_code)
+            return BookingRequest(
+                idempotency_key=s.idempotency_key,
+                shipment_id=s.id,
+                reference=f"{order.coi}-{leg.code}",
+                origin=s.origin,
+                destination=s.destination,
+                pickup_after=utcnow(),
+                temperature_min_c=leg.temperature.min_c,
+                temperature_max_c=leg.temperature.max_c,
+                material=s.material,
+            )
+
+        req = self.store.read(request)
+        return await asyncio.wait_for(client.book(req), self.call_timeout_s)
+
+    def _customs_submission(self, item: OutboundWork) -> tuple[CustomsClient, CustomsSubmission]:
+        client = self.ports.customs(item.partner)
+        if client is None:
+            raise PartnerCallError(f"no customs channel configured for {item.partner}", retryable=False, code="config")
+
+        def build(session: object) -> CustomsSubmission:
+            from sqlalchemy.orm import Session
+
+            assert isinstance(session, Session)
+            repo = LogisticsRepository.from_session(session)
+            decl = repo.declaration(item.subject_id)
+            s = repo.shipment(decl.shipment_id)
+            courier = self.partners.get(s.courier)
+            authority = self.partners.get(decl.partner)
+            return CustomsSubmission(
+                functional_reference=decl.functional_reference,
+                declarant_eori=(courier.identifiers.get("eori") if courier else None) or "UNKNOWN",
+                customs_office=(authority.identifiers.get("office") if authority else None) or "XX000000",
+                presented_at=s.eta or utcnow(),
+                mrn=decl.mrn,
+            )
+
+        return client, self.store.read(build)
+
+    # ------------------------------------------------------------------ outcomes
+    def _booked(self, work: Work, item: OutboundWork, result: BookingResult) -> None:
+        ShipmentService(work, self.partners, self.policy).booking_confirmed(item.subject_id, result)
+
+    def _polled(self, work: Work, item: OutboundWork, status: CustomsStatus) -> bool:
+        return CustomsService(work, self.partners, self.policy).update(item.subject_id, status)
+
+    async def _record(
+        self,
+        item: OutboundWork,
+        started: float,
+        outcome: str,
+        detail: str,
+        effect: Callable[[Work], object],
+        *,
+        keep: bool = False,
+    ) -> None:
+        duration = (time.perf_counter() - started) * 1000
+
+        def job(work: Work) -> None:
+            row = LogisticsRepository.from_session(work.session).work(item.id)
+            result = effect(work)
+            finished = not keep or result is True
+            work.session.add(
+                OutboundAttempt(
+                    id=str(uuid.uuid4()),
+                    work_id=row.id,
+                    attempt=_attempt_no(work, row.id),
+                    at=work.now,
+                    duration_ms=duration,
+                    outcome=outcome,
+                    detail=detail[:1000],
+                )
+            )
+            row.attempts = 0
+            row.claimed_until = None
+            row.last_error = None
+            row.updated_at = work.now
+            if finished:
+                row.status = "done"
+            else:
+                row.next_attempt_at = work.now + self.policy.customs_poll
+            work.session.flush()
+
+        await self.store.run_async(job, actor=f"outbound:{item.partner}")
+
+    async def _failure(self, item: OutboundWork, started: float, exc: PartnerCallError) -> None:
+        duration = (time.perf_counter() - started) * 1000
+        log.warning(
+            "outbound %s %s to %s failed (%s, retryable=%s)", item.kind, item.id, item.partner, exc.code, exc.retryable
+        )
+
+        def job(work: Work) -> None:
+            row = LogisticsRepository.from_session(work.session).work(item.id)
+            row.attempts += 1
+            final = not exc.retryable or row.attempts >= self.policy.outbound_max_attempts
+            work.session.add(
+                OutboundAttempt(
+                    id=str(uuid.uuid4()),
+                    work_id=row.id,
+                    attempt=_attempt_no(work, row.id),
+                    at=work.now,
+                    duration_ms=duration,
+                    outcome="failed" if final else "retry",
+                    detail=f"{exc.code or 'error'}: {exc.message}"[:1000],
+                )
+            )
+            row.last_error = f"{exc.code or 'error'}: {exc.message}"[:2000]
+            row.claimed_until = None
+            row.updated_at = work.now
+            if final:
+                row.status = "failed"
+                reason = f"{exc.code or 'error'}: {exc.message}"
+                if item.kind == "booking":
+                    ShipmentService(work, self.partners, self.policy).booking_failed(item.subject_id, reason)
+                else:
+                    CustomsService(work, self.partners, self.policy).failed(item.subject_id, exc.code, exc.message)
+            else:
+                row.next_attempt_at = work.now + self.policy.backoff(row.attempts)
+            work.session.flush()
+
+        await self.store.run_async(job, actor=f"outbound:{item.partner}")
+
+
+def _claim(work_id: str) -> Callable[[Work], bool]:
+    def job(work: Work) -> bool:
+        return LogisticsRepository.from_session(work.session).claim(work_id, work.now, work.now + CLAIM)
+
+    return job
+
+
+def _attempt_no(work: Work, work_id: str) -> int:
+    return len(LogisticsRepository.from_session(work.session).attempts(work_id)) + 1

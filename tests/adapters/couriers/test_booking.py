@@ -1,0 +1,121 @@
+"""Courier bookings: idempotent, retried with backoff (respx unit tests), and end to end against a
+real local courier service through the outbound dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import respx
+
+from adapters.couriers.booking import PolarRestBooking
+from adapters.couriers.sandbox import CourierSandbox
+from adapters.local_server import LocalServer
+from hub.context import HubContext
+from hub.logistics.policy import Policy
+from hub.logistics.ports import BookingRequest, PartnerCallError
+from hub.logistics.repository import LogisticsRepository
+from hub.logistics.schemas import BookShipment
+from hub.logistics.service import ShipmentService
+from hub.logistics.worker import OutboundDispatcher
+from hub.runtime import logistics_ports
+from tests.logistics_support import alert_kinds, context, order_at
+
+REQ = BookingRequest(
+    idempotency_key="key-1",
+    shipment_id="s-1",
+    reference="CHA999826000001-apheresis-chilled",
+    origin="st-marys",
+    destination="leiden-cell-factory",
+    pickup_after=datetime(2026, 11, 25, 12, tzinfo=UTC),
+    temperature_min_c=2,
+    temperature_max_c=8,
+    material="apheresis",
+)
+OK = {"booking_id": "BK-1", "tracking_number": "PLR000000042", "eta": "2026-11-26T08:00:00+00:00"}
+
+
+@respx.mock
+def test_retries_5xx_with_the_same_idempotency_key() -> None:
+    route = respx.post("https://courier.test/v2/bookings").mock(
+        side_effect=[httpx.Response(503), httpx.ConnectTimeout("slow"), httpx.Response(201, json=OK)]
+    )
+    client = PolarRestBooking("https://courier.test/v2", "t0k", retries=3, backoff_s=0.001)
+    result = asyncio.run(client.book(REQ))
+    assert result.tracking_number == "PLR000000042"
+    assert result.eta == datetime(2026, 11, 26, 8, tzinfo=UTC)
+    assert route.call_count == 3
+    assert {c.request.headers["idempotency-key"] for c in route.calls} == {"key-1"}
+    assert route.calls[0].request.headers["authorization"] == "Bearer t0k"
+
+
+@respx.mock
+def test_4xx_is_final_and_exhausted_retries_are_retryable() -> None:
+    respx.post("https://courier.test/v2/bookings").mock(return_value=httpx.Response(400, json={"error": "bad"}))
+    client = PolarRestBooking("https://courier.test/v2", "t0k", retries=3, backoff_s=0.001)
+    with pytest.raises(PartnerCallError) as refused:
+        asyncio.run(client.book(REQ))
+    assert not refused.value.retryable
+    assert refused.value.code == "http-400"
+    respx.post("https://courier.test/v2/bookings").mock(return_value=httpx.Response(502))
+    with pytest.raises(PartnerCallError) as down:
+        asyncio.run(client.book(REQ))
+    assert down.value.retryable
+
+
+@pytest.fixture
+def ctx(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubContext]:
+    monkeypatch.setenv("POLAR_COURIER_API_TOKEN", "sandbox-token")
+    c = context(db_url)
+    try:
+        yield c
+    finally:
+        c.store.dispose()
+
+
+@pytest.mark.slow
+def test_booking_through_the_dispatcher_against_a_real_courier(ctx: HubContext) -> None:
+    courier = CourierSandbox(token="sandbox-token", fail_next=1)
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    cmd = BookShipment(order_id=driver.order.id, customs_partner="eu-customs-ics2")
+    with LocalServer(courier.app()) as server:
+        ports = logistics_ports(ctx, {"polar-courier": server.url + "/v2"})
+        policy = Policy(outbound_backoff_base=Policy().outbound_backoff_base * 0)
+        dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, policy)
+        view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+        again = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+        assert again.id == view.id
+        assert view.status == "booking"
+        asyncio.run(dispatcher.run_once())  # 503 once (retried inside the client), then booked
+    s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(view.id))
+    assert s.status == "booked"
+    assert s.tracking_number == "PLR000000001"
+    assert s.eta is not None
+    assert len(courier.bookings) == 1
+    assert courier.requests == 2
+    (work,) = ctx.store.read(lambda s: LogisticsRepository.from_session(s).work_for("booking", view.id))
+    assert work.status == "done"
+    assert [a.outcome for a in ctx.store.read(lambda s: LogisticsRepository.from_session(s).attempts(work.id))] == [
+        "ok"
+    ]
+
+
+@pytest.mark.slow
+def test_a_refused_booking_fails_the_leg_and_alerts(ctx: HubContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    courier = CourierSandbox(token="another-token")  # the hub's token is wrong: 401, final
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    with LocalServer(courier.app()) as server:
+        ports = logistics_ports(ctx, {"polar-courier": server.url + "/v2"})
+        dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, Policy())
+        view = ctx.store.run(
+            lambda w: ShipmentService(w, ctx.partners).book(
+                BookShipment(order_id=driver.order.id, customs_partner="eu-customs-ics2")
+            )
+        )
+        asyncio.run(dispatcher.run_once())
+    s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(view.id))
+    assert s.status == "failed"
+    assert "shipment.booking-failed" in alert_kinds(ctx.store, driver.order.id)

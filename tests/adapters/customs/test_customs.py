@@ -1,0 +1,172 @@
+"""Customs over SOAP: the ICS2 contracts load offline; lodging and status against a real local SOAP
+service; faults, malformed and hostile XML become clear errors and alerts, never a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from zeep import Client
+
+from adapters.customs.client import Ics2CustomsClient, zeep_settings
+from adapters.customs.sandbox import CustomsSandbox
+from adapters.local_server import LocalServer
+from adapters.registry import SoapCustoms
+from hub.context import HubContext
+from hub.logistics.policy import Policy
+from hub.logistics.ports import CustomsSubmission, PartnerCallError
+from hub.logistics.repository import LogisticsRepository
+from hub.logistics.worker import OutboundDispatcher
+from hub.runtime import logistics_ports
+from tests.conftest import CORPORA, REPO
+from tests.logistics_support import alert_kinds, context, order_at, register
+
+WSDL_DIR = CORPORA / "soap/eu-ics2-hmrc-import-control-wsdls/public/eu/outbound/CR-for-NES-Services-V2"
+CHANNEL = SoapCustoms(
+    adapter="soap-customs",
+    direction="both",
+    wsdl="BusinessActivityService/ICS/ENSLifecycleManagementBAS/V2/CCN2.Service.Customs.EU.ICS.ENSLifecycleManagementBAS_2.0.0_CCN2_2.0.0.wsdl",
+    status_wsdl="DataService/ICS/ENSConsultationDS/V2/CCN2.Service.Customs.EU.ICS.ENSConsultationDS_2.0.0_CCN2_2.0.0.wsdl",
+    retries=1,
+    timeout_s=2,
+)
+
+
+def test_every_ics2_wsdl_loads_offline_with_safe_settings() -> None:
+    wsdls = sorted(WSDL_DIR.rglob("*.wsdl"))
+    assert len(wsdls) == 24
+    for path in wsdls:
+        Client(str(path), settings=zeep_settings())  # forbid_external: no network fetch is possible
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[tuple[CustomsSandbox, str]]:
+    service = CustomsSandbox()
+    with LocalServer(service.app()) as server:
+        yield service, server.url
+
+
+def _client(url: str) -> Ics2CustomsClient:
+    return Ics2CustomsClient(
+        CHANNEL,
+        wsdl_dir=WSDL_DIR,
+        mappings_dir=REPO / "mappings",
+        endpoint=url + "/ENSLifecycleManagementBAS",
+        status_endpoint=url + "/ENSConsultationDS",
+        retry_backoff_s=0.01,
+    )
+
+
+def test_lodge_and_follow_a_declaration(sandbox: tuple[CustomsSandbox, str]) -> None:
+    service, url = sandbox
+    service.mode = "normal"
+    client = _client(url)
+    client.submit(CustomsSubmission("CGTTEST0001", "NL987654321000", "NL000396", datetime.now(UTC), None))
+    assert service.requests[-1] == "IE4N10submitPresentationInformationReqMsg"
+    first = client.status("CGTTEST0001", None)
+    assert first.status == "accepted"
+    assert first.mrn is not None
+    assert len(first.mrn) == 18
+    assert client.status("CGTTEST0001", first.mrn).status == "released"
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "retryable"),
+    [
+        ("fault", "env:Receiver", True),
+        ("malformed", "malformed", True),
+        ("billion-laughs", "hostile-xml", False),
+        ("xxe", "hostile-xml", False),
+        ("http-500", "malformed", True),
+    ],
+)
+def test_bad_answers_become_clear_errors(
+    sandbox: tuple[CustomsSandbox, str], mode: str, code: str, retryable: bool
+) -> None:
+    service, url = sandbox
+    client = _client(url)
+    service.mode = "normal"
+    client.submit(CustomsSubmission("CGTTEST0002", "NL987654321000", "NL000396", datetime.now(UTC), None))
+    service.mode = mode
+    try:
+        with pytest.raises(PartnerCallError) as caught:
+            client.status("CGTTEST0002", None)
+    finally:
+        service.mode = "normal"
+    assert caught.value.code == code
+    assert caught.value.retryable is retryable
+
+
+def test_unknown_declaration_is_a_sender_fault(sandbox: tuple[CustomsSandbox, str]) -> None:
+    service, url = sandbox
+    service.mode = "normal"
+    with pytest.raises(PartnerCallError) as caught:
+        _client(url).status("CGTNOSUCHTHING", None)
+    assert caught.value.code == "env:Sender"
+    assert not caught.value.retryable
+
+
+def test_timeout_is_retryable(sandbox: tuple[CustomsSandbox, str]) -> None:
+    service, url = sandbox
+    service.mode, service.delay_s = "slow", 3.0
+    try:
+        with pytest.raises(PartnerCallError) as caught:
+            _client(url).status("CGTTEST0001", None)
+    finally:
+        service.mode, service.delay_s = "normal", 0.0
+    assert caught.value.retryable
+    assert caught.value.code == "transport"
+
+
+@pytest.fixture
+def ctx(db_url: str) -> Iterator[HubContext]:
+    c = context(db_url, wsdl_dir=WSDL_DIR)
+    try:
+        yield c
+    finally:
+        c.store.dispose()
+
+
+@pytest.mark.slow
+def test_international_leg_is_declared_and_cleared_through_the_dispatcher(ctx: HubContext) -> None:
+    service = CustomsSandbox(script=("A1", "C1", "R2"))
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    shipment = register(ctx.store, ctx.partners, driver.order.id)
+    policy = Policy(customs_poll=Policy().customs_poll * 0)
+    with LocalServer(service.app()) as server:
+        ports = logistics_ports(ctx, {"eu-customs-ics2": server.url})
+        dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, policy)
+        for _ in range(5):
+            asyncio.run(dispatcher.run_once())
+    decl = ctx.store.read(lambda s: LogisticsRepository.from_session(s).declaration_for(shipment.id))
+    assert decl is not None
+    assert decl.status == "released"
+    assert decl.mrn
+    assert decl.cleared_at
+    assert "customs.under-control" in alert_kinds(ctx.store, driver.order.id)
+
+
+@pytest.mark.slow
+def test_a_customs_fault_fails_the_declaration_and_alerts(ctx: HubContext) -> None:
+    service = CustomsSandbox(mode="xxe")
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    shipment = register(ctx.store, ctx.partners, driver.order.id)
+    with LocalServer(service.app()) as server:
+        dispatcher = OutboundDispatcher(
+            ctx.store, ctx.partners, logistics_ports(ctx, {"eu-customs-ics2": server.url}), Policy()
+        )
+        asyncio.run(dispatcher.run_once())
+    decl = ctx.store.read(lambda s: LogisticsRepository.from_session(s).declaration_for(shipment.id))
+    assert decl is not None
+    assert decl.status == "failed"
+    assert "hostile-xml" in (decl.detail or "")
+    assert "customs.fault" in alert_kinds(ctx.store, driver.order.id)
+
+
+def test_profiles_wsdls_exist_under_the_configured_dir() -> None:
+    from hub.settings import Settings
+
+    assert (REPO / Settings().wsdl_dir / CHANNEL.wsdl).resolve().is_file() or Path(WSDL_DIR / CHANNEL.wsdl).is_file()
