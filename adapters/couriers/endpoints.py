@@ -24,6 +24,7 @@ from adapters.registry import CourierWebhook
 from hub import canonical
 from hub.api.deps import CtxDep
 from hub.api.outcomes import problem_for
+from hub.context import HubContext
 from hub.db.models import InboxMessage
 from hub.db.uow import Work
 from hub.errors import AuthenticationFailed, Conflict, HubError, NotFound, ValidationFailed
@@ -82,7 +83,7 @@ class VerifiedDelivery:
     idempotency_key: str | None
 
 
-def channel_of(ctx: CtxDep, partner: str) -> CourierWebhook:
+def channel_of(ctx: HubContext, partner: str) -> CourierWebhook:
     profile = ctx.partners.get(partner)
     channels = [c for c in (profile.channels_of("courier-webhook") if profile else []) if isinstance(c, CourierWebhook)]
     if profile is None or not channels:

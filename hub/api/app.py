@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import __version__, canonical
 from hub.api import fhir, health
-from hub.api.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from hub.api.metrics import ObserveMiddleware
 from hub.api.outcomes import operation_outcome, outcome_for, problem_for
 from hub.context import HubContext
 from hub.errors import HubError, Issue
@@ -80,18 +79,7 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - started
-        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, template).observe(elapsed)
-        # Route template only: paths and query strings can carry identifiers.
-        log.info("%s %s -> %d in %.1f ms", request.method, template, response.status_code, elapsed * 1000)
-        return response
+    app.add_middleware(ObserveMiddleware)
 
     app.include_router(health.router)
     app.include_router(fhir.router)

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select, update
 
 from hub import canonical
-from hub.db.models import InboxMessage
+from hub.db.models import InboxMessage, table_of
 from hub.db.uow import Work
 from hub.errors import HubError
 from hub.ids import uuid7
@@ -70,77 +69,115 @@ def receive(
     message_type: str | None = None,
 ) -> InboxOutcome:
     digest = canonical.sha256_hex(raw)
-    session = work.session
-    existing = _find(session, partner, channel, external_id)
+    conn = work.session.connection()
+    external_id = external_id[:255]
+    existing = conn.execute(_FIND, {"p": partner, "c": channel, "e": external_id}).one_or_none()
     if existing is not None:
         if existing.content_hash == digest:
             return InboxOutcome(existing.id, InboxStatus(existing.status), existing.response, duplicate=True)
-        conflict_id = f"{external_id}#conflict:{digest[:16]}"
-        again = _find(session, partner, channel, conflict_id)
+        conflict_id = f"{external_id[:200]}#conflict:{digest[:16]}"
+        again = conn.execute(_FIND, {"p": partner, "c": channel, "e": conflict_id}).one_or_none()
         if again is not None:
             return InboxOutcome(again.id, InboxStatus(again.status), again.response, duplicate=True)
-        row = _insert(work, partner, channel, conflict_id, digest, raw, message_type, InboxStatus.conflict)
-        row.error = f"external id {external_id} was already used for different content (message {existing.id})"
-        row.response = render_conflict(existing) if render_conflict else None
-        row.handled_at = work.now
-        session.flush()
-        return InboxOutcome(row.id, InboxStatus.conflict, row.response)
+        first = work.session.get(InboxMessage, existing.id)
+        assert first is not None
+        response = render_conflict(first) if render_conflict else None
+        message_id = _insert(work, partner, channel, conflict_id, digest, raw, message_type)
+        _settle(
+            work,
+            message_id,
+            InboxStatus.conflict,
+            response,
+            error=f"external id {external_id} was already used for different content (message {existing.id})",
+        )
+        return InboxOutcome(message_id, InboxStatus.conflict, response)
 
-    row = _insert(work, partner, channel, external_id, digest, raw, message_type, InboxStatus.received)
+    message_id = _insert(work, partner, channel, external_id, digest, raw, message_type)
     error: HubError | None = None
+    order_id: str | None = None
+    failure: str | None = None
     try:
         with work.attempt():
-            result = interpret(work, row.id)
+            result = interpret(work, message_id)
         status, response = result.status, result.response
-        row.order_id = result.order_id
-        row.message_type = result.message_type or row.message_type
+        order_id = result.order_id
+        message_type = result.message_type or message_type
     except HubError as exc:
         error = exc
         status, response = InboxStatus.rejected, render_error(exc, exc)
-        row.error = exc.message[:2000]
+        failure = exc.message[:2000]
     except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
-        log.exception("inbox message %s from %s/%s failed: %s", row.id, partner, channel, type(exc).__name__)
+        log.exception("inbox message %s from %s/%s failed: %s", message_id, partner, channel, type(exc).__name__)
         status, response = InboxStatus.failed, render_error(None, exc)
-        row.error = f"internal error: {type(exc).__name__}"
-    row.status = status.value
-    row.response = response
-    row.handled_at = work.now
-    session.flush()
-    return InboxOutcome(row.id, status, response, error=error)
+        failure = f"internal error: {type(exc).__name__}"
+    _settle(work, message_id, status, response, error=failure, order_id=order_id, message_type=message_type)
+    return InboxOutcome(message_id, status, response, error=error)
 
 
-def _find(session: Session, partner: str, channel: str, external_id: str) -> InboxMessage | None:
-    return session.execute(
-        select(InboxMessage).where(
-            InboxMessage.partner == partner, InboxMessage.channel == channel, InboxMessage.external_id == external_id
-        )
-    ).scalar_one_or_none()
+# Hot-path statements on the Core table (built once).
+_T = table_of(InboxMessage)
+_FIND = select(_T.c.id, _T.c.content_hash, _T.c.status, _T.c.response).where(
+    _T.c.partner == bindparam("p"), _T.c.channel == bindparam("c"), _T.c.external_id == bindparam("e")
+)
+_SETTLE = (
+    _T.update()
+    .where(_T.c.id == bindparam("i"))
+    .values(
+        status=bindparam("s"),
+        response=bindparam("r"),
+        handled_at=bindparam("h"),
+        error=bindparam("x"),
+        order_id=bindparam("o"),
+        message_type=bindparam("m"),
+    )
+)
 
 
 def _insert(
-    work: Work,
-    partner: str,
-    channel: str,
-    external_id: str,
-    digest: str,
-    raw: bytes,
-    message_type: str | None,
-    status: InboxStatus,
-) -> InboxMessage:
-    row = InboxMessage(
-        id=uuid7(),
-        partner=partner,
-        channel=channel,
-        external_id=external_id[:255],
-        content_hash=digest,
-        raw=raw,
-        message_type=message_type,
-        received_at=work.now,
-        status=status.value,
+    work: Work, partner: str, channel: str, external_id: str, digest: str, raw: bytes, message_type: str | None
+) -> str:
+    message_id = uuid7()
+    work.session.connection().execute(
+        _T.insert(),
+        [
+            {
+                "id": message_id,
+                "partner": partner,
+                "channel": channel,
+                "external_id": external_id,
+                "content_hash": digest,
+                "raw": raw,
+                "message_type": message_type,
+                "received_at": work.now,
+                "status": InboxStatus.received.value,
+            }
+        ],
     )
-    work.session.add(row)
-    work.session.flush()
-    return row
+    return message_id
+
+
+def _settle(
+    work: Work,
+    message_id: str,
+    status: InboxStatus,
+    response: bytes | None,
+    *,
+    error: str | None = None,
+    order_id: str | None = None,
+    message_type: str | None = None,
+) -> None:
+    work.session.connection().execute(
+        _SETTLE,
+        {
+            "i": message_id,
+            "s": status.value,
+            "r": response,
+            "h": work.now,
+            "x": error,
+            "o": order_id,
+            "m": message_type[:64] if message_type else None,
+        },
+    )
 
 
 def set_status(work: Work, message_id: str, status: InboxStatus, reason: str) -> None:
