@@ -48,7 +48,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
 ) -> None:
-    """Run the API, the committer, the outbox relay and the bus consumers."""
+    """Run the API, the committer, the outbox relay, the bus consumers and the adapters' listeners
+    (MLLP on CGTHUB_MLLP_HOST:CGTHUB_MLLP_PORT unless CGTHUB_MLLP_ENABLED=false) and senders."""
     import uvicorn
 
     from hub.api.app import create_app
@@ -56,7 +57,7 @@ def serve(
 
     settings = _settings()
     _logging(settings)
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, services=True)
     application = create_app(runtime.ctx, runtime)
     tls = settings.http_tls
     kwargs: dict[str, object] = {}

@@ -27,6 +27,7 @@ class EventType(StrEnum):
     CUSTODY_HANDOFF = "custody.handoff"
     SIGNATURE_APPLIED = "signature.applied"
     ALERT_RAISED = "alert.raised"
+    ORDER_COLLECTION_SCHEDULED = "order.collection_scheduled"
 
 
 class EventPayload(BaseModel):
@@ -109,6 +110,16 @@ class AlertRaised(EventPayload):
     message: str  # never PHI: ids, codes and reasons only
 
 
+class CollectionScheduled(EventPayload):
+    order_id: str
+    coi: str
+    appointment_id: str
+    action: str  # book | reschedule | modify | cancel
+    status: str  # booked | cancelled
+    start: datetime
+    end: datetime | None
+
+
 PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.ORDER_ACCEPTED: OrderAccepted,
     EventType.ORDER_STAGE_CHANGED: OrderStageChanged,
@@ -121,6 +132,7 @@ PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.CUSTODY_HANDOFF: CustodyHandoffEvent,
     EventType.SIGNATURE_APPLIED: SignatureApplied,
     EventType.ALERT_RAISED: AlertRaised,
+    EventType.ORDER_COLLECTION_SCHEDULED: CollectionScheduled,
 }
 
 

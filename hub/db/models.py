@@ -399,3 +399,7 @@ def table_of(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+# Tables of later areas live in their own modules; imported here so the metadata sees them.
+from hub.db import models_hl7v2, models_scheduling  # noqa: E402, F401
