@@ -243,7 +243,7 @@ class Interpreter:
                             value=str(res["value"]),
                             unit=res.get("unit"),
                             performer=self.partner,
-                            occurred_at=_aware(res.get("observed_at") or item.get("observed_at")),
+                            occurred_at=_aware(res.get("occurred_at") or item.get("occurred_at")),
                         )
                     except PydanticValidationError as exc:
                         raise _validation(exc, "result") from None

@@ -385,10 +385,16 @@ def evaluate(node: Any, scope: Scope, target: str = "") -> Any:
                     items.append(item)
             return items
         if "first" in node:
+            fallback: dict[str, str] = {}
             for option in node["first"]:
+                before = set(scope.sources)
                 value = evaluate(option, scope, target)
                 if value not in EMPTY:
                     return value
+                for key in set(scope.sources) - before:  # an empty option does not own the place
+                    fallback.setdefault(key, scope.sources.pop(key))
+            for key, loc in fallback.items():
+                scope.sources.setdefault(key, loc)
             return None
         if "concat" in node:
             parts = [evaluate(p, scope, target) for p in node["concat"]]
@@ -430,11 +436,15 @@ def _eval_path(node: dict[str, Any], scope: Scope, target: str) -> Any:
     kind = str(node.get("as", "string"))
     value: Any = None
     location = ""
+    first_location = ""
     for path in paths:
         raw, location = raw_at(scope, str(path))
+        first_location = first_location or location
         value = _convert(scope, raw, kind, location)
         if value not in EMPTY:
             break
+    if value in EMPTY:
+        location = first_location
     if value not in EMPTY and "table" in node:
         value = _table(scope, str(node["table"]), value, str(node.get("on_missing", "error")), location)
     if value in EMPTY and "or" in node:
@@ -442,6 +452,8 @@ def _eval_path(node: dict[str, Any], scope: Scope, target: str) -> Any:
     if value in EMPTY:
         if node.get("required"):
             raise _required(location or str(paths[0]), str(node.get("name", target)))
+        if target and location:
+            scope.sources.setdefault(target, location)  # so a core error about it still has a place
         return None
     if target:
         scope.sources.setdefault(target, location)

@@ -57,7 +57,7 @@ def orm(
     ]
     if mtype == "OML^O21":
         segs.append("TQ1|1||||||20261201080000-0500||R")
-    segs.append(f"OBR|1|{placer}^STMARYS||{product}^Autologous CAR-T^L|||20261125100000-0500")
+    segs.append(f"OBR|1|{placer}^STMARYS||{product}^Autologous CAR-T^L|||20261120100000-0500")
     if zct is not None:
         segs.append(zct)
     segs.append("NTE|1||Conditioning planned after collection")
@@ -116,7 +116,7 @@ def oru(
     segs = [msh("ORU^R01", cid or control_id("ORU"), facility=facility)]
     if mrn:
         segs.append(pid(mrn))
-    segs.append(f"OBR|1||{coi}^CGTHUB|RELEASE^Release panel^L|||20261125090000-0500")
+    segs.append(f"OBR|1||{coi}^CGTHUB|RELEASE^Release panel^L|||20261120090000-0500")
     for i, (code, value, unit) in enumerate(results, 1):
-        segs.append(f"OBX|{i}|NM|{code}^{code}^L||{value}|{unit}|||||{status}|||20261125090000-0500")
+        segs.append(f"OBX|{i}|NM|{code}^{code}^L||{value}|{unit}|||||{status}|||20261120090000-0500")
     return ("\r".join(segs) + "\r").encode()
