@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,34 @@ from hub.settings import TLSSettings
 from tests.adapters.hl7v2 import messages as m
 from tests.adapters.hl7v2.conftest import Loop, Sender
 from tests.builders import Driver
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Keep writing until the hub's close shows up (a reset or an empty read)."""
+    try:
+        for _ in range(50):
+            sock.sendall(b"A" * 10_000)
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(10) == b"":
+                    return True
+            except TimeoutError:
+                continue
+    except (ConnectionError, OSError):
+        return True
+    return False
+
+
+def _refused_without_certificate(context: ssl.SSLContext, port: int) -> bool:
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_sock,
+        ):
+            tls_sock.sendall(b"\x0b" + m.adt("MRN-22") + b"\x1c\r")
+            return tls_sock.recv(4096) == b""
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
 
 
 def codes(frames: list[bytes]) -> list[str]:
@@ -277,12 +304,7 @@ def test_oversized_frame_closes_the_connection(ctx: HubContext, loop: Loop) -> N
     try:
         sock = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
         sock.sendall(b"\x0b" + b"A" * 20_000)
-        time.sleep(0.2)
-        with pytest.raises((ConnectionError, OSError)):
-            for _ in range(20):
-                sock.sendall(b"A" * 10_000)
-                if sock.recv(10) == b"":
-                    raise ConnectionError("closed")
+        assert _closed_by_peer(sock)
         assert listener.stats.oversized_frames == 1
         ok = Sender(listener.port)  # the server is still up
         assert codes(ok.send(m.adt("MRN-17"))) == ["CA"]
@@ -415,11 +437,6 @@ def test_tls_and_mutual_tls(ctx: HubContext, loop: Loop, tmp_path: Path) -> None
                 data += tls_sock.recv(4096)
             assert b"MSA|CA|" in data
         anonymous = ssl.create_default_context(cafile=str(certs["ca.pem"]))
-        with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as raw:
-            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-                with anonymous.wrap_socket(raw, server_hostname="127.0.0.1") as s2:
-                    s2.sendall(b"\x0b" + m.adt("MRN-22") + b"\x1c\r")
-                    if not s2.recv(4096):
-                        raise ConnectionError("closed without an answer")
+        assert _refused_without_certificate(anonymous, listener.port)
     finally:
         loop.run(listener.stop())
