@@ -239,7 +239,8 @@ def render(
         commit = "CR" if outcome is Outcome.rejected else "CE"
         if AckPolicy._wants(policy.accept, False) or outcome is Outcome.unavailable:
             acks.append(_ack(ctx, commit, at, text=text, err_code=err_code or "207", issues=issues))
-        if outcome is Outcome.rejected and AckPolicy._wants(policy.application, False):
+        elif outcome is Outcome.rejected and AckPolicy._wants(policy.application, False):
+            # the sender wants no commit ACK but does want errors: tell it at the application level
             acks.append(_ack(ctx, "AR", at, text=text, err_code=err_code or "207", issues=issues))
     return FRAME_BOUNDARY.join(acks)
 
