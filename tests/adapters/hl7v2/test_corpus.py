@@ -200,8 +200,10 @@ def _check_acks(path: Path, messages: list, frames: list[bytes], seen: Counter[s
         policy = policy_for(msg, "original")
         assert "CE" not in got, (path, got)
         if not policy.enhanced:
-            assert len(got) == 1 and got[0] in ("AA", "AE", "AR"), (path, msg.control_id, got)
+            assert len(got) == 1, (path, msg.control_id, got)
+            assert got[0] in ("AA", "AE", "AR"), (path, msg.control_id, got)
         elif policy.accept == "AL":
-            assert got and got[0] in ("CA", "CR"), (path, got)
+            assert got, (path, got)
+            assert got[0] in ("CA", "CR"), (path, got)
         seen["+".join(got) or "none-asked"] += 1
     assert set(by_id) <= set(expected_ids) | {""}, (path, by_id.keys(), expected_ids)
