@@ -62,7 +62,8 @@ class Hospital:
                         continue
                     cid = parse(payload).control_id
                     n = len(self.received)
-                    ack = f"MSH|^~\\&|EHR|STMARYS|CGTHUB|CGTHUB|20261125||ACK^R01^ACK|H{n}|P|2.5.1\rMSA|{action}|{cid}\r"
+                    header = f"MSH|^~\\&|EHR|STMARYS|CGTHUB|CGTHUB|20261125||ACK^R01^ACK|H{n}|P|2.5.1"
+                    ack = f"{header}\rMSA|{action}|{cid}\r"
                     writer.write(frame(ack.encode()))
                     await writer.drain()
         except ConnectionError:
