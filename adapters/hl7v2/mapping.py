@@ -209,6 +209,7 @@ class Scope:
         return positions[occurrence] if occurrence < len(positions) else None
 
 
+@lru_cache(maxsize=4096)
 def _parse_path(path: str) -> tuple[str | None, int, int, list[int]]:
     m = PATH.match(path.strip())
     if not m:

@@ -75,10 +75,6 @@ class PatientService:
         patient.pop("id", None)
         patient.pop("meta", None)
         issues: list[Issue] = []
-        try:
-            validate(patient, "Patient")
-        except ValidationFailed as exc:
-            issues += exc.issues
         if not has_mrn(patient):
             issues.append(
                 Issue("the patient needs a medical record number (identifier of type MR)", "Patient.identifier")
@@ -102,8 +98,10 @@ class PatientService:
                 [Issue("identifiers held by different patients", "Patient.identifier")],
             )
         if not found:
+            # (the resource store validates it with fhir.resources R4B; once is enough)
             stored = self.resources.create(self.work, patient, reason=f"patient registered by {cmd.source}")
             return PatientView(id=stored.id, version=stored.version_id, created=True, changed=True)
+        validate(patient, "Patient")  # even when nothing changes, a malformed registration is refused
         current = next(iter(found.values()))
         changed = self._identity_changes(current.content, patient)
         if changed:

@@ -338,8 +338,12 @@ def test_address_outside_every_allow_list_is_refused(store: Store, partners: Par
     loop.run(listener.start())
     try:
         sock = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
-        sock.sendall(m.adt("MRN-18"))
-        assert sock.recv(10) == b""
+        try:
+            sock.sendall(m.adt("MRN-18"))
+            answer = sock.recv(10)
+        except ConnectionResetError:  # closed before it read what we sent: a reset, not a FIN
+            answer = b""
+        assert answer == b""
         assert listener.stats.refused_connections == 1
         assert count(store, InboxMessage) == 0
     finally:
