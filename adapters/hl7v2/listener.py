@@ -30,6 +30,7 @@ from adapters.hl7v2.ack import AckContext, AckPolicy, Outcome, policy_for, rende
 from adapters.hl7v2.errors import Rejected
 from adapters.hl7v2.framer import DEFAULT_MAX_FRAME, Deframer, FrameTooLarge, frame
 from adapters.hl7v2.interpret import Interpreter
+from adapters.hl7v2.mapping import mapping_root as resolve_mapping_root
 from adapters.hl7v2.routing import ADAPTER, UNIDENTIFIED, Route, Router
 from adapters.hl7v2.tokenizer import Message, ParseError, Transmission, parse_all
 from hub import canonical
@@ -88,7 +89,9 @@ class MllpListener:
         self.tls = tls or TLSSettings()
         self.max_frame = max_frame
         self.idle_timeout_s = idle_timeout_s
-        self.router = Router(ctx.partners, (mapping_root or ctx.settings.mappings_dir).resolve())
+        self.router = Router(
+            ctx.partners, mapping_root.resolve() if mapping_root else resolve_mapping_root(ctx.settings.mappings_dir)
+        )
         self.stats = Stats()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()

@@ -135,6 +135,17 @@ def load_mapping_set(root: Path, names: tuple[str, ...]) -> MappingSet:
     )
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+
+
+def mapping_root(configured: Path) -> Path:
+    """The configured mappings directory; a relative one that does not exist where the hub runs
+    falls back to the mappings shipped with the code (a fresh directory with only profiles)."""
+    if configured.is_dir() or configured.is_absolute():
+        return configured.resolve()
+    return SHIPPED
+
+
 # --------------------------------------------------------------------------- values
 def hl7_datetime(value: str, tz: ZoneInfo | timezone, *, location: str) -> datetime:
     """An HL7 DTM (to at least the day) as an aware datetime; no offset means the partner's zone."""

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from adapters.hl7v2.ack import AckContext, Outcome, policy_for, render
 from adapters.hl7v2.errors import Rejected
 from adapters.hl7v2.interpret import Interpreter
+from adapters.hl7v2.mapping import mapping_root
 from adapters.hl7v2.routing import ADAPTER, Route, Router
 from adapters.hl7v2.tokenizer import ParseError, parse_all
 from hub.context import HubContext
@@ -246,7 +247,7 @@ def replay(ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "o
 
         return ctx.store.run(requeue, actor=operator)
 
-    router = Router(ctx.partners, ctx.settings.mappings_dir.resolve())
+    router = Router(ctx.partners, mapping_root(ctx.settings.mappings_dir))
 
     def job(work: Work) -> str:
         m = work.session.get(InboxMessage, key, with_for_update=True)

@@ -41,6 +41,7 @@ from adapters.hl7v2.ack import ack_code_of, new_control_id
 from adapters.hl7v2.build import SUPPORTED, BuildError, build
 from adapters.hl7v2.client import DeliveryError, Endpoint, MllpClient
 from adapters.hl7v2.mapping import MappingDefinitionError, load_mapping_set
+from adapters.hl7v2.mapping import mapping_root as resolve_mapping_root
 from hub import canonical
 from hub.context import HubContext
 from hub.db.models import Lease, OrderParticipant, TherapyOrder
@@ -248,7 +249,7 @@ def make_consumer(partners: PartnerDirectory, mapping_root: Path) -> Consumer:
 
 
 def consumers(ctx: HubContext) -> list[Consumer]:
-    return [make_consumer(ctx.partners, ctx.settings.mappings_dir.resolve())]
+    return [make_consumer(ctx.partners, resolve_mapping_root(ctx.settings.mappings_dir))]
 
 
 # --------------------------------------------------------------------------- the sender
