@@ -205,7 +205,8 @@ class MllpListener:
         partner = route.partner if route else UNIDENTIFIED
         job = self._job(msg, route, refusal, policy, context)
         try:
-            outcome: InboxOutcome = await self.ctx.store.run_async(job, actor=f"hl7v2:{partner}")
+            # shielded: a connection closed mid-job still lets the job finish (and commit) cleanly
+            outcome: InboxOutcome = await asyncio.shield(self.ctx.store.run_async(job, actor=f"hl7v2:{partner}"))
         except Exception as exc:
             self.stats.unavailable += 1
             log.error("MLLP message %s from %s not stored: %s", context.control_id[:20], partner, type(exc).__name__)

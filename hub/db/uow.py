@@ -341,9 +341,12 @@ class Committer:
                 results = self.store.run_batch([(job, actor) for job, actor, _ in batch])
             except BaseException as crash:  # never leave a caller waiting
                 for _, _, outer in batch:
-                    outer.set_exception(crash)
+                    if not outer.done():
+                        outer.set_exception(crash)
             else:
                 for (_, _, outer), inner in zip(batch, results, strict=True):
+                    if outer.done():  # the caller gave up waiting (its asyncio task was cancelled)
+                        continue
                     failure = inner.exception()
                     if failure is None:
                         outer.set_result(inner.result())
