@@ -36,7 +36,7 @@ def test_oversized_frame_is_refused_without_buffering_it() -> None:
     assert d.feed(frame(b"ok")) == [b"ok"]  # usable again (the listener closes the connection anyway)
 
 
-@settings(max_examples=400, deadline=200)
+@settings(max_examples=400, deadline=2000)
 @given(st.lists(st.binary(max_size=300), max_size=30), st.integers(min_value=16, max_value=2048))
 def test_fuzz_framer_never_crashes_and_stays_bounded(chunks: list[bytes], cap: int) -> None:
     d = Deframer(max_frame=cap)
@@ -49,7 +49,7 @@ def test_fuzz_framer_never_crashes_and_stays_bounded(chunks: list[bytes], cap: i
         assert d.buffered <= cap + 1
 
 
-@settings(max_examples=200, deadline=200)
+@settings(max_examples=200, deadline=2000)
 @given(st.lists(st.binary(max_size=200).filter(lambda b: b"\x1c\r" not in b), max_size=10), st.data())
 def test_fuzz_framer_round_trip(payloads: list[bytes], data: st.DataObject) -> None:
     wire = b"".join(frame(p) for p in payloads)

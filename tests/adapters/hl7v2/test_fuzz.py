@@ -64,13 +64,13 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(seed)
 
 
-@settings(max_examples=400, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_fuzz_mutated_corpus(data: bytes) -> None:
     _exercise(data)
 
 
-@settings(max_examples=300, deadline=500)
+@settings(max_examples=300, deadline=3000)
 @given(st.binary(max_size=2000))
 def test_fuzz_random_bytes(data: bytes) -> None:
     _exercise(b"MSH|^~\\&|" + data)
