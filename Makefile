@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit_verify.py
 	$(BIN)/python bench/courier_webhooks.py
 	$(BIN)/python bench/temperature_readings.py
+	$(BIN)/python bench/mllp_ingest.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

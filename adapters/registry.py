@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ChannelSettings(BaseModel):
@@ -28,6 +28,26 @@ class Hl7v2Mllp(ChannelSettings):
     message: str | None = Field(default=None, pattern=r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")
     sending_facility: str | None = None
     encoding: str | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _outbound_type(cls, value: str | None) -> str | None:
+        supported = ("ORU^R01", "ORM^O01", "OML^O21")  # adapters/hl7v2/build.py SUPPORTED
+        if value is not None and value not in supported:
+            raise ValueError(f"outbound HL7 v2 message {value} is not supported; use one of {', '.join(supported)}")
+        return value
+
+    @field_validator("allow_from")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allow_from: {cidr!r} is not an address or CIDR block") from exc
+        return value
 
 
 class FhirRest(ChannelSettings):
@@ -94,7 +114,9 @@ class AdapterInfo:
 ADAPTERS: dict[str, AdapterInfo] = {
     a.name: a
     for a in (
-        AdapterInfo("hl7v2-mllp", Hl7v2Mllp, None, "HL7 v2 over MLLP (orders, ADT, SIU in; ORU out)"),
+        AdapterInfo(
+            "hl7v2-mllp", Hl7v2Mllp, "adapters.hl7v2", "HL7 v2 over MLLP (orders, ADT, SIU, lab ORU in; ORU out)"
+        ),
         AdapterInfo("fhir-rest", FhirRest, None, "FHIR R4 REST with SMART Backend Services"),
         AdapterInfo(
             "courier-webhook", CourierWebhook, "adapters.couriers.endpoints", "signed courier tracking webhooks"

@@ -27,12 +27,14 @@ orders_app = typer.Typer(no_args_is_help=True, help="Therapy orders.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
 users_app = typer.Typer(no_args_is_help=True, help="People who operate and sign.")
 events_app = typer.Typer(no_args_is_help=True, help="Outbox, bus and dead letters.")
+messages_app = typer.Typer(no_args_is_help=True, help="HL7 v2 messages in (inbox) and out (outbound queue).")
 app.add_typer(audit_app, name="audit")
 app.add_typer(partners_app, name="partners")
 app.add_typer(orders_app, name="orders")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(events_app, name="events")
+app.add_typer(messages_app, name="messages")
 
 
 def _settings() -> Settings:
@@ -48,7 +50,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
 ) -> None:
-    """Run the API, the committer, the outbox relay and the bus consumers."""
+    """Run the API, the committer, the outbox relay, the bus consumers and the adapters' listeners
+    (MLLP on CGTHUB_MLLP_HOST:CGTHUB_MLLP_PORT unless CGTHUB_MLLP_ENABLED=false) and senders."""
     import uvicorn
 
     from hub.api.app import create_app
@@ -56,7 +59,7 @@ def serve(
 
     settings = _settings()
     _logging(settings)
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, services=True)
     application = create_app(runtime.ctx, runtime)
     tls = settings.http_tls
     kwargs: dict[str, object] = {}
@@ -255,6 +258,117 @@ def events_dead() -> None:
         typer.echo(f"{d.dead_at:%Y-%m-%d %H:%M}  {d.consumer:<16} {d.event_type:<24} {d.event_id}  {d.last_error}")
     if not rows:
         typer.echo("no dead letters")
+
+
+def _messages_ctx() -> object:
+    from hub.context import build_context
+
+    return build_context(_settings(), check_store=False)
+
+
+@messages_app.command("list")
+def messages_list(
+    direction: Annotated[str, typer.Option(help="in, out or all")] = "all",
+    status: Annotated[str | None, typer.Option(help="e.g. handled, rejected, failed, pending, dead")] = None,
+    partner: Annotated[str | None, typer.Option(help="partner id")] = None,
+    limit: int = 50,
+) -> None:
+    """Newest HL7 v2 messages, in and out (ids, types, statuses; no PHI)."""
+    from adapters.hl7v2.ops import list_messages
+    from hub.context import HubContext
+
+    ctx = _messages_ctx()
+    assert isinstance(ctx, HubContext)
+    try:
+        rows = list_messages(ctx, direction=direction, status=status, partner=partner, limit=limit)
+    finally:
+        ctx.store.dispose()
+    for r in rows:
+        typer.echo(
+            f"{r.at:%Y-%m-%d %H:%M:%S}  {r.direction:<3} {r.id:<38} {r.partner:<24} {r.message_type:<8} "
+            f"{r.external_id[:22]:<22} {r.status:<11} {r.detail}"
+        )
+    if not rows:
+        typer.echo("no messages")
+
+
+@messages_app.command("show")
+def messages_show(
+    key: Annotated[str, typer.Argument(help="inbox message id, or out:<n> for an outbound message")],
+    unmasked: Annotated[bool, typer.Option(help="show PHI in the clear (the read is audited)")] = False,
+) -> None:
+    """One message with PHI masked, its answer, and (outbound) every delivery attempt."""
+    from adapters.hl7v2.ops import show
+    from hub.context import HubContext
+    from hub.errors import HubError
+
+    ctx = _messages_ctx()
+    assert isinstance(ctx, HubContext)
+    try:
+        typer.echo(show(ctx, key, unmasked=unmasked, operator=os.environ.get("USER", "cli")))
+    except HubError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from None
+    finally:
+        ctx.store.dispose()
+
+
+@messages_app.command("replay")
+def messages_replay(
+    key: Annotated[str, typer.Argument(help="inbox message id, or out:<n> for an outbound message")],
+    send: Annotated[bool, typer.Option(help="outbound: deliver now instead of waiting for `serve`")] = False,
+) -> None:
+    """Interpret a failed/rejected inbox message again, or resend a dead outbound message."""
+    from adapters.hl7v2.ops import replay
+    from hub.context import HubContext
+    from hub.errors import HubError
+
+    ctx = _messages_ctx()
+    assert isinstance(ctx, HubContext)
+    try:
+        typer.echo(f"{key}: {replay(ctx, key, operator=os.environ.get('USER', 'cli'))}")
+        if send and key.startswith("out:"):
+            from adapters.hl7v2.service import sender_for
+
+            sender = sender_for(ctx)
+            delivered = asyncio.run(_deliver(sender))
+            typer.echo(f"delivered {delivered} message(s)")
+    except HubError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from None
+    finally:
+        ctx.store.dispose()
+
+
+async def _deliver(sender: object) -> int:
+    from adapters.hl7v2.outbound import OutboundSender
+
+    assert isinstance(sender, OutboundSender)
+    try:
+        return await sender.deliver_all(timeout_s=60)
+    finally:
+        await sender.close()
+
+
+@messages_app.command("quarantine")
+def messages_quarantine(
+    key: Annotated[str, typer.Argument(help="inbox message id, or out:<n> for an outbound message")],
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")],
+) -> None:
+    """Set a message aside (an outbound one is no longer sent)."""
+    from adapters.hl7v2.ops import quarantine
+    from hub.context import HubContext
+    from hub.errors import HubError
+
+    ctx = _messages_ctx()
+    assert isinstance(ctx, HubContext)
+    try:
+        typer.echo(f"{key}: {quarantine(ctx, key, reason, operator=os.environ.get('USER', 'cli'))}")
+    except HubError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from None
+    finally:
+        ctx.store.dispose()
 
 
 def main() -> None:

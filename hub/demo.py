@@ -169,7 +169,8 @@ def _record(j: Journey, result: RecordResult, work: Work) -> None:
     j.orders(work).record_result(result)
 
 
-def full_journey(ctx: HubContext, qa_password: str, stamp: str) -> OrderView:
+def full_journey(ctx: HubContext, qa_password: str, stamp: str, order: OrderView | None = None) -> OrderView:
+    """``order``: already placed (by the hospital over HL7 v2); otherwise placed here."""
     sites = Sites(
         collection="st-marys",
         manufacturing="leiden-cell-factory",
@@ -177,7 +178,8 @@ def full_journey(ctx: HubContext, qa_password: str, stamp: str) -> OrderView:
         lab="northlab-analytics",
         courier="polar-courier",
     )
-    order = place(ctx, "car-t-fresh", f"DEMO-{stamp}-1", f"MRN-{stamp}-1", "Rivera", "Ana", "1971-03-09", sites)
+    if order is None:
+        order = place(ctx, "car-t-fresh", f"DEMO-{stamp}-1", f"MRN-{stamp}-1", "Rivera", "Ana", "1971-03-09", sites)
     _say(f"1. Order accepted: {order.placer_number} → CoI {order.coi_eye_readable} (barcode {order.coi_barcode})")
     j = Journey(
         ctx,
@@ -290,7 +292,10 @@ def run_demo(settings: Settings) -> int:
         qa_password = ensure_user(ctx, QA_USER, "Dr. Jane Quality (QA)", {"qa"})
         stamp = time.strftime("%Y%m%d%H%M%S")
         _say("CGT Hub demo — embedded SQLite + in-process bus\n")
-        first = full_journey(ctx, qa_password, stamp)
+        from adapters.hl7v2.demo import deliver_to_hospital, place_over_mllp
+
+        ordered = place_over_mllp(ctx, stamp, f"DEMO-{stamp}-1", f"MRN-{stamp}-1")
+        first = full_journey(ctx, qa_password, stamp, order=ordered)
         tl = ctx.store.read(lambda s: timeline.build(s, first.id))
         assert tl is not None
         _say("")
@@ -316,13 +321,15 @@ def run_demo(settings: Settings) -> int:
             _say(f"   ALERT [{alert.severity}] {alert.kind}: {alert.message}")
         result = verify_chain(ctx.store)
         _say(f"\n4. {result.describe()}")
+        reported = deliver_to_hospital(ctx, first.id)
         _say(
             f"\nDone in {time.perf_counter() - started:.1f} s. Try:\n"
             f"   .venv/bin/cgt-hub orders show {first.coi}\n"
             f"   .venv/bin/cgt-hub orders show {second.coi}\n"
-            f"   .venv/bin/cgt-hub audit verify"
+            f"   .venv/bin/cgt-hub audit verify\n"
+            f"   .venv/bin/cgt-hub messages list"
         )
-        if first.status != "completed" or not result.ok or third.stage != "received-at-manufacturing":
+        if first.status != "completed" or not result.ok or not reported or third.stage != "received-at-manufacturing":
             return 1
         return 0
     finally:

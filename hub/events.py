@@ -38,6 +38,7 @@ class EventType(StrEnum):
     CONDITIONING_SCHEDULED = "conditioning.scheduled"
     ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ALERT_ESCALATED = "alert.escalated"
+    ORDER_COLLECTION_SCHEDULED = "order.collection_scheduled"
 
 
 class EventPayload(BaseModel):
@@ -190,6 +191,16 @@ class AlertEscalated(EventPayload):
     kind: str
 
 
+class CollectionScheduled(EventPayload):
+    order_id: str
+    coi: str
+    appointment_id: str
+    action: str  # book | reschedule | modify | cancel
+    status: str  # booked | cancelled
+    start: datetime
+    end: datetime | None
+
+
 PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.ORDER_ACCEPTED: OrderAccepted,
     EventType.ORDER_STAGE_CHANGED: OrderStageChanged,
@@ -212,6 +223,7 @@ PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.CONDITIONING_SCHEDULED: ConditioningScheduled,
     EventType.ALERT_ACKNOWLEDGED: AlertAcknowledged,
     EventType.ALERT_ESCALATED: AlertEscalated,
+    EventType.ORDER_COLLECTION_SCHEDULED: CollectionScheduled,
 }
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hub.alerts.tasks import CONSUMERS as ALERT_CONSUMERS
 from hub.context import HubContext, build_context
@@ -21,10 +21,14 @@ from hub.settings import Settings
 
 
 def all_consumers(ctx: HubContext | None = None) -> list[Consumer]:
-    """Every consumer the hub runs. Adapters' outbound consumers join this list as they land."""
+    """Every consumer the hub runs. Adapters' consumers that need the partner directory or settings
+    join only when a context is given."""
     consumers = [*ALERT_CONSUMERS]
     if ctx is not None:
+        from adapters.hl7v2.outbound import consumers as hl7v2_consumers
+
         consumers += logistics_consumers(ctx)
+        consumers += hl7v2_consumers(ctx)
     return consumers
 
 
@@ -98,6 +102,21 @@ def logistics_background(ctx: HubContext, ports: Any = None) -> Callable[[asynci
     return run
 
 
+class Service(Protocol):
+    """A long-running adapter service (a listener, an outbound sender) started with the runtime."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def all_services(ctx: HubContext) -> list[Service]:
+    """Adapters' listeners and senders, for `cgt-hub serve`."""
+    from adapters.hl7v2.service import services as hl7v2_services
+
+    return [*hl7v2_services(ctx)]
+
+
 def make_bus(ctx: HubContext, runner: ConsumerRunner, *, consume: bool = True) -> Bus:
     url = ctx.settings.bus_url
     if url.startswith("memory://"):
@@ -121,6 +140,7 @@ class Runtime:
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
 
     async def start(self, *, run_relay: bool = True) -> None:
         self.ctx.store.start_committer()
@@ -129,8 +149,13 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.relay.run(self._stop)))
             for loop in self.background:
                 self._tasks.append(asyncio.create_task(loop(self._stop)))  # type: ignore[arg-type]
+        for service in self.services:
+            await service.start()
 
     async def stop(self) -> None:
+        for service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await service.stop()
         self._stop.set()
         for t in self._tasks:
             with contextlib.suppress(BaseException):
@@ -138,7 +163,10 @@ class Runtime:
         await self.bus.close()
 
 
-def build_runtime(settings: Settings, *, ctx: HubContext | None = None, consume: bool = True) -> Runtime:
+def build_runtime(
+    settings: Settings, *, ctx: HubContext | None = None, consume: bool = True, services: bool = False
+) -> Runtime:
+    """``services=True`` also starts the adapters' listeners and senders (``cgt-hub serve``)."""
     ctx = ctx or build_context(settings)
     runner = ConsumerRunner(
         ctx.store,
@@ -149,4 +177,11 @@ def build_runtime(settings: Settings, *, ctx: HubContext | None = None, consume:
     )
     bus = make_bus(ctx, runner, consume=consume)
     relay = OutboxRelay(ctx.store, bus, batch=settings.relay_batch, poll_s=settings.relay_poll_s)
-    return Runtime(ctx, runner, bus, relay, background=[logistics_background(ctx)])
+    return Runtime(
+        ctx,
+        runner,
+        bus,
+        relay,
+        background=[logistics_background(ctx)],
+        services=all_services(ctx) if services else [],
+    )

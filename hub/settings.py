@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     relay_batch: int = 500
     relay_poll_s: float = 0.05
 
+    # HL7 v2 over MLLP (adapters/hl7v2): listener limits, outbound delivery
+    mllp_enabled: bool = True
+    mllp_max_frame_bytes: int = 1024 * 1024
+    mllp_idle_timeout_s: float = 600.0
+    hl7v2_ack_timeout_s: float = 30.0
+    hl7v2_outbound_max_attempts: int = 8
+    hl7v2_outbound_backoff_base_s: float = 2.0
+    hl7v2_outbound_backoff_max_s: float = 300.0
+    hl7v2_outbound_poll_s: float = 0.5
+
     log_level: str = "INFO"
 
     # Logistics (issue 5): CGTHUB_LOGISTICS__SWEEP_S=… and so on.

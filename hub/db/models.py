@@ -402,4 +402,6 @@ def table_of(model: type[Base]) -> Table:
 
 
 # Domain tables that live in their own modules register on the same metadata.
+# Tables of later areas live in their own modules; imported here so the metadata sees them.
+from hub.db import models_hl7v2, models_scheduling  # noqa: E402, F401
 from hub.db import models_logistics as _models_logistics  # noqa: E402, F401

@@ -17,11 +17,12 @@ inside its savepoint: they commit or vanish together with the change they descri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -404,14 +405,17 @@ class Committer:
                 results = self.store.run_batch([(job, actor) for job, actor, _ in batch])
             except BaseException as crash:  # never leave a caller waiting
                 for _, _, outer in batch:
-                    outer.set_exception(crash)
+                    with contextlib.suppress(InvalidStateError):  # the caller may have given up meanwhile
+                        outer.set_exception(crash)
             else:
                 for (_, _, outer), inner in zip(batch, results, strict=True):
-                    failure = inner.exception()
-                    if failure is None:
-                        outer.set_result(inner.result())
-                    else:
-                        outer.set_exception(failure)
+                    # A caller whose asyncio task was cancelled gave up waiting; its job ran anyway.
+                    with contextlib.suppress(InvalidStateError):
+                        failure = inner.exception()
+                        if failure is None:
+                            outer.set_result(inner.result())
+                        else:
+                            outer.set_exception(failure)
             if stop_after:
                 return
 

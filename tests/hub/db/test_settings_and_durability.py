@@ -64,3 +64,35 @@ def test_postgres_with_synchronous_commit_off_is_refused() -> None:
     finally:
         admin.execute(f"DROP ROLE {role}")
         admin.close()
+
+
+def test_a_caller_that_stops_waiting_does_not_stop_the_committer(sqlite_url: str) -> None:
+    """An asyncio caller cancelled while its job runs (a closed connection, a shutdown) must not
+    kill the committer thread: later jobs still commit."""
+    import asyncio
+    import threading
+
+    from hub.db.uow import open_store
+
+    store = open_store(sqlite_url)
+    gate = threading.Event()
+
+    def slow(work: object) -> str:
+        gate.wait(5)
+        return "slow"
+
+    committer = store.start_committer()
+
+    async def go() -> str:
+        task = asyncio.create_task(store.run_async(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        gate.set()
+        await asyncio.sleep(0.1)
+        return await store.run_async(lambda w: "after")
+
+    try:
+        assert asyncio.run(go()) == "after"
+        assert committer.alive  # the same thread, not a replacement
+    finally:
+        store.dispose()

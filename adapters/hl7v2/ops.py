@@ -1,0 +1,288 @@
+"""Operator tools over the HL7 v2 inbox and outbound queue (``cgt-hub messages …``).
+
+Ids: an inbox message is its uuid; an outbound message is ``out:<number>``.
+
+* ``list`` — newest first, filtered by direction, status and partner.
+* ``show`` — the message with PHI masked (every field of a segment not on the allow-list below,
+  and the person fields of those that are), its answer and, for outbound, every attempt.
+  ``--unmasked`` prints it as received; that read is written to the audit trail.
+* ``replay`` — inbox: interpret a failed, rejected or quarantined message again (a handled one
+  would double its effects, so it is refused); the stored answer is replaced, so a resend from
+  the partner now gets the new one. Outbound: send a dead (or quarantined) message again.
+* ``quarantine`` — set a message aside with a reason (the sender skips a quarantined outbound
+  message; a quarantined inbox message is only replayed on purpose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from adapters.hl7v2.ack import AckContext, Outcome, policy_for, render
+from adapters.hl7v2.errors import Rejected
+from adapters.hl7v2.interpret import Interpreter
+from adapters.hl7v2.mapping import mapping_root
+from adapters.hl7v2.routing import ADAPTER, Route, Router
+from adapters.hl7v2.tokenizer import ParseError, parse_all
+from hub.context import HubContext
+from hub.db.models import InboxMessage
+from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
+from hub.db.uow import Work
+from hub.errors import GuardFailed, HubError, NotFound
+from hub.messaging.inbox import InboxStatus
+
+# Segments whose fields carry no person data; every other segment is masked field by field.
+CLEAR_SEGMENTS = {"MSH", "MSA", "ERR", "BHS", "BTS", "FHS", "FTS", "EVN", "SFT"}
+# Fields kept in the clear in otherwise masked segments (order, code and status fields).
+CLEAR_FIELDS = {
+    "ORC": {1, 2, 3, 5},
+    "OBR": {1, 2, 3, 4, 25},
+    "OBX": {1, 2, 3, 6, 11},
+    "SCH": {1, 2, 26, 27},
+    "ZCT": {1, 2, 3, 4, 5, 6},
+    "PID": {1},
+    "PV1": {1, 2},
+    "AIS": {1, 3},
+    "RGS": {1},
+    "TQ1": {1},
+    "NTE": {1},
+}
+RESERVED = ("MSH", "BHS", "FHS")
+MASK = "***"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    direction: str
+    at: datetime
+    partner: str
+    message_type: str
+    external_id: str
+    status: str
+    detail: str
+
+
+def mask(raw: bytes) -> str:
+    """The message as text, person data replaced by ``***`` (structure and codes kept)."""
+    try:
+        tx = parse_all(raw)
+    except ParseError:
+        return f"<{len(raw)} bytes, not an HL7 v2 message; use --unmasked to see them>"
+    lines = []
+    fs = tx.enc.field
+    for msg in tx.messages:
+        for seg in msg.segments:
+            sid = seg[0]
+            if sid in CLEAR_SEGMENTS:
+                lines.append(msg.to_er7().split("\r", 1)[0] if sid == "MSH" else fs.join(seg))
+                continue
+            keep = CLEAR_FIELDS.get(sid, set())
+            fields = [v if (i in keep or not v) else MASK for i, v in enumerate(seg[1:], 1)]
+            lines.append(fs.join([sid, *fields]))
+    return "\n".join(lines)
+
+
+def _lines(raw: bytes | None) -> str:
+    if not raw:
+        return ""
+    return raw.replace(b"\x1c\r\x0b", b"\n").decode("utf-8", errors="replace").replace("\r", "\n").strip()
+
+
+def list_messages(
+    ctx: HubContext,
+    *,
+    direction: str = "all",
+    status: str | None = None,
+    partner: str | None = None,
+    limit: int = 50,
+) -> list[Row]:
+    def read(session: Any) -> list[Row]:
+        rows: list[Row] = []
+        if direction in ("all", "in"):
+            stmt = select(InboxMessage).where(InboxMessage.channel == ADAPTER)
+            if status:
+                stmt = stmt.where(InboxMessage.status == status)
+            if partner:
+                stmt = stmt.where(InboxMessage.partner == partner)
+            for m in session.scalars(stmt.order_by(InboxMessage.received_at.desc()).limit(limit)):
+                rows.append(
+                    Row(
+                        m.id,
+                        "in",
+                        m.received_at,
+                        m.partner,
+                        m.message_type or "",
+                        m.external_id,
+                        m.status,
+                        (m.error or "")[:80],
+                    )
+                )
+        if direction in ("all", "out"):
+            stmt2 = select(Hl7v2Outbound)
+            if status:
+                stmt2 = stmt2.where(Hl7v2Outbound.status == status)
+            if partner:
+                stmt2 = stmt2.where(Hl7v2Outbound.partner == partner)
+            for o in session.scalars(stmt2.order_by(Hl7v2Outbound.id.desc()).limit(limit)):
+                detail = f"{o.attempts} attempt(s)" + (f", {o.last_error[:60]}" if o.last_error else "")
+                rows.append(
+                    Row(f"out:{o.id}", "out", o.created_at, o.partner, o.message_type, o.control_id, o.status, detail)
+                )
+        rows.sort(key=lambda r: r.at, reverse=True)
+        return rows[:limit]
+
+    return ctx.store.read(read)
+
+
+def _outbound_id(key: str) -> int | None:
+    if key.startswith("out:") and key[4:].isdigit():
+        return int(key[4:])
+    return None
+
+
+def show(ctx: HubContext, key: str, *, unmasked: bool = False, operator: str = "cli") -> str:
+    out_id = _outbound_id(key)
+    if unmasked:
+        # Reading PHI in the clear is recorded in the audit trail (who, what, when).
+        entity = ("Hl7v2Outbound", str(out_id)) if out_id is not None else ("InboxMessage", key)
+        ctx.store.run(
+            lambda w: w.audit("read", entity[0], entity[1], reason="operator viewed the message unmasked"),
+            actor=operator,
+        )
+    if out_id is not None:
+
+        def read_out(session: Any) -> str:
+            o = session.get(Hl7v2Outbound, out_id)
+            if o is None:
+                raise NotFound(f"outbound message {key} is not known")
+            attempts = session.scalars(
+                select(Hl7v2OutboundAttempt)
+                .where(Hl7v2OutboundAttempt.outbound_id == o.id)
+                .order_by(Hl7v2OutboundAttempt.attempt)
+            ).all()
+            head = [
+                f"outbound {key}  {o.message_type}  to {o.partner} ({o.endpoint})",
+                f"control id {o.control_id}  event {o.event_type} {o.event_id}  order {o.order_id}",
+                f"status {o.status}  attempts {o.attempts}  next {o.next_attempt_at:%Y-%m-%d %H:%M:%S}  "
+                f"ack {o.ack_code or '-'}",
+            ]
+            body = o.payload
+            text = (_lines(body) if unmasked else mask(body)) if body else "(not built yet)"
+            tries = [
+                f"  #{a.attempt} {a.started_at:%Y-%m-%d %H:%M:%S} {a.outcome:<13} {a.duration_ms} ms"
+                + (f"  {a.error[:100]}" if a.error else "")
+                for a in attempts
+            ]
+            return "\n".join([*head, "", text, "", "attempts:", *(tries or ["  none"])])
+
+        return ctx.store.read(read_out)
+
+    def read_in(session: Any) -> str:
+        m = session.get(InboxMessage, key)
+        if m is None or m.channel != ADAPTER:
+            raise NotFound(f"inbox message {key} is not known")
+        head = [
+            f"inbox {m.id}  {m.message_type or '?'}  from {m.partner}",
+            f"control id {m.external_id}  received {m.received_at:%Y-%m-%d %H:%M:%S}  status {m.status}"
+            + (f"  order {m.order_id}" if m.order_id else ""),
+            f"sha256 {m.content_hash}",
+        ]
+        if m.error:
+            head.append(f"error: {m.error}")
+        text = _lines(m.raw) if unmasked else mask(m.raw)
+        return "\n".join([*head, "", text, "", "answered:", _lines(m.response) or "(nothing)"])
+
+    return ctx.store.read(read_in)
+
+
+def quarantine(ctx: HubContext, key: str, reason: str, *, operator: str = "cli") -> str:
+    out_id = _outbound_id(key)
+
+    def job(work: Work) -> str:
+        if out_id is not None:
+            o = work.session.get(Hl7v2Outbound, out_id, with_for_update=True)
+            if o is None:
+                raise NotFound(f"outbound message {key} is not known")
+            if o.status == "delivered":
+                raise GuardFailed(f"outbound message {key} was already delivered")
+            old = o.status
+            o.status = "quarantined"
+            work.audit(
+                "update", "Hl7v2Outbound", str(o.id), old={"status": old}, new={"status": o.status}, reason=reason
+            )
+            return o.status
+        m = work.session.get(InboxMessage, key)
+        if m is None or m.channel != ADAPTER:
+            raise NotFound(f"inbox message {key} is not known")
+        old = m.status
+        work.session.execute(
+            update(InboxMessage).where(InboxMessage.id == key).values(status=InboxStatus.quarantined.value)
+        )
+        work.audit("update", "InboxMessage", key, old={"status": old}, new={"status": "quarantined"}, reason=reason)
+        return "quarantined"
+
+    return ctx.store.run(job, actor=operator)
+
+
+def replay(ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "operator replay") -> str:
+    out_id = _outbound_id(key)
+    if out_id is not None:
+
+        def requeue(work: Work) -> str:
+            o = work.session.get(Hl7v2Outbound, out_id, with_for_update=True)
+            if o is None:
+                raise NotFound(f"outbound message {key} is not known")
+            if o.status not in ("dead", "quarantined"):
+                raise GuardFailed(f"outbound message {key} is {o.status}; only dead or quarantined ones are replayed")
+            old = o.status
+            o.status, o.attempts, o.next_attempt_at, o.last_error = "pending", 0, work.now, None
+            work.audit(
+                "update", "Hl7v2Outbound", str(o.id), old={"status": old}, new={"status": "pending"}, reason=reason
+            )
+            return "pending (the sender delivers it next)"
+
+        return ctx.store.run(requeue, actor=operator)
+
+    router = Router(ctx.partners, mapping_root(ctx.settings.mappings_dir))
+
+    def job(work: Work) -> str:
+        m = work.session.get(InboxMessage, key, with_for_update=True)
+        if m is None or m.channel != ADAPTER:
+            raise NotFound(f"inbox message {key} is not known")
+        if m.status not in (InboxStatus.failed.value, InboxStatus.rejected.value, InboxStatus.quarantined.value):
+            raise GuardFailed(f"inbox message {key} is {m.status}; replaying it would repeat its effects")
+        route = _route_for(router, m.partner)
+        tx = parse_all(m.raw)
+        msg = tx.messages[0]
+        context = AckContext.of(msg)
+        policy = policy_for(msg, route.ack_mode)
+        old = m.status
+        try:
+            with work.attempt():
+                result = Interpreter(work, ctx.partners, route, fin=ctx.settings.coi_fin).run(msg)
+            m.status = result.status.value
+            m.order_id = result.order_id
+            m.error = None
+            m.response = render(context, policy, Outcome.accepted, work.now)
+        except HubError as exc:
+            m.status = InboxStatus.rejected.value
+            m.error = exc.message[:2000]
+            outcome = Outcome.rejected if isinstance(exc, Rejected) else Outcome.error
+            m.response = render(context, policy, outcome, work.now, error=exc)
+        m.handled_at = work.now
+        work.session.flush()
+        work.audit("update", "InboxMessage", key, old={"status": old}, new={"status": m.status}, reason=reason)
+        return m.status + (f": {m.error}" if m.error else "")
+
+    return ctx.store.run(job, actor=operator)
+
+
+def _route_for(router: Router, partner: str) -> Route:
+    for route in router.routes:
+        if route.partner == partner:
+            return route
+    raise GuardFailed(f"partner {partner!r} has no inbound HL7 v2 channel; the message cannot be replayed")

@@ -1,0 +1,446 @@
+"""The listener against a real store (SQLite and PostgreSQL): ACK after COMMIT, duplicates,
+conflicts, store down, every message kind, batches, framing limits, allow-lists, TLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, func, select
+
+from adapters.hl7v2.ack import ack_code_of, acked_control_id
+from adapters.hl7v2.listener import MllpListener
+from hub.context import HubContext
+from hub.db.models import InboxMessage, OrderHold, TherapyOrder
+from hub.db.models_scheduling import CollectionAppointment
+from hub.db.uow import Store, open_store
+from hub.fhirstore.repository import ResourceRepository
+from hub.orders.service import view
+from hub.partners.loader import PartnerDirectory
+from hub.settings import TLSSettings
+from tests.adapters.hl7v2 import messages as m
+from tests.adapters.hl7v2.conftest import Loop, Sender
+from tests.builders import Driver
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Keep writing until the hub's close shows up (a reset or an empty read)."""
+    try:
+        for _ in range(50):
+            sock.sendall(b"A" * 10_000)
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(10) == b"":
+                    return True
+            except TimeoutError:
+                continue
+    except (ConnectionError, OSError):
+        return True
+    return False
+
+
+def _refused_without_certificate(context: ssl.SSLContext, port: int) -> bool:
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_sock,
+        ):
+            tls_sock.sendall(b"\x0b" + m.adt("MRN-22") + b"\x1c\r")
+            return tls_sock.recv(4096) == b""
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+
+
+def codes(frames: list[bytes]) -> list[str]:
+    return [ack_code_of(f) for f in frames]
+
+
+def count(store: Store, model: type, *where: object) -> int:
+    return int(store.read(lambda s: s.execute(select(func.count()).select_from(model).where(*where)).scalar_one()))
+
+
+def order_of(store: Store, placer: str) -> TherapyOrder:
+    return store.read(lambda s: s.scalars(select(TherapyOrder).where(TherapyOrder.placer_number == placer)).one())
+
+
+# --------------------------------------------------------------------------- orders
+def test_new_order_is_committed_before_the_ack(sender: Sender, store: Store) -> None:
+    frames = sender.send(m.orm("PL-1", "MRN-1", accept="AL", app="AL"), expect=2)
+    assert codes(frames) == ["CA", "AA"]
+    # A separate connection sees everything the ACK promised.
+    other = open_store(store.database_url, check=False)
+    try:
+        order = other.read(lambda s: s.scalars(select(TherapyOrder).where(TherapyOrder.placer_number == "PL-1")).one())
+        assert order.ordering_partner == "st-marys"
+        assert order.stage == "order-accepted"
+        inbox = other.read(lambda s: s.scalars(select(InboxMessage)).one())
+        assert inbox.status == "handled"
+        assert inbox.order_id == order.id
+        assert inbox.message_type == "ORM^O01"
+        sr = other.read(lambda s: ResourceRepository.from_session(s).read("ServiceRequest", order.id)).content
+        assert sr["reasonCode"][0]["coding"][0]["code"] == "C83.30"
+        assert sr["reasonCode"][0]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-10-cm"
+        assert sr["note"] == [{"text": "Conditioning planned after collection"}]
+        patient = other.read(lambda s: ResourceRepository.from_session(s).read("Patient", order.patient_id)).content
+        assert patient["identifier"][0]["system"] == "urn:oid:2.16.840.1.113883.3.8998.1"
+        assert patient["birthDate"] == "1971-03-09"
+    finally:
+        other.dispose()
+
+
+def test_sites_come_from_the_zct_segment_or_the_partner_defaults(sender: Sender, store: Store) -> None:
+    from hub.orders.repository import OrderRepository
+
+    sender.send(m.orm("PL-Z1", "MRN-Z1"))
+    sender.send(m.orm("PL-Z2", "MRN-Z2", zct="ZCT|CART19C|LEIDEN|RIVERSIDE|RIVERSIDE|POLAR|LAKESIDE"))
+    one, two = order_of(store, "PL-Z1"), order_of(store, "PL-Z2")
+    roles1 = set(store.read(lambda s: OrderRepository.from_session(s).participants(one.id)))
+    roles2 = set(store.read(lambda s: OrderRepository.from_session(s).participants(two.id)))
+    assert ("leiden-cell-factory", "manufacturing") in roles1
+    assert ("st-marys", "collection") in roles1
+    assert ("riverside-cancer-center", "collection") in roles2
+    assert ("riverside-cancer-center", "treatment") in roles2
+    assert two.product_code == "car-t-cryo"
+
+
+def test_duplicate_gets_the_same_bytes_and_changes_nothing(sender: Sender, store: Store) -> None:
+    msg = m.orm("PL-2", "MRN-2", accept="AL", app="AL")
+    first = sender.send(msg, expect=2)
+    again = sender.send(msg, expect=2)
+    assert again == first  # byte-identical, timestamps and ACK control ids included
+    assert count(store, TherapyOrder) == 1
+    assert count(store, InboxMessage) == 1
+
+
+def test_same_control_id_with_other_content_is_rejected_and_kept(sender: Sender, store: Store) -> None:
+    sender.send(m.orm("PL-3", "MRN-3", cid="DUP-1"))
+    frames = sender.send(m.orm("PL-4", "MRN-4", cid="DUP-1"))
+    assert codes(frames) == ["CR"]
+    assert b"205^Duplicate key identifier^HL70357" in frames[0]
+    assert b"MSH^1^10" in frames[0]
+    assert b"already used for a different message" in frames[0]
+    assert count(store, TherapyOrder) == 1
+    assert count(store, InboxMessage, InboxMessage.status == "conflict") == 1
+
+
+def test_refused_order_is_kept_and_answered_with_the_location(sender: Sender, store: Store) -> None:
+    frames = sender.send(m.orm("PL-5", "MRN-5", product="NOPE"), expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert b"ERR||OBR^1^4^1^1|103^Table value not found^HL70357|E" in frames[1]
+    no_birth = m.orm("PL-6", "MRN-6", birth="")
+    frames = sender.send(no_birth, expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert b"PID^1^7" in frames[1]
+    assert count(store, TherapyOrder) == 0
+    assert count(store, InboxMessage, InboxMessage.status == "rejected") == 2
+
+
+def test_unsupported_type_is_rejected_naming_it(sender: Sender, store: Store) -> None:
+    msg = m.msh("ADT^A02", "X-A02") + "\rEVN|A02|20261125\r" + m.pid("MRN-7") + "\r"
+    frames = sender.send(msg.encode())
+    assert codes(frames) == ["CR"]
+    assert b"ADT^A02" in frames[0] or b"ADT\\S\\A02" in frames[0]
+    assert b"201^Unsupported event code" in frames[0]
+    row = store.read(lambda s: s.scalars(select(InboxMessage)).one())
+    assert row.status == "rejected"
+    assert row.message_type == "ADT^A02"
+
+
+def test_hold_release_cancel(sender: Sender, store: Store) -> None:
+    sender.send(m.orm("PL-8", "MRN-8"))
+    assert codes(sender.send(m.orm("PL-8", "MRN-8", control="HD", reason="^patient unwell"))) == ["CA"]
+    order = order_of(store, "PL-8")
+    assert order.status == "on-hold"
+    hold = store.read(lambda s: s.scalars(select(OrderHold).where(OrderHold.order_id == order.id)).one())
+    assert hold.kind == "partner-request"
+    assert hold.reason == "patient unwell"
+    assert codes(sender.send(m.orm("PL-8", "MRN-8", control="RL"))) == ["CA"]
+    assert order_of(store, "PL-8").status == "active"
+    # another patient's identifiers on the order's cancel: refused, nothing changes
+    frames = sender.send(m.orm("PL-8", "MRN-OTHER", control="CA"), expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert b"not the patient of order" in frames[1]
+    assert order_of(store, "PL-8").status == "active"
+    assert codes(sender.send(m.orm("PL-8", "MRN-8", control="CA", mtype="OML^O21"))) == ["CA"]
+    assert order_of(store, "PL-8").status == "revoked"
+
+
+def test_oml_o21_places_an_order_with_its_timing(sender: Sender, store: Store) -> None:
+    assert codes(sender.send(m.orm("PL-OML", "MRN-OML", mtype="OML^O21"))) == ["CA"]
+    order = order_of(store, "PL-OML")
+    sr = store.read(lambda s: ResourceRepository.from_session(s).read("ServiceRequest", order.id)).content
+    assert sr["priority"] == "routine"
+    assert sr["occurrenceDateTime"] == "2026-12-01T08:00:00-05:00"
+
+
+# --------------------------------------------------------------------------- store down
+def test_store_down_never_gets_a_positive_ack(ctx: HubContext, loop: Loop, store: Store) -> None:
+    listener = MllpListener(ctx, host="127.0.0.1", port=0)
+    loop.run(listener.start())
+    sender = Sender(listener.port)
+
+    def refuse(conn: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    try:
+        event.listen(store.write_engine, "commit", refuse)
+        try:
+            frames = sender.send(m.orm("PL-9", "MRN-9", accept="AL", app="AL"))
+            assert codes(frames) == ["CE"]
+            frames = sender.send(m.oru("CHA999826000001", [("LRL-VIAB", "90", "%")], facility="STMARYS"))
+            assert codes(frames) == ["CE"]  # st-marys is enhanced by profile
+        finally:
+            event.remove(store.write_engine, "commit", refuse)
+        assert count(store, InboxMessage) == 0
+        assert count(store, TherapyOrder) == 0
+        frames = sender.send(m.orm("PL-9", "MRN-9", accept="AL", app="AL"), expect=2)  # the sender retries
+        assert codes(frames) == ["CA", "AA"]
+        assert count(store, TherapyOrder) == 1
+    finally:
+        sender.close()
+        loop.run(listener.stop())
+
+
+# --------------------------------------------------------------------------- patients
+def test_adt_registers_updates_and_never_merges(sender: Sender, store: Store) -> None:
+    assert codes(sender.send(m.adt("MRN-10", "A04"))) == ["CA"]
+    assert codes(sender.send(m.adt("MRN-10", "A08", given="Anna", sex="F"))) == ["CA"]
+    patients = store.read(lambda s: ResourceRepository.from_session(s).find_by_identifier("Patient", None, "MRN-10"))
+    assert len(patients) == 1
+    assert patients[0].version_id == 2
+    assert patients[0].content["name"][0]["given"] == ["Anna"]
+    frames = sender.send(m.adt("MRN-10", "A08", birth="19800101"), expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert b"PID^1^7" in frames[1]
+    assert b"birth date" in frames[1]
+    frames = sender.send(m.adt("MRN-10", "A01", family="Someone"), expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert b"PID^1^5" in frames[1]
+    patients = store.read(lambda s: ResourceRepository.from_session(s).find_by_identifier("Patient", None, "MRN-10"))
+    assert len(patients) == 1
+    assert patients[0].version_id == 2
+    # The ordered patient is the registered one (found by MRN, not created again).
+    sender.send(m.orm("PL-10", "MRN-10", family="Rivera"))
+    assert order_of(store, "PL-10").patient_id == patients[0].id
+
+
+# --------------------------------------------------------------------------- scheduling
+def test_siu_books_moves_and_cancels_the_collection(sender: Sender, store: Store) -> None:
+    sender.send(m.orm("PL-11", "MRN-11"))
+    assert codes(sender.send(m.siu("S12", "APT-1", "PL-11", "MRN-11"))) == ["CA"]
+    order = order_of(store, "PL-11")
+    assert order.stage == "collection-scheduled"
+    task = store.read(lambda s: ResourceRepository.from_session(s).read("Task", f"{order.id}-s02")).content
+    assert task["restriction"]["period"] == {
+        "start": "2026-12-03T13:00:00.000000Z",
+        "end": "2026-12-03T16:00:00.000000Z",
+    }
+    assert codes(sender.send(m.siu("S13", "APT-1", "PL-11", "MRN-11", start="20261204090000-0500"))) == ["CA"]
+    appt = store.read(lambda s: s.scalars(select(CollectionAppointment)).one())
+    assert appt.start.isoformat().startswith("2026-12-04T14:00")
+    frames = sender.send(m.siu("S14", "APT-1", "PL-11", "MRN-OTHER"), expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert codes(sender.send(m.siu("S15", "APT-1", "PL-11", "MRN-11"))) == ["CA"]
+    assert store.read(lambda s: s.scalars(select(CollectionAppointment)).one()).status == "cancelled"
+    frames = sender.send(m.siu("S12", "APT-2", "PL-NONE", "MRN-11"), expect=2)
+    assert codes(frames) == ["CA", "AE"]
+    assert b"204^Unknown key identifier" in frames[1]
+
+
+# --------------------------------------------------------------------------- lab results
+def test_lab_oru_records_release_results(sender: Sender, store: Store, partners: PartnerDirectory) -> None:
+    sender.send(m.orm("PL-12", "MRN-12"))
+    order = order_of(store, "PL-12")
+    driver = Driver(store, partners, view(order))
+    driver.mrn = "MRN-12"
+    driver.walk_to("in-manufacturing")
+    frames = sender.send(m.oru(order.coi, [("LRL-VIAB", "88.5", "%"), ("LRL-VCN", "2.1", "copies/cell")], mrn="MRN-12"))
+    assert codes(frames) == ["AA"], frames  # Lakeside is in original mode
+    assert acked_control_id(frames[0]).startswith("ORU")
+    from hub.orders.repository import OrderRepository
+
+    results = store.read(lambda s: OrderRepository.from_session(s).current_results(order.id))
+    assert {(r.test_code, r.value, r.in_spec) for r in results} == {("viability", "88.5", True), ("vcn", "2.1", True)}
+    frames = sender.send(m.oru(order.coi, [("LRL-VIAB", "90", "%"), ("XYZ", "1", "")]))
+    assert codes(frames) == ["AE"]
+    assert b"OBX^2^3^1^1" in frames[0]
+    frames = sender.send(m.oru(order.coi, [("LRL-VIAB", "91", "%")], status="P"))
+    assert codes(frames) == ["AA"]  # preliminary: acknowledged, not recorded
+    assert (
+        store.read(lambda s: s.scalars(select(InboxMessage).order_by(InboxMessage.received_at.desc())).first()).status
+        == "ignored"
+    )
+    frames = sender.send(m.oru("CHA999826999999", [("LRL-VIAB", "90", "%")]))
+    assert codes(frames) == ["AE"]
+    assert b"OBR^1^3" in frames[0]
+
+
+# --------------------------------------------------------------------------- batches and framing
+def test_batch_is_answered_with_a_batch_of_acks(sender: Sender, store: Store) -> None:
+    one = m.adt("MRN-13").decode().strip("\r")
+    two = m.adt("MRN-14").decode().strip("\r")
+    batch = f"BHS|^~\\&|EPIC|STMARYS|||20261125||||BATCH-1\r{one}\r{two}\rBTS|2\r".encode()
+    frames = sender.send(batch)
+    assert len(frames) == 1
+    lines = frames[0].split(b"\r")
+    assert lines[0].startswith(b"BHS|")
+    assert lines[0].split(b"|")[11] == b"BATCH-1"
+    assert [ln.split(b"|")[1] for ln in lines if ln.startswith(b"MSA")] == [b"CA", b"CA"]
+    assert b"BTS|2" in frames[0]
+    assert count(store, InboxMessage) == 2
+
+
+def test_several_messages_in_one_frame_get_one_ack_each(sender: Sender) -> None:
+    frames = sender.send(m.adt("MRN-15") + m.adt("MRN-16"), expect=2)
+    assert codes(frames) == ["CA", "CA"]
+
+
+def test_oversized_frame_closes_the_connection(ctx: HubContext, loop: Loop) -> None:
+    listener = MllpListener(ctx, host="127.0.0.1", port=0, max_frame=10_000)
+    loop.run(listener.start())
+    try:
+        sock = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
+        sock.sendall(b"\x0b" + b"A" * 20_000)
+        assert _closed_by_peer(sock)
+        assert listener.stats.oversized_frames == 1
+        ok = Sender(listener.port)  # the server is still up
+        assert codes(ok.send(m.adt("MRN-17"))) == ["CA"]
+        ok.close()
+    finally:
+        loop.run(listener.stop())
+
+
+def test_idle_connection_is_closed(ctx: HubContext, loop: Loop) -> None:
+    listener = MllpListener(ctx, host="127.0.0.1", port=0, idle_timeout_s=0.3)
+    loop.run(listener.start())
+    try:
+        sock = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+        assert sock.recv(10) == b""
+    finally:
+        loop.run(listener.stop())
+
+
+def test_address_outside_every_allow_list_is_refused(store: Store, partners: PartnerDirectory, loop: Loop) -> None:
+    from tests.adapters.hl7v2.conftest import make_ctx
+
+    profiles = {}
+    for pid, profile in partners.profiles.items():
+        channels = tuple(
+            c.model_copy(update={"allow_from": ("10.99.0.0/16",)}) if c.adapter == "hl7v2-mllp" else c
+            for c in profile.channels
+        )
+        profiles[pid] = profile.model_copy(update={"channels": channels})
+    ctx = make_ctx(store, PartnerDirectory(profiles))
+    listener = MllpListener(ctx, host="127.0.0.1", port=0)
+    loop.run(listener.start())
+    try:
+        sock = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+        try:
+            sock.sendall(m.adt("MRN-18"))
+            answer = sock.recv(10)
+        except ConnectionResetError:  # closed before it read what we sent: a reset, not a FIN
+            answer = b""
+        assert answer == b""
+        assert listener.stats.refused_connections == 1
+        assert count(store, InboxMessage) == 0
+    finally:
+        loop.run(listener.stop())
+
+
+def test_msh4_picks_the_partner_among_those_sharing_an_address(sender: Sender, store: Store) -> None:
+    frames = sender.send(m.adt("MRN-19"))
+    assert codes(frames) == ["CA"]  # STMARYS → st-marys (enhanced)
+    frames = sender.send(m.oru("CHA999826000009", [("LRL-VIAB", "90", "%")]))
+    assert codes(frames) == ["AE"]  # LAKESIDELAB → lakeside (original), order unknown
+    unknown = (m.msh("ADT^A04", "X-20", facility="ELSEWHERE") + "\r" + m.pid("MRN-20") + "\r").encode()
+    frames = sender.send(unknown)
+    assert codes(frames) == ["AR"]
+    assert b"MSH^1^4" in frames[0]
+    assert (
+        store.read(lambda s: s.scalars(select(InboxMessage.partner).where(InboxMessage.external_id == "X-20")).one())
+        == "unidentified"
+    )
+
+
+# --------------------------------------------------------------------------- TLS
+def _certs(tmp: Path) -> dict[str, Path]:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(tmp / "ca.key"),
+        "-out",
+        str(tmp / "ca.pem"),
+    )
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={'127.0.0.1' if name == 'server' else name}",
+            "-keyout",
+            str(tmp / f"{name}.key"),
+            "-out",
+            str(tmp / f"{name}.csr"),
+        )
+        ext = tmp / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(tmp / f"{name}.csr"),
+            "-CA",
+            str(tmp / "ca.pem"),
+            "-CAkey",
+            str(tmp / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(tmp / f"{name}.pem"),
+        )
+    return {n: tmp / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_tls_and_mutual_tls(ctx: HubContext, loop: Loop, tmp_path: Path) -> None:
+    certs = _certs(tmp_path)
+    tls = TLSSettings(
+        cert_file=certs["server.pem"], key_file=certs["server.key"], ca_file=certs["ca.pem"], client_auth="required"
+    )
+    listener = MllpListener(ctx, host="127.0.0.1", port=0, tls=tls)
+    loop.run(listener.start())
+    try:
+        client = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+        client.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
+        with (
+            socket.create_connection(("127.0.0.1", listener.port), timeout=10) as raw,
+            client.wrap_socket(raw, server_hostname="127.0.0.1") as tls_sock,
+        ):
+            tls_sock.sendall(b"\x0b" + m.adt("MRN-21") + b"\x1c\r")
+            data = b""
+            while not data.endswith(b"\x1c\r"):
+                data += tls_sock.recv(4096)
+            assert b"MSA|CA|" in data
+        anonymous = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+        assert _refused_without_certificate(anonymous, listener.port)
+    finally:
+        loop.run(listener.stop())

@@ -1,0 +1,262 @@
+"""Outbound: order events → ORU^R01 (or the partner's message type) to a hospital's MLLP endpoint,
+with the ACK awaited, retries with backoff, dead letters, replay, and every attempt recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from hl7apy.parser import parse_message
+from sqlalchemy import select
+
+from adapters.hl7v2 import ops
+from adapters.hl7v2.ack import acked_control_id
+from adapters.hl7v2.framer import Deframer, frame
+from adapters.hl7v2.outbound import OutboundSender, SenderSettings
+from adapters.hl7v2.tokenizer import parse
+from hub.context import HubContext
+from hub.db.models import Alert
+from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
+from hub.db.uow import Store
+from hub.orders.service import OrderService
+from hub.partners.loader import PartnerDirectory
+from hub.runtime import build_runtime
+from tests.adapters.hl7v2 import messages as m
+from tests.adapters.hl7v2.conftest import Loop
+from tests.builders import Driver, place_cmd
+
+
+@dataclass
+class Hospital:
+    """A hospital's MLLP endpoint: records what arrives, answers as scripted (then AA)."""
+
+    script: list[str] = field(default_factory=list)  # AA | AE | AR | close | silent
+    received: list[bytes] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        deframer = Deframer()
+        try:
+            while data := await reader.read(65536):
+                for payload in deframer.feed(data):
+                    self.received.append(payload)
+                    action = self.script.pop(0) if self.script else "AA"
+                    if action == "close":
+                        writer.close()
+                        return
+                    if action == "silent":
+                        continue
+                    cid = parse(payload).control_id
+                    n = len(self.received)
+                    header = f"MSH|^~\\&|EHR|STMARYS|CGTHUB|CGTHUB|20261125||ACK^R01^ACK|H{n}|P|2.5.1"
+                    ack = f"{header}\rMSA|{action}|{cid}\r"
+                    writer.write(frame(ack.encode()))
+                    await writer.drain()
+        except ConnectionError:
+            return
+
+
+@pytest.fixture
+def hospital(loop: Loop) -> Iterator[Hospital]:
+    h = Hospital()
+    loop.run(h.start())
+    yield h
+    loop.run(h.stop())
+
+
+def _sender(ctx: HubContext, hospital: Hospital, **settings: float) -> OutboundSender:
+    defaults = {"max_attempts": 3, "backoff_base_s": 0.05, "backoff_max_s": 0.2, "ack_timeout_s": 1.0, "poll_s": 0.05}
+    defaults.update(settings)
+    return OutboundSender(
+        ctx.store,
+        ctx.partners,
+        SenderSettings(**defaults),  # type: ignore[arg-type]
+        endpoint_overrides={"st-marys": f"mllp://127.0.0.1:{hospital.port}"},
+    )
+
+
+def _drain(ctx: HubContext, loop: Loop) -> None:
+    async def go() -> None:
+        runtime = build_runtime(ctx.settings, ctx=ctx)
+        await runtime.start(run_relay=False)
+        try:
+            await runtime.relay.drain()
+        finally:
+            await runtime.stop()
+
+    loop.run(go())
+
+
+def _rows(store: Store) -> list[Hl7v2Outbound]:
+    return store.read(lambda s: list(s.scalars(select(Hl7v2Outbound).order_by(Hl7v2Outbound.id))))
+
+
+def _attempts(store: Store, outbound_id: int) -> list[Hl7v2OutboundAttempt]:
+    return store.read(
+        lambda s: list(
+            s.scalars(
+                select(Hl7v2OutboundAttempt)
+                .where(Hl7v2OutboundAttempt.outbound_id == outbound_id)
+                .order_by(Hl7v2OutboundAttempt.attempt)
+            )
+        )
+    )
+
+
+def test_status_and_release_results_reach_the_hospital(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    driver = Driver.place(store, partners)
+    driver.walk_to("released")
+    _drain(ctx, loop)
+    rows = _rows(store)
+    # accepted + one per stage change up to released, each owed once to St Mary's (orderer, collector, treater)
+    assert [r.event_type for r in rows][:2] == ["order.accepted", "order.stage_changed"]
+    assert len(rows) == 1 + 7
+    assert {r.partner for r in rows} == {"st-marys"}
+    _drain(ctx, loop)  # redelivered events are not owed twice
+    assert len(_rows(store)) == len(rows)
+    sender = _sender(ctx, hospital)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == len(rows)
+    loop.run(sender.close())
+    assert [r.status for r in _rows(store)] == ["delivered"] * len(rows)
+    assert [parse(p).control_id for p in hospital.received] == [r.control_id for r in rows]  # in order
+    last = hospital.received[-1]
+    msg = parse(last)
+    assert msg.message_type == "ORU^R01"
+    assert msg.segment("OBR")[25] == "F"  # type: ignore[index]
+    obx = [s for s in msg.segments if s[0] == "OBX"]
+    assert obx[0][5].startswith("released^")
+    codes = {s[3].split("^")[0] for s in obx}
+    assert {"viability", "car-expression", "vcn", "endotoxin", "sterility", "mycoplasma"} <= codes
+    assert msg.segment("PID")[3].startswith(driver.mrn or "")  # type: ignore[index]
+    parse_message(last.decode().replace("\n", "\r"), find_groups=True).validate()  # hl7apy: well-formed
+    attempts = _attempts(store, rows[-1].id)
+    assert [(a.attempt, a.outcome) for a in attempts] == [(1, "AA")]
+    assert acked_control_id(attempts[0].ack or b"") == rows[-1].control_id
+
+
+def test_retries_with_backoff_then_delivers_in_order(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    hospital.script = ["AE", "close", "AA"]
+    sender = _sender(ctx, hospital, max_attempts=5)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 1
+    loop.run(sender.close())
+    row = _rows(store)[0]
+    assert row.status == "delivered"
+    assert [a.outcome for a in _attempts(store, row.id)] == ["AE", "io-error", "AA"]
+    assert len({p for p in hospital.received}) == 1  # the same bytes each time (same MSH-10)
+
+
+def test_dead_after_n_attempts_then_replayed(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    hospital.script = ["AE", "silent", "AE"]
+    sender = _sender(ctx, hospital, max_attempts=3, ack_timeout_s=0.3)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 0
+    row = _rows(store)[0]
+    assert row.status == "dead"
+    assert [a.outcome for a in _attempts(store, row.id)] == ["AE", "timeout", "AE"]
+    _drain(ctx, loop)
+    alerts = store.read(lambda s: list(s.scalars(select(Alert).where(Alert.kind == "hl7v2.outbound-dead"))))
+    assert len(alerts) == 1
+    assert "MRN" not in alerts[0].message
+    assert "pending" in ops.replay(ctx, f"out:{row.id}")
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 1
+    loop.run(sender.close())
+    assert _rows(store)[0].status == "delivered"
+    assert len(_attempts(store, row.id)) == 4
+
+
+def test_rejected_is_dead_at_once_and_does_not_block_the_next(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    view_ = store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    driver = Driver(store, partners, view_)
+    driver.step()
+    _drain(ctx, loop)
+    hospital.script = ["AR"]
+    sender = _sender(ctx, hospital)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 1
+    loop.run(sender.close())
+    assert [r.status for r in _rows(store)] == ["dead", "delivered"]
+    assert [a.outcome for a in _attempts(store, _rows(store)[0].id)] == ["AR"]
+
+
+def test_unreachable_hospital_is_recorded_per_attempt(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop
+) -> None:
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    sender = OutboundSender(
+        store,
+        partners,
+        SenderSettings(max_attempts=2, backoff_base_s=0.01, ack_timeout_s=0.5),
+        endpoint_overrides={"st-marys": "mllp://127.0.0.1:9"},
+    )
+    loop.run(sender.deliver_all(timeout_s=10))
+    row = _rows(store)[0]
+    assert row.status == "dead"
+    assert [a.outcome for a in _attempts(store, row.id)] == ["connect-error", "connect-error"]
+
+
+def test_partner_message_type_is_honoured(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    profile = partners.profiles["st-marys"]
+    channels = tuple(
+        c.model_copy(update={"message": "ORM^O01"}) if c.adapter == "hl7v2-mllp" and c.direction == "outbound" else c
+        for c in profile.channels
+    )
+    directory = PartnerDirectory({**partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})})
+    from tests.adapters.hl7v2.conftest import make_ctx
+
+    ctx2 = make_ctx(store, directory)
+    store.run(lambda w: OrderService(w, directory).place(place_cmd()))
+    _drain(ctx2, loop)
+    sender = _sender(ctx2, hospital)
+    loop.run(sender.deliver_all(timeout_s=30))
+    loop.run(sender.close())
+    assert parse(hospital.received[0]).message_type == "ORM^O01"
+    assert parse(hospital.received[0]).segment("ORC")[1] == "SC"  # type: ignore[index]
+
+
+def test_order_placed_over_mllp_is_reported_back(
+    ctx: HubContext, store: Store, hospital: Hospital, loop: Loop, sender: object
+) -> None:
+    from tests.adapters.hl7v2.conftest import Sender
+
+    assert isinstance(sender, Sender)
+    sender.send(m.orm("PL-OUT", "MRN-OUT"))
+    _drain(ctx, loop)
+    out = _sender(ctx, hospital)
+    assert loop.run(out.deliver_all(timeout_s=30)) == 1
+    loop.run(out.close())
+    msg = parse(hospital.received[0])
+    assert msg.segment("ORC")[2].startswith("PL-OUT")  # type: ignore[index]
+    assert msg.segment("PID")[3].startswith("MRN-OUT^^^STMARYS&")  # type: ignore[index]
+    shown = ops.show(ctx, f"out:{_rows(store)[0].id}")
+    assert "MRN-OUT" not in shown
+    assert "Rivera" not in shown
+    assert "#1" in shown
+    unmasked = ops.show(ctx, f"out:{_rows(store)[0].id}", unmasked=True)
+    assert "MRN-OUT" in unmasked
