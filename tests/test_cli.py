@@ -32,6 +32,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "Advance refused" in result.stdout
     assert "audit chain intact" in result.stdout
     assert (work / "var" / "cgthub.db").is_file()
+    again = run(["demo"], work)  # a second run adds orders to the same database
+    assert again.returncode == 0, again.stdout + again.stderr
     return work
 
 

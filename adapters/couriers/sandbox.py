@@ -32,7 +32,10 @@ class CourierSandbox:
     bookings: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: int = 0
     _bodies: dict[str, str] = field(default_factory=dict)
-    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Like a real courier, tracking numbers never repeat across runs (a demo database outlives them).
+    _numbers: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(int(time.time() * 1000) % 900_000_000 + 1)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> FastAPI:
