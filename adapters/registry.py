@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hub.api.smart_schemas import SmartClientSettings
+
 
 class ChannelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,7 +33,7 @@ class Hl7v2Mllp(ChannelSettings):
 
 
 class FhirRest(ChannelSettings):
-    smart: dict[str, object] = Field(default_factory=dict)
+    smart: SmartClientSettings = Field(default_factory=SmartClientSettings)
     base_url: str | None = None
 
 
@@ -82,7 +84,7 @@ ADAPTERS: dict[str, AdapterInfo] = {
     a.name: a
     for a in (
         AdapterInfo("hl7v2-mllp", Hl7v2Mllp, None, "HL7 v2 over MLLP (orders, ADT, SIU in; ORU out)"),
-        AdapterInfo("fhir-rest", FhirRest, None, "FHIR R4 REST with SMART Backend Services"),
+        AdapterInfo("fhir-rest", FhirRest, "hub.api.fhir", "FHIR R4 REST with SMART Backend Services"),
         AdapterInfo("courier-webhook", CourierWebhook, None, "signed courier tracking webhooks"),
         AdapterInfo("courier-booking", CourierBooking, None, "courier booking API client"),
         AdapterInfo("soap-customs", SoapCustoms, None, "customs declarations over SOAP"),

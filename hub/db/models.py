@@ -399,3 +399,7 @@ def table_of(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+# Tables of other areas live in their own modules; importing them here puts them in the metadata.
+from hub.db import models_fhirapi  # noqa: E402, F401
