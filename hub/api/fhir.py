@@ -17,7 +17,7 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlalchemy.orm import Session
 
 from hub import canonical
@@ -32,6 +32,7 @@ from hub.api.outcomes import operation_outcome
 from hub.api.smart import token_url
 from hub.errors import HubError, Issue, NotFound
 from hub.fhirstore.repository import Stored
+from hub.fhirstore.validation import SUPPORTED_TYPES
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -100,6 +101,25 @@ def _type(resource_type: str) -> str:
     return fhir_search.served_type(resource_type)
 
 
+TypeParam = Annotated[str, Path(json_schema_extra={"enum": list(SUPPORTED_TYPES)})]
+IdParam = Annotated[str, Path(json_schema_extra={"pattern": r"^[A-Za-z0-9\-.]{1,64}$"})]
+SEARCH_PARAMS = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+        for name, kind in (
+            ("_id", "string"),
+            ("identifier", "string"),
+            ("status", "string"),
+            ("patient", "string"),
+            ("subject", "string"),
+            ("_lastUpdated", "string"),
+            ("authored", "string"),
+            ("_count", "integer"),
+            ("_offset", "integer"),
+            ("_include", "string"),
+        )
+    ]
+}
 JSON_BODY = {
     "requestBody": {
         "required": True,
@@ -218,7 +238,7 @@ async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: Form
 
 
 @router.post("/{resource_type}/$validate", openapi_extra=JSON_BODY)
-async def validate_operation(resource_type: str, request: Request, principal: PrincipalDep, _: FormatDep) -> Response:
+async def validate_operation(resource_type: TypeParam, request: Request, principal: PrincipalDep, _: FormatDep) -> Response:
     rtype = _type(resource_type)
     doc = _parse(await request.body())
     profiles = [p for p in request.query_params.getlist("profile")]
@@ -244,7 +264,7 @@ async def validate_operation(resource_type: str, request: Request, principal: Pr
 
 
 @router.post("/{resource_type}", openapi_extra=JSON_BODY)
-async def create(resource_type: str, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep) -> Response:
+async def create(resource_type: TypeParam, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep) -> Response:
     rtype = _type(resource_type)
     prefer = _prefer(request)
     base = base_url(request)
@@ -259,7 +279,7 @@ async def create(resource_type: str, request: Request, ctx: CtxDep, principal: P
 
 @router.put("/{resource_type}/{rid}", openapi_extra=JSON_BODY)
 async def update(
-    resource_type: str, rid: str, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam, rid: IdParam, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     rtype = _type(resource_type)
     prefer = _prefer(request)
@@ -276,9 +296,12 @@ async def update(
 
 
 # --------------------------------------------------------------------------- reads
-@router.get("/{resource_type}/_history")
+@router.get("/{resource_type}/_history", openapi_extra={"parameters": [
+    {"name": "_count", "in": "query", "required": False, "schema": {"type": "integer"}},
+    {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
+]})
 def type_history(
-    resource_type: str, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     rtype = _type(resource_type)
     query = list(request.query_params.multi_items())
@@ -295,14 +318,14 @@ def type_history(
 
 
 @router.get("/{resource_type}/{rid}")
-def read(resource_type: str, rid: str, session: ScopedSession, principal: PrincipalDep, _: FormatDep) -> Response:
+def read(resource_type: TypeParam, rid: IdParam, session: ScopedSession, principal: PrincipalDep, _: FormatDep) -> Response:
     stored = fhir_search.read(session, principal, _type(resource_type), rid)
     return fhir_response(stored.content, stored=stored)
 
 
 @router.get("/{resource_type}/{rid}/_history/{vid}")
 def vread(
-    resource_type: str, rid: str, vid: int, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam, rid: IdParam, vid: int, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     stored = fhir_search.vread(session, principal, _type(resource_type), rid, vid)
     return fhir_response(stored.content, stored=stored)
@@ -310,15 +333,15 @@ def vread(
 
 @router.get("/{resource_type}/{rid}/_history")
 def history(
-    resource_type: str, rid: str, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam, rid: IdParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     versions = fhir_search.instance_history(session, principal, _type(resource_type), rid)
     return fhir_response(fhir_search.history_bundle(versions, base_url(request)))
 
 
-@router.get("/{resource_type}")
+@router.get("/{resource_type}", openapi_extra=SEARCH_PARAMS)
 def search_type(
-    resource_type: str, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     rtype = _type(resource_type)
     page = fhir_search.search(session, principal, rtype, list(request.query_params.multi_items()))

@@ -43,6 +43,8 @@ def read(session: Session, principal: Principal, rtype: str, rid: str) -> Stored
 def vread(session: Session, principal: Principal, rtype: str, rid: str, vid: int) -> Stored:
     principal.require(rtype, "r")
     _require_visible_any(session, principal, rtype, rid)
+    if not 1 <= vid < 2**31:
+        raise NotFound(f"{rtype}/{rid}/_history/{vid} is not known")
     stored = ResourceRepository.from_session(session).vread(rtype, rid, vid)
     if stored.deleted:
         raise NotFound(f"{rtype}/{rid} version {vid} is a deletion")
