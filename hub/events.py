@@ -27,6 +27,7 @@ class EventType(StrEnum):
     CUSTODY_HANDOFF = "custody.handoff"
     SIGNATURE_APPLIED = "signature.applied"
     ALERT_RAISED = "alert.raised"
+    SUBSCRIPTION_DELIVERY_FAILED = "subscription.delivery_failed"
 
 
 class EventPayload(BaseModel):
@@ -109,6 +110,16 @@ class AlertRaised(EventPayload):
     message: str  # never PHI: ids, codes and reasons only
 
 
+class SubscriptionDeliveryFailed(EventPayload):
+    """A FHIR Subscription notification gave up after its last attempt (it can be replayed)."""
+
+    delivery_id: str
+    subscription_id: str
+    partner_id: str
+    order_id: str | None
+    attempts: int
+
+
 PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.ORDER_ACCEPTED: OrderAccepted,
     EventType.ORDER_STAGE_CHANGED: OrderStageChanged,
@@ -121,6 +132,7 @@ PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.CUSTODY_HANDOFF: CustodyHandoffEvent,
     EventType.SIGNATURE_APPLIED: SignatureApplied,
     EventType.ALERT_RAISED: AlertRaised,
+    EventType.SUBSCRIPTION_DELIVERY_FAILED: SubscriptionDeliveryFailed,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hub.alerts.tasks import CONSUMERS as ALERT_CONSUMERS
@@ -20,7 +21,19 @@ from hub.settings import Settings
 
 def all_consumers() -> list[Consumer]:
     """Every consumer the hub runs. Adapters' outbound consumers join this list as they land."""
-    return [*ALERT_CONSUMERS]
+    from adapters.fhir.notify import CONSUMERS as FHIR_NOTIFY_CONSUMERS
+
+    return [*ALERT_CONSUMERS, *FHIR_NOTIFY_CONSUMERS]
+
+
+Worker = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def background_workers(ctx: HubContext) -> list[Worker]:
+    """Long-running outbound workers started with the runtime (each stops when the event is set)."""
+    from adapters.fhir.notify import DeliveryWorker
+
+    return [DeliveryWorker(ctx.store, ctx.partners).run]
 
 
 def make_bus(ctx: HubContext, runner: ConsumerRunner, *, consume: bool = True) -> Bus:
@@ -45,11 +58,14 @@ class Runtime:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self, *, run_relay: bool = True) -> None:
+    async def start(self, *, run_relay: bool = True, run_workers: bool | None = None) -> None:
         self.ctx.store.start_committer()
         await self.bus.start()
         if run_relay:
             self._tasks.append(asyncio.create_task(self.relay.run(self._stop)))
+        if run_relay if run_workers is None else run_workers:
+            for worker in background_workers(self.ctx):
+                self._tasks.append(asyncio.create_task(worker(self._stop)))
 
     async def stop(self) -> None:
         self._stop.set()
