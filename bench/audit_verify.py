@@ -44,7 +44,7 @@ def build(url: str, n: int) -> None:
             store.run(flush)
             batch = []
     with store.write_engine.begin() as conn:
-        conn.exec_driver_sql(f"UPDATE audit_head SET seq = {n}, hash = '{prev}' WHERE id = 1")  # noqa: S608
+        conn.exec_driver_sql(f"UPDATE audit_head SET seq = {n}, hash = '{prev}' WHERE id = 1")
     store.dispose()
 
 
@@ -68,7 +68,8 @@ def main() -> None:
             t0 = time.perf_counter()
             result = verify_chain(store)
             took = time.perf_counter() - t0
-            assert result.ok and result.checked == args.entries, result.describe()
+            assert result.ok, result.describe()
+            assert result.checked == args.entries, result.describe()
             store.dispose()
         print(f"{backend:<10} {'baseline: read rows only':<28} {count / base:>11,.0f} {base:>8.2f}")
         print(f"{backend:<10} {'verify (recompute chain)':<28} {count / took:>11,.0f} {took:>8.2f}")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from hub.alerts.tasks import CONSUMERS as ALERT_CONSUMERS
 from hub.context import HubContext, build_context
@@ -26,7 +27,7 @@ def all_consumers() -> list[Consumer]:
     return [*ALERT_CONSUMERS, *FHIR_NOTIFY_CONSUMERS]
 
 
-Worker = Callable[[asyncio.Event], Awaitable[None]]
+Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def background_workers(ctx: HubContext) -> list[Worker]:

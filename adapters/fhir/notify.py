@@ -20,6 +20,7 @@ delivers it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -187,10 +188,8 @@ class DeliveryWorker:
                 log.warning("subscription delivery round failed: %s", type(exc).__name__)
                 done = 0
             if done == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
-                except TimeoutError:
-                    pass
 
     async def run_once(self) -> int:
         """One round: take the lease, deliver what is due. Returns the number of attempts made."""

@@ -48,7 +48,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_MAX_AHEAD_S = 300  # exp at most 5 minutes ahead (SMART Backend Services)
 CLOCK_SKEW_S = 5
 TOKEN_LIFETIME_S = 300
-TOKEN_ISSUER = "cgt-hub"
+TOKEN_ISSUER = "cgt-hub"  # noqa: S105 - the issuer name, not a secret
 JWKS_DEFAULT_TTL_S = 300
 JWKS_MAX_TTL_S = 24 * 3600
 JWKS_REFRESH_MIN_S = 10  # an unknown kid refetches the JWKS, but not more often than this
@@ -79,7 +79,9 @@ class Scope:
         return cls(rtype, frozenset(letters))
 
     def covers(self, other: Scope) -> bool:
-        return (self.resource_type == "*" or self.resource_type == other.resource_type) and other.letters <= self.letters
+        return (
+            self.resource_type == "*" or self.resource_type == other.resource_type
+        ) and other.letters <= self.letters
 
     def allows(self, resource_type: str, letter: str) -> bool:
         return (self.resource_type in ("*", resource_type)) and letter in self.letters
@@ -120,7 +122,9 @@ class Principal:
     def require(self, resource_type: str, letter: str) -> None:
         if not self.allows(resource_type, letter):
             what = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}[letter]
-            raise Forbidden(f"the token's scopes do not allow {what} on {resource_type} (needs system/{resource_type}.{letter})")
+            raise Forbidden(
+                f"the token's scopes do not allow {what} on {resource_type} (needs system/{resource_type}.{letter})"
+            )
 
 
 OPERATOR = Principal("operator")
@@ -202,9 +206,13 @@ class JwksCache:
     async def keys(self, url: str, *, kid: str | None = None) -> KeySet:
         now = time.time()
         entry = self._entries.get(url)
-        if entry is not None and now < entry.expires_at:
-            if kid is None or _has_kid(entry.keys, kid) or now - entry.fetched_at < JWKS_REFRESH_MIN_S:
-                return entry.keys
+        fresh = entry is not None and now < entry.expires_at
+        if (
+            fresh
+            and entry is not None
+            and (kid is None or _has_kid(entry.keys, kid) or now - entry.fetched_at < JWKS_REFRESH_MIN_S)
+        ):
+            return entry.keys
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:
             entry = self._entries.get(url)
@@ -218,7 +226,9 @@ class JwksCache:
             async with httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport) as client:
                 response = await client.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise OAuthError("invalid_client", f"the client's JWKS could not be fetched ({type(exc).__name__})") from exc
+            raise OAuthError(
+                "invalid_client", f"the client's JWKS could not be fetched ({type(exc).__name__})"
+            ) from exc
         if response.status_code != 200:
             raise OAuthError("invalid_client", f"the client's JWKS URL answered {response.status_code}")
         try:

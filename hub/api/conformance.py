@@ -37,7 +37,7 @@ CGT_PATIENT = f"{HUB}/StructureDefinition/cgt-patient"
 SITE_EXTENSION = f"{HUB}/StructureDefinition/cgt-site"
 SITE_ROLE_SYSTEM = f"{HUB}/CodeSystem/site-role"
 
-Evaluator = Callable[[Any], list[Any]]
+Evaluator = Callable[..., list[Any]]
 
 
 @lru_cache(maxsize=512)

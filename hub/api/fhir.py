@@ -42,7 +42,12 @@ router = APIRouter(prefix="/fhir")
 
 class UnsupportedMediaType(HubError):
     def __init__(self, message: str, status: int = 415) -> None:
-        super().__init__(message, [Issue(message, "Content-Type" if status == 415 else "Accept")], status=status, fhir_code="not-supported")
+        super().__init__(
+            message,
+            [Issue(message, "Content-Type" if status == 415 else "Accept")],
+            status=status,
+            fhir_code="not-supported",
+        )
 
 
 def fhir_format(request: Request) -> None:
@@ -238,7 +243,9 @@ async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: Form
 
 
 @router.post("/{resource_type}/$validate", openapi_extra=JSON_BODY)
-async def validate_operation(resource_type: TypeParam, request: Request, principal: PrincipalDep, _: FormatDep) -> Response:
+async def validate_operation(
+    resource_type: TypeParam, request: Request, principal: PrincipalDep, _: FormatDep
+) -> Response:
     rtype = _type(resource_type)
     doc = _parse(await request.body())
     profiles = [p for p in request.query_params.getlist("profile")]
@@ -264,7 +271,9 @@ async def validate_operation(resource_type: TypeParam, request: Request, princip
 
 
 @router.post("/{resource_type}", openapi_extra=JSON_BODY)
-async def create(resource_type: TypeParam, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep) -> Response:
+async def create(
+    resource_type: TypeParam, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep
+) -> Response:
     rtype = _type(resource_type)
     prefer = _prefer(request)
     base = base_url(request)
@@ -296,10 +305,15 @@ async def update(
 
 
 # --------------------------------------------------------------------------- reads
-@router.get("/{resource_type}/_history", openapi_extra={"parameters": [
-    {"name": "_count", "in": "query", "required": False, "schema": {"type": "integer"}},
-    {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
-]})
+@router.get(
+    "/{resource_type}/_history",
+    openapi_extra={
+        "parameters": [
+            {"name": "_count", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
+        ]
+    },
+)
 def type_history(
     resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
@@ -318,7 +332,9 @@ def type_history(
 
 
 @router.get("/{resource_type}/{rid}")
-def read(resource_type: TypeParam, rid: IdParam, session: ScopedSession, principal: PrincipalDep, _: FormatDep) -> Response:
+def read(
+    resource_type: TypeParam, rid: IdParam, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+) -> Response:
     stored = fhir_search.read(session, principal, _type(resource_type), rid)
     return fhir_response(stored.content, stored=stored)
 
@@ -333,7 +349,12 @@ def vread(
 
 @router.get("/{resource_type}/{rid}/_history")
 def history(
-    resource_type: TypeParam, rid: IdParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam,
+    rid: IdParam,
+    request: Request,
+    session: ScopedSession,
+    principal: PrincipalDep,
+    _: FormatDep,
 ) -> Response:
     versions = fhir_search.instance_history(session, principal, _type(resource_type), rid)
     return fhir_response(fhir_search.history_bundle(versions, base_url(request)))

@@ -146,11 +146,14 @@ def place_command(
         issues.append(Issue("the therapy product (code) is missing", "ServiceRequest.code"))
     if issues:
         raise ValidationFailed("the therapy order is incomplete", issues)
-    assert placer is not None and product is not None
+    assert placer is not None
+    assert product is not None
     sites = resolve_sites(sr, ordering, partners, smart)
     body = dict(sr)
     # A contained Patient/Practitioner becomes a resource of its own; it leaves the order.
-    body["contained"] = [c for c in sr.get("contained") or [] if c.get("resourceType") not in ("Patient", "Practitioner")]
+    body["contained"] = [
+        c for c in sr.get("contained") or [] if c.get("resourceType") not in ("Patient", "Practitioner")
+    ]
     if not body["contained"]:
         body.pop("contained")
     body.pop("performer", None)

@@ -115,7 +115,12 @@ def _include_elements(rtype: str, include: str) -> tuple[str, ...]:
     if source != rtype or not elements:
         raise ValidationFailed(
             f"_include={include} is not supported",
-            [Issue(f"supported: {', '.join(f'{rtype}:{p}' for p in indexing.REFERENCE_PARAMS.get(rtype, {}))}", "_include")],
+            [
+                Issue(
+                    f"supported: {', '.join(f'{rtype}:{p}' for p in indexing.REFERENCE_PARAMS.get(rtype, {}))}",
+                    "_include",
+                )
+            ],
         )
     return elements
 
@@ -211,9 +216,7 @@ def type_history(
     if since is not None:
         stmt = stmt.where(ResourceVersion.last_updated >= since)
     if not principal.is_operator:
-        stmt = stmt.where(
-            visible_condition(principal, rtype, ResourceVersion.resource_type, ResourceVersion.id)
-        )
+        stmt = stmt.where(visible_condition(principal, rtype, ResourceVersion.resource_type, ResourceVersion.id))
     stmt = stmt.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.id, ResourceVersion.version_id.desc())
     rows = [_row_to_stored(r) for r in session.execute(stmt.limit(count + 1).offset(offset)).scalars()]
     return rows[:count], count, offset, len(rows) > count

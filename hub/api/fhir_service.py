@@ -230,9 +230,7 @@ class FhirService:
         body = strip_server_meta(body)
         body.pop("id", None)
         issues = [
-            i
-            for i in conformance.issues_for(body, [conformance.THERAPY_ORDER])
-            if i.severity in ("error", "fatal")
+            i for i in conformance.issues_for(body, [conformance.THERAPY_ORDER]) if i.severity in ("error", "fatal")
         ]
         parts: OrderParts | None = None
         try:
@@ -327,7 +325,9 @@ class FhirService:
         conformance.require_valid(body)
         require_references_visible(self.work.session, self.principal, body, self.created)
         try:
-            stored = self.repo.update(self.work, body, if_match=current.version_id, reason=f"FHIR update by {self.principal.actor}")
+            stored = self.repo.update(
+                self.work, body, if_match=current.version_id, reason=f"FHIR update by {self.principal.actor}"
+            )
         except Conflict as exc:
             raise PreconditionFailed(exc.message) from None
         return Result(200, stored)
@@ -502,13 +502,20 @@ class FhirService:
                         ids[entry["fullUrl"]] = result.stored.ref
                 else:
                     if rid is None:
-                        raise BadRequest("conditional update is not supported; PUT Type/id", [Issue("", f"Bundle.entry[{i}].request.url")])
+                        raise BadRequest(
+                            "conditional update is not supported; PUT Type/id",
+                            [Issue("", f"Bundle.entry[{i}].request.url")],
+                        )
                     result = self.update(rtype, rid, resource, _if_match(entry["request"].get("ifMatch")))
                 self.work.flush()
                 responses[i] = _entry_response(result, prefer)
             except HubError as exc:
                 exc.issues = [
-                    Issue(issue.message, f"Bundle.entry[{i}]" + (f" {issue.location}" if issue.location else ""), issue.severity)
+                    Issue(
+                        issue.message,
+                        f"Bundle.entry[{i}]" + (f" {issue.location}" if issue.location else ""),
+                        issue.severity,
+                    )
                     for issue in exc.issues
                 ]
                 exc.message = f"transaction failed at entry {i}: {exc.message}"
@@ -519,7 +526,9 @@ class FhirService:
             "entry": [responses[i] for i in range(len(entries))],
         }
 
-    def _create_with_id(self, rtype: str, resource: dict[str, Any], assigned: str | None, entry: dict[str, Any]) -> Result:
+    def _create_with_id(
+        self, rtype: str, resource: dict[str, Any], assigned: str | None, entry: dict[str, Any]
+    ) -> Result:
         if_none_exist = entry["request"].get("ifNoneExist")
         if assigned is None:
             return self.create(rtype, resource, if_none_exist)
@@ -634,7 +643,7 @@ def _if_match(value: Any) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise BadRequest(f"If-Match {value!r} is not a version ETag (W/\"n\")") from None
+        raise BadRequest(f'If-Match {value!r} is not a version ETag (W/"n")') from None
 
 
 def _all_refs(value: Any) -> list[str]:

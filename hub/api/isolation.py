@@ -94,7 +94,9 @@ def visible(partner_id: str, rtype: str, type_col: Any, id_col: Any) -> ColumnEl
     return or_(*branches)
 
 
-def visible_condition(principal: Principal, rtype: str, type_col: Any = None, id_col: Any = None) -> ColumnElement[bool]:
+def visible_condition(
+    principal: Principal, rtype: str, type_col: Any = None, id_col: Any = None
+) -> ColumnElement[bool]:
     if principal.is_operator:
         return true()
     assert principal.partner_id is not None

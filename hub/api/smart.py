@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from hub.api.auth import ASSERTION_ALGS, OAuthError, TokenService
 
 router = APIRouter()
-TOKEN_PATH = "/auth/token"
+TOKEN_PATH = "/auth/token"  # noqa: S105 - a path, not a secret
 
 
 def token_url(request: Request) -> str:
@@ -40,29 +40,30 @@ def _oauth_error(exc: OAuthError) -> JSONResponse:
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
-    return JSONResponse(
-        {"error": exc.error, "error_description": exc.message}, status_code=exc.status, headers=headers
-    )
+    return JSONResponse({"error": exc.error, "error_description": exc.message}, status_code=exc.status, headers=headers)
 
 
-@router.post(TOKEN_PATH, openapi_extra={
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "grant_type": {"type": "string"},
-                        "scope": {"type": "string"},
-                        "client_assertion_type": {"type": "string"},
-                        "client_assertion": {"type": "string"},
-                    },
+@router.post(
+    TOKEN_PATH,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "grant_type": {"type": "string"},
+                            "scope": {"type": "string"},
+                            "client_assertion_type": {"type": "string"},
+                            "client_assertion": {"type": "string"},
+                        },
+                    }
                 }
-            }
-        },
-    }
-})
+            },
+        }
+    },
+)
 async def token(request: Request) -> Response:
     tokens: TokenService = request.app.state.tokens
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):

@@ -81,7 +81,9 @@ def test_signature_matches_the_reference_library() -> None:
     body = b'{"resourceType":"Task"}'
     sig = sign(WEBHOOK_SECRET, "msg_1", 1_700_000_000, body)
     wh = Webhook(WEBHOOK_SECRET)
-    assert sig in wh.sign("msg_1", __import__("datetime").datetime.fromtimestamp(1_700_000_000, __import__("datetime").UTC), body.decode())
+    assert sig in wh.sign(
+        "msg_1", __import__("datetime").datetime.fromtimestamp(1_700_000_000, __import__("datetime").UTC), body.decode()
+    )
 
 
 @respx.mock
@@ -97,13 +99,18 @@ def test_order_events_notify_signed_and_retry(
     sub_task = _subscribe(api, h, "Task?status=completed")
     _subscribe(api, bearer(api, client_keys["lakeside-hospital"]), "ServiceRequest")  # not a participant
     sr = api.post("/fhir/ServiceRequest", json=order(), headers=h).json()
-    store.run(lambda w: OrderService(w, fhir_partners).advance(Advance(order_id=sr["id"], to_stage="collection-scheduled")))
+    store.run(
+        lambda w: OrderService(w, fhir_partners).advance(Advance(order_id=sr["id"], to_stage="collection-scheduled"))
+    )
     _drain(fhir_settings, store, fhir_partners)
     deliveries = _deliveries(store)
     by_sub = {d.subscription_id for d in deliveries}
     assert by_sub == {sub_sr, sub_task}  # lakeside takes no part in the order: nothing for it
     assert {d.focus for d in deliveries if d.subscription_id == sub_sr} == {f"ServiceRequest/{sr['id']}"}
-    assert {d.focus for d in deliveries if d.subscription_id == sub_task} >= {f"Task/{sr['id']}-s00", f"Task/{sr['id']}-s01"}
+    assert {d.focus for d in deliveries if d.subscription_id == sub_task} >= {
+        f"Task/{sr['id']}-s00",
+        f"Task/{sr['id']}-s01",
+    }
 
     received: list[httpx.Request] = []
     calls = {"n": 0}
@@ -122,10 +129,13 @@ def test_order_events_notify_signed_and_retry(
     final = _deliveries(store)
     sr_deliveries = [d for d in final if d.subscription_id == sub_sr]
     # the accept and the stage change: the older one is skipped (superseded), the newer delivered
-    assert sorted(d.status for d in sr_deliveries) == ["delivered", "skipped"] or all(d.status == "delivered" for d in sr_deliveries)
+    assert sorted(d.status for d in sr_deliveries) == ["delivered", "skipped"] or all(
+        d.status == "delivered" for d in sr_deliveries
+    )
     assert all(d.status in ("delivered", "skipped") for d in final)
     attempts = store.read(lambda s: list(s.scalars(select(SubscriptionAttempt))))
-    assert any(a.status_code == 503 for a in attempts) and any(a.status_code == 204 for a in attempts)
+    assert any(a.status_code == 503 for a in attempts)
+    assert any(a.status_code == 204 for a in attempts)
     wh = Webhook(WEBHOOK_SECRET)
     for request in received:
         headers = {k: v for k, v in request.headers.items()}
@@ -154,7 +164,8 @@ def test_gives_up_then_replays(
     for _ in range(4):
         asyncio.run(worker.run_once())
     [d] = _deliveries(store)
-    assert d.status == "failed" and d.attempts == 3
+    assert d.status == "failed"
+    assert d.attempts == 3
     assert route.call_count == 3
     events = store.read(lambda s: list(s.scalars(select(OutboxEvent.event_type))))
     assert "subscription.delivery_failed" in events
@@ -168,7 +179,7 @@ def test_gives_up_then_replays(
 class _Receiver(BaseHTTPRequestHandler):
     got: list[tuple[dict[str, str], bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's API)
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length", "0"))
         _Receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)))
         self.send_response(200)

@@ -61,13 +61,17 @@ class ClientKey:
 
 
 def _jwks(key: Any) -> dict[str, Any]:
-    return {"keys": [{**key.as_dict(private=False), "kid": key.kid, "alg": "ES384" if key.key_type == "EC" else "RS384"}]}
+    return {
+        "keys": [{**key.as_dict(private=False), "kid": key.kid, "alg": "ES384" if key.key_type == "EC" else "RS384"}]
+    }
 
 
 @pytest.fixture(scope="session")
 def client_keys() -> dict[str, ClientKey]:
     return {
-        "st-marys": ClientKey("st-marys-ehr", "st-marys", ECKey.generate_key("P-384", parameters={"kid": "sm-1"}), "ES384"),
+        "st-marys": ClientKey(
+            "st-marys-ehr", "st-marys", ECKey.generate_key("P-384", parameters={"kid": "sm-1"}), "ES384"
+        ),
         "lakeside-hospital": ClientKey(
             "lakeside-ehr", "lakeside-hospital", RSAKey.generate_key(2048, parameters={"kid": "lk-1"}), "RS384"
         ),
@@ -161,7 +165,9 @@ def token_form(ck: ClientKey, aud: str, scope: str = " ".join(ALL_SCOPES), **cla
     }
 
 
-def bearer(client: Any, ck: ClientKey, scope: str = " ".join(ALL_SCOPES), base: str = "http://testserver") -> dict[str, str]:
+def bearer(
+    client: Any, ck: ClientKey, scope: str = " ".join(ALL_SCOPES), base: str = "http://testserver"
+) -> dict[str, str]:
     response = client.post(f"{base}/auth/token", data=token_form(ck, f"{base}/auth/token", scope))
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}

@@ -53,7 +53,8 @@ def test_fhirclient_reads_capability_and_resources(live: str, client_keys: dict[
     created = ServiceRequest(order(), strict=False).create(srv)
     assert created["resourceType"] == "ServiceRequest"
     sr = ServiceRequest.read(created["id"], srv)
-    assert sr.intent == "order" and sr.subject.reference.startswith("Patient/")
+    assert sr.intent == "order"
+    assert sr.subject.reference.startswith("Patient/")
     loc = Location({"resourceType": "Location", "name": "Cell lab"})
     made = loc.create(srv)
     assert Location.read(made["id"], srv).name == "Cell lab"

@@ -13,7 +13,8 @@ def test_post_service_request_places_an_order(api: TestClient, client_keys: dict
     assert r.status_code == 201, r.text
     sr = r.json()
     coi = [i for i in sr["identifier"] if i["system"] == COI_SYSTEM]
-    assert len(coi) == 1 and coi[0]["value"].startswith("CHA9998")
+    assert len(coi) == 1
+    assert coi[0]["value"].startswith("CHA9998")
     assert r.headers["x-coi"].replace(" ", "").startswith("A9998") or r.headers["x-coi"]
     assert r.headers["etag"] == 'W/"1"'
     assert r.headers["location"].endswith(f"/fhir/ServiceRequest/{sr['id']}/_history/1")
@@ -65,7 +66,8 @@ def test_conditional_create_of_an_order(api: TestClient, client_keys: dict[str, 
     crit = {"If-None-Exist": f"identifier=urn:oid:2.16.840.1.113883.3.8998.2|{number}"}
     first = api.post("/fhir/ServiceRequest", json=order(number), headers={**h, **crit})
     again = api.post("/fhir/ServiceRequest", json=order(number), headers={**h, **crit})
-    assert first.status_code == 201 and again.status_code == 200
+    assert first.status_code == 201
+    assert again.status_code == 200
     assert first.json()["id"] == again.json()["id"]
     dup = api.post("/fhir/ServiceRequest", json=order(number), headers=h)
     assert dup.status_code == 409

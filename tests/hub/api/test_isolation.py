@@ -11,7 +11,17 @@ from fastapi.testclient import TestClient
 from tests.hub.api.conftest import OPERATOR, ClientKey, bearer
 from tests.hub.api.fhir_data import order
 
-TYPES_WITH_IDS = ("ServiceRequest", "Patient", "Practitioner", "Task", "Observation", "Location", "Device", "Organization", "Subscription")
+TYPES_WITH_IDS = (
+    "ServiceRequest",
+    "Patient",
+    "Practitioner",
+    "Task",
+    "Observation",
+    "Location",
+    "Device",
+    "Organization",
+    "Subscription",
+)
 
 
 def _b_world(api: TestClient, hb: dict[str, str]) -> dict[str, list[str]]:
@@ -33,7 +43,15 @@ def _b_world(api: TestClient, hb: dict[str, str]) -> dict[str, list[str]]:
         headers=hb,
     )
     assert obs.status_code == 201, obs.text
-    loc = api.post("/fhir/Location", json={"resourceType": "Location", "name": "B apheresis unit", "identifier": [{"system": "urn:b", "value": "loc-1"}]}, headers=hb)
+    loc = api.post(
+        "/fhir/Location",
+        json={
+            "resourceType": "Location",
+            "name": "B apheresis unit",
+            "identifier": [{"system": "urn:b", "value": "loc-1"}],
+        },
+        headers=hb,
+    )
     dev = api.post(
         "/fhir/Device",
         json={"resourceType": "Device", "status": "active", "patient": {"reference": f"Patient/{pid}"}},
@@ -131,7 +149,7 @@ def _matrix(api: TestClient, ha: dict[str, str], b: dict[str, list[str]]) -> lis
     sneaky["contained"] = [{**order()["contained"][1]}]
     sneaky["subject"] = {"reference": f"Patient/{b['Patient'][0]}"}
     r = api.post("/fhir/ServiceRequest", json=sneaky, headers=ha)
-    if r.status_code < 400 or b["Patient"][0] in r.text and r.status_code != 422:
+    if r.status_code < 400 or (b["Patient"][0] in r.text and r.status_code != 422):
         leaks.append(f"order for B's patient -> {r.status_code}")
     # Conditional create with B's identifier creates A's own, never answers with B's.
     r = api.post(

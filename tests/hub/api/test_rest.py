@@ -123,17 +123,20 @@ def test_failed_request_is_replayed_too(api: TestClient, client_keys: dict[str, 
 def test_prefer_etag_if_match(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
     h = bearer(api, client_keys["st-marys"])
     r = api.post("/fhir/Location", json=_location("Unit A", "pa"), headers={**h, "Prefer": "return=minimal"})
-    assert r.status_code == 201 and r.content == b""
+    assert r.status_code == 201
+    assert r.content == b""
     rid = r.headers["location"].split("/Location/")[1].split("/")[0]
     oo = api.post("/fhir/Location", json=_location("Unit B", "pb"), headers={**h, "Prefer": "return=OperationOutcome"})
     assert oo.json()["resourceType"] == "OperationOutcome"
     current = api.get(f"/fhir/Location/{rid}", headers=h)
-    assert current.headers["etag"] == 'W/"1"' and "GMT" in current.headers["last-modified"]
+    assert current.headers["etag"] == 'W/"1"'
+    assert "GMT" in current.headers["last-modified"]
     changed = {**current.json(), "name": "Unit A (renamed)"}
     stale = api.put(f"/fhir/Location/{rid}", json=changed, headers={**h, "If-Match": 'W/"7"'})
     assert stale.status_code == 412
     ok = api.put(f"/fhir/Location/{rid}", json=changed, headers={**h, "If-Match": 'W/"1"'})
-    assert ok.status_code == 200 and ok.headers["etag"] == 'W/"2"'
+    assert ok.status_code == 200
+    assert ok.headers["etag"] == 'W/"2"'
     assert api.get(f"/fhir/Location/{rid}/_history/1", headers=h).json()["name"] == "Unit A"
     hist = api.get(f"/fhir/Location/{rid}/_history", headers=h).json()
     assert [e["response"]["etag"] for e in hist["entry"]] == ['W/"2"', 'W/"1"']
@@ -162,14 +165,19 @@ def test_search_paging_include_and_type_history(api: TestClient, client_keys: di
         nxt = next(link["url"] for link in page["link"] if link["relation"] == "next")
         page = api.get(nxt, headers=h).json()
         seen += [e["resource"]["id"] for e in page["entry"]]
-    assert set(ids) <= set(seen) and len(seen) == len(set(seen))
-    inc = api.get("/fhir/ServiceRequest", params={"_id": ids[0], "_include": "ServiceRequest:patient"}, headers=h).json()
+    assert set(ids) <= set(seen)
+    assert len(seen) == len(set(seen))
+    inc = api.get(
+        "/fhir/ServiceRequest", params={"_id": ids[0], "_include": "ServiceRequest:patient"}, headers=h
+    ).json()
     modes = sorted(e["search"]["mode"] for e in inc["entry"])
     assert modes == ["include", "match"]
     authored = api.get("/fhir/ServiceRequest", params={"authored": "ge2000-01-01", "_id": ids[1]}, headers=h).json()
     assert len(authored["entry"]) == 1
     hist = api.get("/fhir/ServiceRequest/_history", params={"_count": 3}, headers=h).json()
-    assert hist["type"] == "history" and len(hist["entry"]) == 3 and hist["link"][0]["relation"] == "next"
+    assert hist["type"] == "history"
+    assert len(hist["entry"]) == 3
+    assert hist["link"][0]["relation"] == "next"
     bad = api.get("/fhir/ServiceRequest", params={"_include": "ServiceRequest:banana"}, headers=h)
     assert bad.status_code == 422
 
@@ -181,7 +189,10 @@ def test_batch_entries_are_independent(api: TestClient, client_keys: dict[str, C
         "type": "batch",
         "entry": [
             {"resource": _location("ok", "b1"), "request": {"method": "POST", "url": "Location"}},
-            {"resource": {"resourceType": "Location", "colour": "red"}, "request": {"method": "POST", "url": "Location"}},
+            {
+                "resource": {"resourceType": "Location", "colour": "red"},
+                "request": {"method": "POST", "url": "Location"},
+            },
             {"request": {"method": "GET", "url": "Location?identifier=urn:test:loc|b1"}},
         ],
     }
@@ -197,7 +208,10 @@ def test_transaction_is_atomic(api: TestClient, client_keys: dict[str, ClientKey
         "type": "transaction",
         "entry": [
             {"resource": _location("first", "t1"), "request": {"method": "POST", "url": "Location"}},
-            {"resource": {"resourceType": "Location", "colour": "red"}, "request": {"method": "POST", "url": "Location"}},
+            {
+                "resource": {"resourceType": "Location", "colour": "red"},
+                "request": {"method": "POST", "url": "Location"},
+            },
         ],
     }
     r = api.post("/fhir", json=tx, headers=h)
@@ -250,7 +264,16 @@ def _synthea(path: Path) -> dict[str, Any]:
         if r["resourceType"] in ("Practitioner", "Organization"):
             ident = r["identifier"][0]
             conditional[e["fullUrl"]] = f"{r['resourceType']}?identifier={ident['system']}|{ident['value']}"
-            keep.append({**e, "request": {"method": "POST", "url": r["resourceType"], "ifNoneExist": conditional[e["fullUrl"]].split("?", 1)[1]}})
+            keep.append(
+                {
+                    **e,
+                    "request": {
+                        "method": "POST",
+                        "url": r["resourceType"],
+                        "ifNoneExist": conditional[e["fullUrl"]].split("?", 1)[1],
+                    },
+                }
+            )
         elif r["resourceType"] in SUPPORTED_TYPES:
             keep.append(e)
         else:
@@ -294,9 +317,11 @@ def test_synthea_bundles_post_as_transactions(api: TestClient) -> None:
         for e in obs[:1]:
             dr = api.get(f"/fhir/{e['response']['location'].rsplit('/_history', 1)[0]}", headers=OPERATOR).json()
             for ref in json.dumps(dr).split('"reference": "')[1:]:
-                assert "?" not in ref.split('"')[0] and "urn:uuid" not in ref.split('"')[0]
+                assert "?" not in ref.split('"')[0]
+                assert "urn:uuid" not in ref.split('"')[0]
     # posting the same patient bundle again: conditional creates match, nothing duplicated
     bundle = _synthea(sorted(SYNTHEA.glob("*_*.json"))[0])
     again = api.post("/fhir", json=bundle, headers=OPERATOR).json()
     org = [e for e in again["entry"] if e["response"]["location"].startswith("Organization/")]
-    assert org and org[0]["response"]["status"] == "200 OK"
+    assert org
+    assert org[0]["response"]["status"] == "200 OK"

@@ -35,7 +35,9 @@ def test_discovery(api: TestClient) -> None:
 
 @pytest.mark.parametrize("partner", ["st-marys", "lakeside-hospital"])  # ES384 and RS384
 def test_token_issued_for_both_algorithms(api: TestClient, client_keys: dict[str, ClientKey], partner: str) -> None:
-    r = api.post("/auth/token", data=token_form(client_keys[partner], AUD, "system/ServiceRequest.rs system/Banana.cruds"))
+    r = api.post(
+        "/auth/token", data=token_form(client_keys[partner], AUD, "system/ServiceRequest.rs system/Banana.cruds")
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["token_type"] == "bearer"
@@ -81,9 +83,7 @@ def test_wrong_signature_refused(api: TestClient, client_keys: dict[str, ClientK
     # st-marys' client id, signed with leiden's key
     sm, ld = client_keys["st-marys"], client_keys["leiden-cell-factory"]
     form = token_form(sm, AUD)
-    form["client_assertion"] = assertion(
-        ClientKey(sm.client_id, sm.partner, ld.key, "ES384"), AUD
-    )
+    form["client_assertion"] = assertion(ClientKey(sm.client_id, sm.partner, ld.key, "ES384"), AUD)
     assert "signature" in _refused(api, form)
 
 
@@ -155,7 +155,14 @@ def test_expired_access_token_refused(api: TestClient) -> None:
 
     old = jwt.encode(
         {"alg": "HS256"},
-        {"iss": TOKEN_ISSUER, "sub": "st-marys-ehr", "partner": "st-marys", "scope": "system/*.cruds", "exp": int(time.time()) - 1, "jti": str(uuid.uuid4())},
+        {
+            "iss": TOKEN_ISSUER,
+            "sub": "st-marys-ehr",
+            "partner": "st-marys",
+            "scope": "system/*.cruds",
+            "exp": int(time.time()) - 1,
+            "jti": str(uuid.uuid4()),
+        },
         _signing_key(S()),  # type: ignore[arg-type]
     )
     assert api.get("/fhir/ServiceRequest", headers={"Authorization": f"Bearer {old}"}).status_code == 401
