@@ -301,6 +301,10 @@ def run_demo(settings: Settings) -> int:
         assert tl2 is not None
         _say("")
         _say(timeline.render(tl2, color=sys.stdout.isatty()))
+        from hub.api.demo_fhir import order_over_fhir
+
+        _say("")
+        fhir_sr = order_over_fhir(ctx, stamp, _say)
         published = asyncio.run(_drain(ctx))
         _say(f"\n3. Outbox relayed {published} events through the in-process bus.")
         alerts = ctx.store.read(lambda s: AlertRepository.from_session(s).list(order_id=second.id))
@@ -314,7 +318,7 @@ def run_demo(settings: Settings) -> int:
             f"   .venv/bin/cgt-hub orders show {second.coi}\n"
             f"   .venv/bin/cgt-hub audit verify"
         )
-        if first.status != "completed" or not result.ok:
+        if first.status != "completed" or not result.ok or fhir_sr.get("status") != "active":
             return 1
         return 0
     finally:
