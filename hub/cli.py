@@ -313,7 +313,7 @@ def fhir_register_client(
 def fhir_client_assertion(
     key: Annotated[Path, typer.Option(help="the client's private key (PEM)")],
     client_id: Annotated[str, typer.Option(help="the registered client id")],
-    token_url: Annotated[str, typer.Option(help="the hub's token endpoint")] = "http://127.0.0.1:8080/auth/token",
+    token_url: Annotated[str, typer.Option(help="the hub's token endpoint")] = "http://127.0.0.1:8080/auth/token",  # noqa: S107
     alg: Annotated[str, typer.Option(help="ES384 or RS384")] = "ES384",
 ) -> None:
     """Print a signed client assertion (what the partner's software makes) for trying the API."""

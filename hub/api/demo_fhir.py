@@ -40,7 +40,7 @@ def with_demo_client(partners: PartnerDirectory, jwks: dict[str, Any]) -> Partne
                 client_id=CLIENT_ID,
                 jwks=jwks,
                 scopes=("system/ServiceRequest.cruds", "system/Patient.cruds", "system/Task.rs"),
-                order_defaults={"manufacturing": "leiden-cell-factory", "lab": "northlab-analytics"},  # type: ignore[arg-type]
+                order_defaults={"manufacturing": "leiden-cell-factory", "lab": "northlab-analytics"},
             )
             channel = channel.model_copy(update={"smart": smart})
         channels.append(channel)
