@@ -37,6 +37,7 @@ services:
 bench: $(STAMP)
 	$(BIN)/python bench/accept_orders.py
 	$(BIN)/python bench/audit_verify.py
+	$(BIN)/python bench/fhir_api.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

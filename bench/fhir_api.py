@@ -246,7 +246,7 @@ def _clone_orders(db: str, total: int) -> None:
             n_coi = f"{coi[:9]}{seq:06d}"  # CH + FIN + year + a sequence the core has not used
             subst = ((oid, n_oid), (pid, n_pid), (coi, n_coi), (placer, f"CLONE{seq:09d}"), (mrn, f"CMRN{seq:09d}"))
 
-            def fix(value: Any) -> Any:
+            def fix(value: Any, subst: tuple[tuple[str, str], ...] = subst) -> Any:
                 if isinstance(value, str):
                     for a, b in subst:
                         value = value.replace(a, b)
@@ -307,16 +307,17 @@ def run(backend: str, creates: int, orders: int) -> None:
                 rate_b, lat_b = asyncio.run(_creates(base, {"Content-Type": "application/fhir+json"}, creates))
                 search_b = _searches(base, {}, ["x"] * SEARCH_SAMPLES)
             print(
-                f"{backend:<9} {'baseline: bare FastAPI POST':<34} {rate_b:>8.0f}/s p50 {percentile(lat_b, 50) * 1e3:6.1f} "
-                f"p99 {percentile(lat_b, 99) * 1e3:6.1f} ms"
+                f"{backend:<9} {'baseline: bare FastAPI POST':<34} {rate_b:>8.0f}/s "
+                f"p50 {percentile(lat_b, 50) * 1e3:6.1f} p99 {percentile(lat_b, 99) * 1e3:6.1f} ms"
             )
             with Server("hub", db, jwks_file) as base:
                 headers = _token(base, key)
                 asyncio.run(_creates(base, headers, 50))  # warm imports and caches
                 rate, lat = asyncio.run(_creates(base, headers, creates))
             print(
-                f"{backend:<9} {'hub: POST ServiceRequest (order)':<34} {rate:>8.0f}/s p50 {percentile(lat, 50) * 1e3:6.1f} "
-                f"p99 {percentile(lat, 99) * 1e3:6.1f} ms   {rate / rate_b:.2f}x baseline   goal >= 500/s, p99 < 50 ms"
+                f"{backend:<9} {'hub: POST ServiceRequest (order)':<34} {rate:>8.0f}/s "
+                f"p50 {percentile(lat, 50) * 1e3:6.1f} p99 {percentile(lat, 99) * 1e3:6.1f} ms   "
+                f"{rate / rate_b:.2f}x baseline   goal >= 500/s, p99 < 50 ms"
             )
             print(
                 f"{backend:<9} {'baseline: bare FastAPI GET':<34} p50 {percentile(search_b, 50) * 1e3:6.2f} "
@@ -339,8 +340,8 @@ def run(backend: str, creates: int, orders: int) -> None:
                     lat = _searches(base, headers, values)
                 p99s.append(percentile(lat, 99))
                 print(
-                    f"{backend:<9} {f'hub: search identifier, {size:,} orders':<34} p50 {percentile(lat, 50) * 1e3:6.2f} "
-                    f"p99 {percentile(lat, 99) * 1e3:6.2f} ms   goal p99 < 20 ms"
+                    f"{backend:<9} {f'hub: search identifier, {size:,} orders':<34} "
+                    f"p50 {percentile(lat, 50) * 1e3:6.2f} p99 {percentile(lat, 99) * 1e3:6.2f} ms   goal p99 < 20 ms"
                 )
             print(f"{backend:<9} search p99 growth 1,000 -> {orders:,}: {p99s[1] / p99s[0]:.2f}x   goal <= 1.5x")
     finally:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
@@ -14,7 +16,12 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
+from hub.api.app import create_app
 from hub.api.auth import JwksCache, cache_lifetime
+from hub.context import HubContext
+from hub.db.uow import Store
+from hub.partners.loader import PartnerDirectory
+from hub.settings import Settings
 from tests.hub.api.conftest import ClientKey, assertion, bearer, token_form
 from tests.hub.api.fhir_data import order
 
@@ -199,3 +206,46 @@ async def _jwks_url_fetched_and_cached(client_keys: dict[str, ClientKey]) -> Non
 
     with pytest.raises(OAuthError):
         await cache.keys("https://down.example/jwks.json")
+
+
+def test_jwks_url_served_by_a_real_server(
+    store: Store, fhir_partners: PartnerDirectory, fhir_settings: Settings, client_keys: dict[str, ClientKey]
+) -> None:
+    """The client's JWKS published at a URL (as st-marys' profile has it), fetched over HTTP once and
+    reused while its Cache-Control allows."""
+    ck = client_keys["st-marys"]
+    jwks = json.dumps({"keys": [{**ck.key.as_dict(private=False), "kid": ck.key.kid}]}).encode()
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "public, max-age=600")
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        profile = fhir_partners.profiles["st-marys"]
+        channels = tuple(
+            c.model_copy(update={"smart": c.smart.model_copy(update={"jwks": None, "jwks_url": url})})
+            if getattr(c, "adapter", None) == "fhir-rest"
+            else c
+            for c in profile.channels
+        )
+        partners = PartnerDirectory(
+            {**fhir_partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})}
+        )
+        with TestClient(create_app(HubContext(fhir_settings, store, partners))) as c:
+            for _ in range(3):
+                assert c.post("/auth/token", data=token_form(ck, AUD, "system/ServiceRequest.rs")).status_code == 200
+    finally:
+        server.shutdown()
+    assert hits == ["/.well-known/jwks.json"]
