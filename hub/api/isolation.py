@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, false, literal, or_, select, text, true
+from sqlalchemy import ColumnElement, exists, false, func, literal, select, text, true, union_all
 from sqlalchemy.orm import Session
 
 from hub.api.auth import Principal
@@ -41,57 +41,89 @@ PARTNER_ROLE = "cgthub_partner"
 _REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 
-def _my_orders(partner_id: str) -> Any:
-    return select(OrderParticipant.order_id).where(OrderParticipant.partner_id == partner_id)
+def _takes_part(partner_id: str, order_id: Any) -> Any:
+    """Correlated: one primary-key probe per row, however many orders the partner has."""
+    return select(literal(1)).where(OrderParticipant.order_id == order_id, OrderParticipant.partner_id == partner_id)
 
 
 def visible(partner_id: str, rtype: str, type_col: Any, id_col: Any) -> ColumnElement[bool]:
-    """SQL condition: the row (``type_col``, ``id_col``) of type ``rtype`` is visible to the partner."""
-    mine = _my_orders(partner_id)
-    branches: list[ColumnElement[bool]] = [
-        exists().where(
+    """SQL condition: the row (``type_col``, ``id_col``) of type ``rtype`` is visible to the partner.
+
+    One EXISTS over a UNION ALL of correlated probes (not an OR of sub-queries: PostgreSQL turns
+    those into hashed sub-plans over all of a partner's orders, which grows with the store)."""
+    one = literal(1)
+    probes: list[Any] = [
+        select(one).where(
             ResourceOwner.resource_type == type_col,
             ResourceOwner.resource_id == id_col,
             ResourceOwner.partner_id == partner_id,
         )
     ]
     if rtype == "ServiceRequest":
-        branches.append(id_col.in_(mine))
+        probes.append(_takes_part(partner_id, id_col))
     elif rtype == "Patient":
-        branches.append(id_col.in_(select(TherapyOrder.patient_id).where(TherapyOrder.id.in_(mine))))
-    elif rtype == "Organization":
-        other = select(literal("org-") + OrderParticipant.partner_id).where(OrderParticipant.order_id.in_(mine))
-        branches += [id_col == f"org-{partner_id}", id_col.in_(other)]
-    elif rtype == "Practitioner":
-        requesters = select(SearchReference.target).where(
-            SearchReference.resource_type == "ServiceRequest",
-            SearchReference.param == "requester",
-            SearchReference.id.in_(mine),
+        probes.append(
+            select(one)
+            .select_from(TherapyOrder)
+            .join(OrderParticipant, OrderParticipant.order_id == TherapyOrder.id)
+            .where(TherapyOrder.patient_id == id_col, OrderParticipant.partner_id == partner_id)
         )
-        branches.append((literal("Practitioner/") + id_col).in_(requesters))
+    elif rtype == "Organization":
+        other = OrderParticipant.__table__.alias("other")
+        probes.append(select(one).where(id_col == f"org-{partner_id}"))
+        probes.append(
+            select(one)
+            .select_from(other)
+            .join(OrderParticipant, OrderParticipant.order_id == other.c.order_id)
+            .where(
+                id_col.like("org-%"),
+                other.c.partner_id == func.substr(id_col, 5),
+                OrderParticipant.partner_id == partner_id,
+            )
+        )
+    elif rtype == "Practitioner":
+        probes.append(
+            select(one)
+            .select_from(SearchReference)
+            .join(OrderParticipant, OrderParticipant.order_id == SearchReference.id)
+            .where(
+                SearchReference.resource_type == "ServiceRequest",
+                SearchReference.param == "requester",
+                SearchReference.target == literal("Practitioner/") + id_col,
+                OrderParticipant.partner_id == partner_id,
+            )
+        )
     elif rtype == "Device":
-        patients = select(literal("Patient/") + TherapyOrder.patient_id).where(TherapyOrder.id.in_(mine))
-        branches.append(
-            exists().where(
+        probes.append(
+            select(one)
+            .select_from(SearchReference)
+            .join(TherapyOrder, TherapyOrder.patient_id == func.substr(SearchReference.target, len("Patient/") + 1))
+            .join(OrderParticipant, OrderParticipant.order_id == TherapyOrder.id)
+            .where(
                 SearchReference.resource_type == type_col,
                 SearchReference.id == id_col,
                 SearchReference.param == "patient",
-                SearchReference.target.in_(patients),
+                SearchReference.target.like("Patient/%"),
+                OrderParticipant.partner_id == partner_id,
             )
         )
     if rtype not in ("Patient", "Organization", "Practitioner", "ServiceRequest"):
-        order_refs = select(literal("ServiceRequest/") + OrderParticipant.order_id).where(
-            OrderParticipant.partner_id == partner_id
-        )
-        branches.append(
-            exists().where(
+        probes.append(
+            select(one)
+            .select_from(SearchReference)
+            .join(
+                OrderParticipant,
+                OrderParticipant.order_id == func.substr(SearchReference.target, len("ServiceRequest/") + 1),
+            )
+            .where(
                 SearchReference.resource_type == type_col,
                 SearchReference.id == id_col,
                 SearchReference.param.in_(ORDER_LINKS),
-                SearchReference.target.in_(order_refs),
+                SearchReference.target.like("ServiceRequest/%"),
+                OrderParticipant.partner_id == partner_id,
             )
         )
-    return or_(*branches)
+    return exists(union_all(*probes)) if len(probes) > 1 else exists(probes[0])
 
 
 def visible_condition(

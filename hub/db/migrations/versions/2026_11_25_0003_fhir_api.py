@@ -33,36 +33,45 @@ ORDER_LINK_ELEMENTS = ("basedOn", "request", "target", "focus")
 
 SEES = f"""
 CREATE OR REPLACE FUNCTION cgthub_partner_sees(rtype text, rid text) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-  WITH me AS (SELECT current_setting('cgthub.partner', true) AS partner)
-  SELECT coalesce((SELECT partner FROM me), '') <> '' AND (
-    EXISTS (SELECT 1 FROM fhir_resource_owner o, me
-            WHERE o.resource_type = rtype AND o.resource_id = rid AND o.partner_id = me.partner)
-    OR (rtype = 'ServiceRequest' AND EXISTS (
-            SELECT 1 FROM order_participant p, me WHERE p.order_id = rid AND p.partner_id = me.partner))
-    OR (rtype = 'Patient' AND EXISTS (
-            SELECT 1 FROM therapy_order t JOIN order_participant p ON p.order_id = t.id, me
-            WHERE t.patient_id = rid AND p.partner_id = me.partner))
-    OR (rtype = 'Organization' AND rid = 'org-' || (SELECT partner FROM me))
-    OR (rtype = 'Organization' AND EXISTS (
-            SELECT 1 FROM order_participant other JOIN order_participant mine ON mine.order_id = other.order_id, me
-            WHERE 'org-' || other.partner_id = rid AND mine.partner_id = me.partner))
-    OR (rtype = 'Practitioner' AND EXISTS (
-            SELECT 1 FROM search_reference r JOIN order_participant p ON p.order_id = r.id, me
-            WHERE r.resource_type = 'ServiceRequest' AND r.param = 'requester'
-              AND r.target = 'Practitioner/' || rid AND p.partner_id = me.partner))
-    OR (rtype = 'Device' AND EXISTS (
-            SELECT 1 FROM search_reference r
-              JOIN therapy_order t ON r.target = 'Patient/' || t.patient_id
-              JOIN order_participant p ON p.order_id = t.id, me
-            WHERE r.resource_type = 'Device' AND r.id = rid AND r.param = 'patient' AND p.partner_id = me.partner))
-    OR EXISTS (
-            SELECT 1 FROM search_reference r JOIN order_participant p
-              ON r.target = 'ServiceRequest/' || p.order_id, me
-            WHERE r.resource_type = rtype AND r.id = rid
-              AND r.param IN ({", ".join(f"'{e}'" for e in ORDER_LINK_ELEMENTS)})
-              AND p.partner_id = me.partner)
-  )
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  me text := current_setting('cgthub.partner', true);
+BEGIN
+  IF me IS NULL OR me = '' THEN
+    RETURN false;
+  END IF;
+  IF EXISTS (SELECT 1 FROM fhir_resource_owner o
+             WHERE o.resource_type = rtype AND o.resource_id = rid AND o.partner_id = me) THEN
+    RETURN true;
+  END IF;
+  IF rtype = 'ServiceRequest' THEN
+    RETURN EXISTS (SELECT 1 FROM order_participant p WHERE p.order_id = rid AND p.partner_id = me);
+  ELSIF rtype = 'Patient' THEN
+    RETURN EXISTS (SELECT 1 FROM therapy_order t JOIN order_participant p ON p.order_id = t.id
+                   WHERE t.patient_id = rid AND p.partner_id = me);
+  ELSIF rtype = 'Organization' THEN
+    RETURN rid = 'org-' || me OR EXISTS (
+      SELECT 1 FROM order_participant other JOIN order_participant mine ON mine.order_id = other.order_id
+      WHERE rid LIKE 'org-%' AND other.partner_id = substr(rid, 5) AND mine.partner_id = me);
+  ELSIF rtype = 'Practitioner' THEN
+    RETURN EXISTS (SELECT 1 FROM search_reference r JOIN order_participant p ON p.order_id = r.id
+                   WHERE r.resource_type = 'ServiceRequest' AND r.param = 'requester'
+                     AND r.target = 'Practitioner/' || rid AND p.partner_id = me);
+  END IF;
+  IF rtype = 'Device' AND EXISTS (
+      SELECT 1 FROM search_reference r
+        JOIN therapy_order t ON t.patient_id = substr(r.target, 9)
+        JOIN order_participant p ON p.order_id = t.id
+      WHERE r.resource_type = 'Device' AND r.id = rid AND r.param = 'patient'
+        AND r.target LIKE 'Patient/%' AND p.partner_id = me) THEN
+    RETURN true;
+  END IF;
+  RETURN EXISTS (
+    SELECT 1 FROM search_reference r JOIN order_participant p ON p.order_id = substr(r.target, 16)
+    WHERE r.resource_type = rtype AND r.id = rid
+      AND r.param IN ({", ".join(f"'{e}'" for e in ORDER_LINK_ELEMENTS)})
+      AND r.target LIKE 'ServiceRequest/%' AND p.partner_id = me);
+END
 $$;
 """
 
