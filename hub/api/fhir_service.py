@@ -33,7 +33,7 @@ from hub import canonical
 from hub.api import conformance
 from hub.api.auth import Principal, smart_settings_of
 from hub.api.fhir_orders import OrderParts, place_command, placer_number
-from hub.api.isolation import require_references_visible, require_visible, visible_condition
+from hub.api.isolation import references, require_references_visible, require_visible, visible_condition
 from hub.db.models import OrderParticipant, Resource, TherapyOrder
 from hub.db.models_fhirapi import ConditionalKey, ResourceOwner
 from hub.db.uow import Work
@@ -504,7 +504,7 @@ class FhirService:
                     if rid is None:
                         raise BadRequest(
                             "conditional update is not supported; PUT Type/id",
-                            [Issue("", f"Bundle.entry[{i}].request.url")],
+                            [Issue("PUT needs Type/id", f"Bundle.entry[{i}].request.url")],
                         )
                     result = self.update(rtype, rid, resource, _if_match(entry["request"].get("ifMatch")))
                 self.work.flush()
@@ -647,8 +647,6 @@ def _if_match(value: Any) -> int | None:
 
 
 def _all_refs(value: Any) -> list[str]:
-    from hub.api.isolation import references
-
     return list(references(value))
 
 
