@@ -258,8 +258,9 @@ def issues_for(resource: dict[str, Any], profiles: list[str] | None = None) -> l
     return issues
 
 
-def require_valid(resource: dict[str, Any], profiles: list[str] | None = None) -> None:
-    issues = [i for i in issues_for(resource, profiles) if i.severity in ("error", "fatal")]
+def require_valid(resource: dict[str, Any], found: list[Issue] | None = None) -> None:
+    """Raise ValidationFailed with every error; ``found``: issues already computed for it."""
+    issues = [i for i in (issues_for(resource) if found is None else found) if i.severity in ("error", "fatal")]
     if issues:
         rtype = resource.get("resourceType", "resource")
         raise ValidationFailed(f"{rtype} does not conform ({len(issues)} issue(s))", issues)

@@ -12,6 +12,7 @@ hub operators, the operator token. JSON only: XML bodies are refused with 415, X
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from hub.api import conformance, fhir_search
 from hub.api.auth import Principal, TokenService
 from hub.api.capability import capability_statement
 from hub.api.deps import CtxDep
-from hub.api.fhir_service import BadRequest, FhirService, Result
+from hub.api.fhir_service import BadRequest, FhirService, Result, precheck
 from hub.api.idempotency import InFlight, Reply, external_id, inbound_job, raw_request
 from hub.api.isolation import enter_partner_scope
 from hub.api.outcomes import operation_outcome
@@ -160,6 +161,14 @@ def _parse(body: bytes) -> dict[str, Any]:
     return value
 
 
+def _precheck(rtype: str, body: bytes, principal: Principal) -> tuple[dict[str, Any], list[Issue] | None] | None:
+    try:
+        doc = _parse(body)
+    except HubError:
+        return None  # the job parses again and records the refusal in the inbox
+    return doc, precheck(rtype, doc, principal)
+
+
 def reply_for(result: Result, prefer: str, base: str) -> Reply:
     stored = result.stored
     headers = {"Content-Type": FHIR_JSON}
@@ -278,9 +287,12 @@ async def create(
     prefer = _prefer(request)
     base = base_url(request)
     if_none_exist = request.headers.get("if-none-exist")
+    # Parse and validate outside the unit of work (pure CPU), so the committer thread only writes.
+    checked = await asyncio.to_thread(_precheck, rtype, await request.body(), principal)
 
     def handle(svc: FhirService, body: bytes) -> Reply:
-        result = svc.create(rtype, _parse(body), if_none_exist)
+        doc, issues = checked if checked is not None else (_parse(body), None)
+        result = svc.create(rtype, doc, if_none_exist, prechecked=issues)
         return reply_for(result, prefer, base)
 
     return await _write(request, ctx, principal, f"{rtype}.create", handle)

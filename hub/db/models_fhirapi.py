@@ -8,8 +8,11 @@ from datetime import datetime
 from sqlalchemy import Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from hub.db.models import Base
+from hub.db.models import Base, ResourceVersion
 from hub.db.types import UTCDateTime
+
+# Type-level _history (newest first, optionally _since) reads resource_version by type and time.
+Index("ix_resource_version_type_updated", ResourceVersion.resource_type, ResourceVersion.last_updated)
 
 
 class ResourceOwner(Base):

@@ -142,6 +142,9 @@ def upgrade() -> None:
     with op.batch_alter_table("subscription_attempt", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_subscription_attempt_delivery_id"), ["delivery_id"], unique=False)
 
+    with op.batch_alter_table("resource_version", schema=None) as batch_op:
+        batch_op.create_index("ix_resource_version_type_updated", ["resource_type", "last_updated"], unique=False)
+
     if op.get_bind().dialect.name == "postgresql":
         _enable_rls()
 
@@ -198,6 +201,8 @@ def downgrade() -> None:
             "REVOKE SELECT ON resource, resource_version, search_token, search_reference, search_date, "
             f"order_participant, therapy_order FROM {PARTNER_ROLE}"
         )
+    with op.batch_alter_table("resource_version", schema=None) as batch_op:
+        batch_op.drop_index("ix_resource_version_type_updated")
     with op.batch_alter_table("subscription_attempt", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_subscription_attempt_delivery_id"))
     op.drop_table("subscription_attempt")
