@@ -241,10 +241,28 @@ def registry() -> Registry:
     return Registry(profiles, value_sets)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def control_characters(value: Any, path: str) -> list[Issue]:
+    """FHIR strings may not contain control characters other than tab, CR and LF (and PostgreSQL
+    text cannot hold NUL): every place they occur, as an issue."""
+    if isinstance(value, str):
+        return [Issue("control characters are not allowed in FHIR strings", path)] if _CONTROL.search(value) else []
+    if isinstance(value, dict):
+        return [i for k, v in value.items() for i in control_characters(v, f"{path}.{_CONTROL.sub('?', str(k))}")]
+    if isinstance(value, list):
+        return [i for n, v in enumerate(value) for i in control_characters(v, f"{path}[{n}]")]
+    return []
+
+
 def issues_for(resource: dict[str, Any], profiles: list[str] | None = None) -> list[Issue]:
     """Every issue: structure (fhir.resources R4B + bindings it skips), then each profile the
     resource claims in ``meta.profile`` that this server knows, plus ``profiles``."""
-    issues: list[Issue] = []
+    rtype = resource.get("resourceType")
+    issues: list[Issue] = control_characters(resource, rtype if isinstance(rtype, str) and rtype.isalpha() else "")
+    if issues:
+        return issues
     try:
         validate(resource)
     except ValidationFailed as exc:

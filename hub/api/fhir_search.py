@@ -7,6 +7,7 @@ with the visibility rule; rows come from the one resource store.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +29,27 @@ MAX_COUNT = 1000
 RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_total")
 
 
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def served_id(rtype: str, rid: str) -> str:
+    """A FHIR id (``[A-Za-z0-9-.]{1,64}``); anything else cannot exist here: 404."""
+    if not _ID.match(rid):
+        raise NotFound(f"{rtype}/{rid!r} is not known")
+    return rid
+
+
+def clean_params(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    for name, value in query:
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            raise ValidationFailed(
+                "control characters are not allowed in search parameters",
+                [Issue("control character in a search parameter", _CONTROL.sub("?", name))],
+            )
+    return query
+
+
 def served_type(resource_type: str) -> str:
     if resource_type not in SUPPORTED_TYPES:
         raise NotFound(f"resource type {resource_type} is not served here")
@@ -36,12 +58,14 @@ def served_type(resource_type: str) -> str:
 
 def read(session: Session, principal: Principal, rtype: str, rid: str) -> Stored:
     principal.require(rtype, "r")
+    served_id(rtype, rid)
     require_visible(session, principal, rtype, rid)
     return ResourceRepository.from_session(session).read(rtype, rid)
 
 
 def vread(session: Session, principal: Principal, rtype: str, rid: str, vid: int) -> Stored:
     principal.require(rtype, "r")
+    served_id(rtype, rid)
     _require_visible_any(session, principal, rtype, rid)
     if not 1 <= vid < 2**31:
         raise NotFound(f"{rtype}/{rid}/_history/{vid} is not known")
@@ -66,6 +90,7 @@ def _require_visible_any(session: Session, principal: Principal, rtype: str, rid
 
 def instance_history(session: Session, principal: Principal, rtype: str, rid: str) -> list[Stored]:
     principal.require(rtype, "r")
+    served_id(rtype, rid)
     _require_visible_any(session, principal, rtype, rid)
     versions = ResourceRepository.from_session(session).history(rtype, rid)
     if not versions:
@@ -94,7 +119,7 @@ class Page:
 def parse_search(query: list[tuple[str, str]]) -> tuple[list[SearchParam], int, int, list[str]]:
     params: list[SearchParam] = []
     count, offset, includes = DEFAULT_COUNT, 0, []
-    for name, value in query:
+    for name, value in clean_params(query):
         if name == "_count":
             count = _int_param("_count", value, 0, MAX_COUNT)
         elif name == "_offset":
@@ -199,7 +224,7 @@ def type_history(
     principal.require(rtype, "s")
     count, offset = DEFAULT_COUNT, 0
     since = None
-    for name, value in query:
+    for name, value in clean_params(query):
         if name == "_count":
             count = _int_param("_count", value, 0, MAX_COUNT)
         elif name == "_offset":

@@ -107,7 +107,9 @@ def precheck(rtype: str, body: dict[str, Any], principal: Principal) -> list[Iss
 
 
 def parse_criteria(rtype: str, criteria: str) -> list[SearchParam]:
-    pairs = parse_qsl(criteria.lstrip("?"), keep_blank_values=True)
+    from hub.api.fhir_search import clean_params
+
+    pairs = clean_params(parse_qsl(criteria.lstrip("?"), keep_blank_values=True))
     if not pairs:
         raise BadRequest(f"empty criteria for {rtype}", [Issue("conditional criteria are empty", "If-None-Exist")])
     params = [SearchParam(k, v) for k, v in pairs if not k.startswith("_") or k in ("_id", "_lastUpdated")]
@@ -330,6 +332,9 @@ class FhirService:
         self.principal.require(rtype, "u")
         if body.get("resourceType") != rtype:
             raise BadRequest(f"the body is a {body.get('resourceType')}, not a {rtype}")
+        from hub.api.fhir_search import served_id
+
+        served_id(rtype, rid)
         if body.get("id") != rid:
             raise BadRequest("the resource's id must equal the id in the URL", [Issue("id mismatch", f"{rtype}.id")])
         require_visible(self.work.session, self.principal, rtype, rid)

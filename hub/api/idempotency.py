@@ -111,6 +111,10 @@ def external_id(key: str | None) -> str:
     return f"idem:{key}"
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() or c in "\t\n" else repr(c)[1:-1] for c in text)
+
+
 def raw_request(method: str, path: str, content_type: str, body: bytes) -> bytes:
     return f"{method} {path} HTTP/1.1\r\ncontent-type: {content_type}\r\n\r\n".encode() + body
 
@@ -127,7 +131,15 @@ def inbound_job(
 
     def job(work: Work) -> Reply:
         def interpret(w: Work, message_id: str) -> Interpretation:
-            reply = handle(w)
+            try:
+                reply = handle(w)
+            except HubError as exc:
+                # The message and issues are stored and echoed: no control characters from the request.
+                exc.message = _printable(exc.message)
+                exc.issues = [
+                    Issue(_printable(i.message), i.location and _printable(i.location), i.severity) for i in exc.issues
+                ]
+                raise
             return Interpretation(InboxStatus.handled, reply.to_bytes(), reply.order_id, message_type)
 
         outcome = receive(

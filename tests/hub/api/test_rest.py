@@ -325,3 +325,19 @@ def test_synthea_bundles_post_as_transactions(api: TestClient) -> None:
     org = [e for e in again["entry"] if e["response"]["location"].startswith("Organization/")]
     assert org
     assert org[0]["response"]["status"] == "200 OK"
+
+
+def test_control_characters_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """Found by schemathesis on PostgreSQL: NUL in a string (text columns cannot hold it)."""
+    h = bearer(api, client_keys["st-marys"])
+    r = api.post("/fhir/Location", json={"resourceType": "Location", "name": "a\x00b"}, headers=h)
+    assert r.status_code == 422
+    assert r.json()["issue"][0]["expression"] == ["Location.name"]
+    r = api.post("/fhir/Task", json={"resourceType": "\x00"}, headers=h)
+    assert r.status_code in (400, 422)
+    r = api.post(
+        "/fhir",
+        json={"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "\x00/1"}}]},
+        headers=h,
+    )
+    assert r.status_code == 200
