@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/courier_webhooks.py
 	$(BIN)/python bench/temperature_readings.py
 	$(BIN)/python bench/mllp_ingest.py
+	$(BIN)/python bench/fhir_api.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hub.api.smart_schemas import SmartClientSettings
+
 
 class ChannelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,7 +53,7 @@ class Hl7v2Mllp(ChannelSettings):
 
 
 class FhirRest(ChannelSettings):
-    smart: dict[str, object] = Field(default_factory=dict)
+    smart: SmartClientSettings = Field(default_factory=SmartClientSettings)
     base_url: str | None = None
 
 
@@ -117,7 +119,7 @@ ADAPTERS: dict[str, AdapterInfo] = {
         AdapterInfo(
             "hl7v2-mllp", Hl7v2Mllp, "adapters.hl7v2", "HL7 v2 over MLLP (orders, ADT, SIU, lab ORU in; ORU out)"
         ),
-        AdapterInfo("fhir-rest", FhirRest, None, "FHIR R4 REST with SMART Backend Services"),
+        AdapterInfo("fhir-rest", FhirRest, "hub.api.fhir", "FHIR R4 REST with SMART Backend Services"),
         AdapterInfo(
             "courier-webhook", CourierWebhook, "adapters.couriers.endpoints", "signed courier tracking webhooks"
         ),

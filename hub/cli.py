@@ -35,6 +35,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(events_app, name="events")
 app.add_typer(messages_app, name="messages")
+fhir_app = typer.Typer(no_args_is_help=True, help="FHIR API: partner clients (SMART), subscription deliveries.")
+app.add_typer(fhir_app, name="fhir")
 
 
 def _settings() -> Settings:
@@ -369,6 +371,111 @@ def messages_quarantine(
         raise typer.Exit(1) from None
     finally:
         ctx.store.dispose()
+
+
+# --------------------------------------------------------------------------- FHIR API (issue 4)
+@fhir_app.command("register-client")
+def fhir_register_client(
+    partner: Annotated[str, typer.Argument(help="partner id (the profile's file name)")],
+    jwks: Annotated[Path | None, typer.Option(help="the client's public JWKS (JSON file), registered inline")] = None,
+    jwks_url: Annotated[str | None, typer.Option(help="where the client publishes its JWKS")] = None,
+    generate_key: Annotated[
+        Path | None, typer.Option(help="TESTING: generate a key pair, write the private key here (0600)")
+    ] = None,
+    alg: Annotated[str, typer.Option(help="ES384 or RS384 (with --generate-key)")] = "ES384",
+    scope: Annotated[list[str] | None, typer.Option(help="allowed scope, repeatable (system/Type.cruds)")] = None,
+    client_id: Annotated[str | None, typer.Option(help="default: the partner id")] = None,
+    name: Annotated[str | None, typer.Option(help="creates the profile if it does not exist")] = None,
+    kind: Annotated[str, typer.Option(help="partner kind for a new profile")] = "hospital",
+    timezone: Annotated[str, typer.Option(help="IANA zone for a new profile")] = "UTC",
+    notify_url: Annotated[list[str] | None, typer.Option(help="allowed Subscription endpoint prefix")] = None,
+    manufacturing: Annotated[str | None, typer.Option(help="default manufacturing site for its orders")] = None,
+) -> None:
+    """Register a partner's FHIR client (public JWKS or JWKS URL, scopes) in its profile."""
+    from adapters.registry import channel_schemas
+    from hub.api.onboarding import DEFAULT_SCOPES, register_client
+    from hub.partners.loader import ProfileLoadError
+
+    settings = _settings()
+    try:
+        done = register_client(
+            settings.profiles_dir,
+            partner,
+            channel_schemas(),
+            jwks=json.loads(jwks.read_text()) if jwks else None,
+            jwks_url=jwks_url,
+            generate=generate_key,
+            alg=alg,
+            scopes=tuple(scope or DEFAULT_SCOPES),
+            client_id=client_id,
+            name=name,
+            kind=kind,
+            timezone=timezone,
+            notify_urls=tuple(notify_url or ()),
+            order_defaults={"manufacturing": manufacturing} if manufacturing else None,
+        )
+    except (ValueError, ProfileLoadError) as exc:
+        typer.echo(f"not registered: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"client {done.client_id} registered in {done.profile}")
+    if done.private_key:
+        typer.echo(f"private key (testing only, keep it out of the repository): {done.private_key}")
+    typer.echo("restart `cgt-hub serve` to load the profile")
+
+
+@fhir_app.command("client-assertion")
+def fhir_client_assertion(
+    key: Annotated[Path, typer.Option(help="the client's private key (PEM)")],
+    client_id: Annotated[str, typer.Option(help="the registered client id")],
+    token_url: Annotated[str, typer.Option(help="the hub's token endpoint")] = "http://127.0.0.1:8080/auth/token",  # noqa: S107
+    alg: Annotated[str, typer.Option(help="ES384 or RS384")] = "ES384",
+) -> None:
+    """Print a signed client assertion (what the partner's software makes) for trying the API."""
+    from hub.api.onboarding import client_assertion
+
+    typer.echo(client_assertion(key.read_bytes(), client_id, token_url, alg))
+
+
+@fhir_app.command("deliveries")
+def fhir_deliveries(
+    status: Annotated[str | None, typer.Option(help="pending, delivered, failed or skipped")] = None,
+    limit: int = 50,
+) -> None:
+    """Subscription notifications and their attempts."""
+    from sqlalchemy import select
+
+    from hub.db.models_fhirapi import SubscriptionDelivery
+    from hub.db.uow import open_store
+
+    store = open_store(_settings().database_url, check=False)
+    try:
+        stmt = select(SubscriptionDelivery).order_by(SubscriptionDelivery.created_at.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(SubscriptionDelivery.status == status)
+        rows = store.read(lambda s: list(s.scalars(stmt)))
+    finally:
+        store.dispose()
+    for d in rows:
+        typer.echo(
+            f"{d.created_at:%Y-%m-%d %H:%M:%S}  {d.id}  {d.status:<9} attempts={d.attempts}  "
+            f"{d.partner_id:<20} {d.focus}  {d.last_error or ''}"
+        )
+    if not rows:
+        typer.echo("no deliveries")
+
+
+@fhir_app.command("replay")
+def fhir_replay(delivery_id: str) -> None:
+    """Queue a subscription notification again (e.g. after the partner fixed its endpoint)."""
+    from adapters.fhir.notify import replay
+    from hub.db.uow import open_store
+
+    store = open_store(_settings().database_url)
+    try:
+        replay(store, delivery_id, actor="cli")
+    finally:
+        store.dispose()
+    typer.echo(f"delivery {delivery_id} queued again")
 
 
 def main() -> None:

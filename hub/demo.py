@@ -306,6 +306,10 @@ def run_demo(settings: Settings) -> int:
         assert tl2 is not None
         _say("")
         _say(timeline.render(tl2, color=sys.stdout.isatty()))
+        from hub.api.demo_fhir import order_over_fhir
+
+        _say("")
+        fhir_sr = order_over_fhir(ctx, stamp, _say)
         _say("")
         from hub.logistics.demo import logistics_journey
 
@@ -329,7 +333,8 @@ def run_demo(settings: Settings) -> int:
             f"   .venv/bin/cgt-hub audit verify\n"
             f"   .venv/bin/cgt-hub messages list"
         )
-        if first.status != "completed" or not result.ok or not reported or third.stage != "received-at-manufacturing":
+        ok = first.status == "completed" and result.ok and reported
+        if not ok or fhir_sr.get("status") != "active" or third.stage != "received-at-manufacturing":
             return 1
         return 0
     finally:

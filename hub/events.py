@@ -39,6 +39,7 @@ class EventType(StrEnum):
     ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ALERT_ESCALATED = "alert.escalated"
     ORDER_COLLECTION_SCHEDULED = "order.collection_scheduled"
+    SUBSCRIPTION_DELIVERY_FAILED = "subscription.delivery_failed"
 
 
 class EventPayload(BaseModel):
@@ -201,6 +202,16 @@ class CollectionScheduled(EventPayload):
     end: datetime | None
 
 
+class SubscriptionDeliveryFailed(EventPayload):
+    """A FHIR Subscription notification gave up after its last attempt (it can be replayed)."""
+
+    delivery_id: str
+    subscription_id: str
+    partner_id: str
+    order_id: str | None
+    attempts: int
+
+
 PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.ORDER_ACCEPTED: OrderAccepted,
     EventType.ORDER_STAGE_CHANGED: OrderStageChanged,
@@ -224,6 +235,7 @@ PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.ALERT_ACKNOWLEDGED: AlertAcknowledged,
     EventType.ALERT_ESCALATED: AlertEscalated,
     EventType.ORDER_COLLECTION_SCHEDULED: CollectionScheduled,
+    EventType.SUBSCRIPTION_DELIVERY_FAILED: SubscriptionDeliveryFailed,
 }
 
 

@@ -23,7 +23,9 @@ from hub.settings import Settings
 def all_consumers(ctx: HubContext | None = None) -> list[Consumer]:
     """Every consumer the hub runs. Adapters' consumers that need the partner directory or settings
     join only when a context is given."""
-    consumers = [*ALERT_CONSUMERS]
+    from adapters.fhir.notify import CONSUMERS as FHIR_NOTIFY_CONSUMERS
+
+    consumers = [*ALERT_CONSUMERS, *FHIR_NOTIFY_CONSUMERS]
     if ctx is not None:
         from adapters.hl7v2.outbound import consumers as hl7v2_consumers
 
@@ -117,6 +119,14 @@ def all_services(ctx: HubContext) -> list[Service]:
     return [*hl7v2_services(ctx)]
 
 
+def background_workers(ctx: HubContext) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
+    """Long-running outbound workers started with the runtime (each stops when the event is set):
+    FHIR subscription deliveries, the logistics dispatcher and sweeps."""
+    from adapters.fhir.notify import DeliveryWorker
+
+    return [DeliveryWorker(ctx.store, ctx.partners).run, logistics_background(ctx)]
+
+
 def make_bus(ctx: HubContext, runner: ConsumerRunner, *, consume: bool = True) -> Bus:
     url = ctx.settings.bus_url
     if url.startswith("memory://"):
@@ -136,17 +146,18 @@ class Runtime:
     runner: ConsumerRunner
     bus: Bus
     relay: OutboxRelay
-    # Long-running loops started with the relay (logistics dispatcher and sweeps).
+    # Long-running outbound workers (subscription deliveries, logistics dispatcher and sweeps).
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
 
-    async def start(self, *, run_relay: bool = True) -> None:
+    async def start(self, *, run_relay: bool = True, run_workers: bool | None = None) -> None:
         self.ctx.store.start_committer()
         await self.bus.start()
         if run_relay:
             self._tasks.append(asyncio.create_task(self.relay.run(self._stop)))
+        if run_relay if run_workers is None else run_workers:
             for loop in self.background:
                 self._tasks.append(asyncio.create_task(loop(self._stop)))  # type: ignore[arg-type]
         for service in self.services:
@@ -182,6 +193,6 @@ def build_runtime(
         runner,
         bus,
         relay,
-        background=[logistics_background(ctx)],
+        background=background_workers(ctx),
         services=all_services(ctx) if services else [],
     )

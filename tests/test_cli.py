@@ -31,6 +31,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "MISMATCH" in result.stdout
     assert "Advance refused" in result.stdout
     assert "audit chain intact" in result.stdout
+    assert "POST ServiceRequest → 201" in result.stdout  # the order placed over FHIR
     assert (work / "var" / "cgthub.db").is_file()
     again = run(["demo"], work)  # a second run adds orders to the same database
     assert again.returncode == 0, again.stdout + again.stderr

@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import __version__, canonical
-from hub.api import fhir, health
+from hub.api import fhir, health, smart
+from hub.api.auth import TokenService
+from hub.api.idempotency import InFlight
 from hub.api.metrics import ObserveMiddleware
 from hub.api.outcomes import operation_outcome, outcome_for, problem_for
 from hub.context import HubContext
@@ -77,11 +79,14 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
     app = FastAPI(title="CGT Hub", version=__version__, lifespan=lifespan)
     app.state.ctx = ctx
     app.state.runtime = runtime
+    app.state.tokens = TokenService(ctx.settings, ctx.store, ctx.partners)
+    app.state.inflight = InFlight()
     install_error_handlers(app)
 
     app.add_middleware(ObserveMiddleware)
 
     app.include_router(health.router)
+    app.include_router(smart.router)  # before fhir: /fhir/.well-known/… is not a resource type
     app.include_router(fhir.router)
     from hub.alerts.endpoints import router as alerts
     from hub.logistics.endpoints import router as logistics

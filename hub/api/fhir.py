@@ -1,138 +1,384 @@
-"""FHIR R4 read interactions (read, vread, history, search) and the CapabilityStatement.
+"""FHIR R4 REST under ``/fhir``: read, vread, instance and type history, search, create (plain and
+conditional), update (If-Match), transaction and batch Bundles, ``$validate`` and the
+CapabilityStatement.
 
-Authorisation in this release: the operator bearer token. Partner access with SMART Backend
-Services and per-partner isolation arrive with the FHIR API issue; until then no partner token
-exists, so no partner can read anything.
+Routes are thin: reads go to ``hub.api.fhir_search`` in a read session (on PostgreSQL under the
+partner role, so row-level security applies); writes go through the inbox
+(``hub.api.idempotency``) into ``hub.api.fhir_service`` as one unit of work, and answer only after
+COMMIT. Callers authenticate with a SMART Backend Services access token (``hub.api.auth``) or, for
+hub operators, the operator token. JSON only: XML bodies are refused with 415, XML-only Accept with
+406.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator
 from email.utils import format_datetime
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
+from sqlalchemy.orm import Session
 
-from hub import __version__, canonical
-from hub.api.deps import OperatorDep, ReadSession
-from hub.errors import NotFound, ValidationFailed
-from hub.fhirstore import indexing
-from hub.fhirstore.repository import ResourceRepository, SearchParam, Stored, search
+from hub import canonical
+from hub.api import conformance, fhir_search
+from hub.api.auth import Principal, TokenService
+from hub.api.capability import capability_statement
+from hub.api.deps import CtxDep
+from hub.api.fhir_service import BadRequest, FhirService, Result, precheck
+from hub.api.idempotency import InFlight, Reply, external_id, inbound_job, raw_request
+from hub.api.isolation import enter_partner_scope
+from hub.api.outcomes import operation_outcome
+from hub.api.smart import token_url
+from hub.errors import HubError, Issue, NotFound
+from hub.fhirstore.repository import Stored
 from hub.fhirstore.validation import SUPPORTED_TYPES
 
 FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir", "xml")
 router = APIRouter(prefix="/fhir")
 
 
-def fhir_response(body: dict[str, Any], status: int = 200, stored: Stored | None = None) -> Response:
+class UnsupportedMediaType(HubError):
+    def __init__(self, message: str, status: int = 415) -> None:
+        super().__init__(
+            message,
+            [Issue(message, "Content-Type" if status == 415 else "Accept")],
+            status=status,
+            fhir_code="not-supported",
+        )
+
+
+def fhir_format(request: Request) -> None:
+    fmt = request.query_params.get("_format")
+    if fmt is not None and fmt.lower() not in (*JSON_TYPES, "json"):
+        if fmt.lower() in XML_TYPES:
+            raise UnsupportedMediaType("XML is not supported by this server; use _format=json", 406)
+        raise UnsupportedMediaType(f"_format {fmt!r} is not supported; use json", 406)
+    accept = request.headers.get("accept", "")
+    if accept:
+        kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]
+        if kinds and all(k in XML_TYPES for k in kinds):
+            raise UnsupportedMediaType("XML is not supported by this server; accept application/fhir+json", 406)
+    if request.method in ("POST", "PUT"):
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype in XML_TYPES:
+            raise UnsupportedMediaType("XML is not supported by this server; send application/fhir+json")
+        if ctype and ctype not in JSON_TYPES:
+            raise UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
+
+
+FormatDep = Annotated[None, Depends(fhir_format)]
+
+
+def current_principal(request: Request) -> Principal:
+    tokens: TokenService = request.app.state.tokens
+    return tokens.principal(request.headers.get("authorization", ""))
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def scoped_session(ctx: CtxDep, principal: PrincipalDep) -> Iterator[Session]:
+    with ctx.store.reading() as session:
+        enter_partner_scope(session, principal)
+        yield session
+
+
+ScopedSession = Annotated[Session, Depends(scoped_session)]
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def fhir_response(body: dict[str, Any] | None, status: int = 200, stored: Stored | None = None) -> Response:
     headers = {}
     if stored is not None:
         headers["ETag"] = stored.etag
         headers["Last-Modified"] = format_datetime(stored.last_updated, usegmt=True)
-    return Response(canonical.dumpb(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+    content = b"" if body is None else canonical.dumpb(body)
+    return Response(content, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 def _type(resource_type: str) -> str:
-    if resource_type not in SUPPORTED_TYPES:
-        raise NotFound(f"resource type {resource_type} is not served here")
-    return resource_type
+    return fhir_search.served_type(resource_type)
 
 
-def capability_statement(base_url: str) -> dict[str, Any]:
-    resources = []
-    for rtype in SUPPORTED_TYPES:
-        resources.append(
-            {
-                "type": rtype,
-                "versioning": "versioned",
-                "readHistory": True,
-                "interaction": [{"code": c} for c in ("read", "vread", "history-instance", "search-type")],
-                "searchParam": [{"name": name, "type": kind} for name, kind in indexing.search_params_for(rtype)],
-            }
+TypeParam = Annotated[str, Path(json_schema_extra={"enum": list(SUPPORTED_TYPES)})]
+IdParam = Annotated[str, Path(json_schema_extra={"pattern": r"^[A-Za-z0-9\-.]{1,64}$"})]
+SEARCH_PARAMS = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+        for name, kind in (
+            ("_id", "string"),
+            ("identifier", "string"),
+            ("status", "string"),
+            ("patient", "string"),
+            ("subject", "string"),
+            ("_lastUpdated", "string"),
+            ("authored", "string"),
+            ("_count", "integer"),
+            ("_offset", "integer"),
+            ("_include", "string"),
         )
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": "2026-11-25",
-        "kind": "instance",
-        "software": {"name": "CGT Hub", "version": __version__},
-        "implementation": {"description": "CGT Hub FHIR endpoint", "url": base_url},
-        "fhirVersion": "4.0.1",
-        "format": [FHIR_JSON, "json"],
-        "rest": [
-            {
-                "mode": "server",
-                "documentation": "Reads of the therapy order master record and its resources. Writes arrive "
-                "through the hub's commands (HL7 v2, FHIR order placement when enabled, portal).",
-                "security": {
-                    "cors": False,
-                    "description": "Bearer token (operator). SMART Backend Services is not enabled in this release.",
-                },
-                "resource": resources,
-            }
-        ],
+    ]
+}
+JSON_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {FHIR_JSON: {"schema": {"type": "object", "properties": {"resourceType": {"type": "string"}}}}},
     }
+}
 
 
+# --------------------------------------------------------------------------- capability
 @router.get("/metadata")
-def metadata(request: Request) -> Response:
-    return fhir_response(capability_statement(str(request.base_url).rstrip("/") + "/fhir"))
+def metadata(request: Request, _: FormatDep) -> Response:
+    return fhir_response(capability_statement(base_url(request), token_url(request)))
+
+
+# --------------------------------------------------------------------------- writes
+def _prefer(request: Request) -> str:
+    for part in request.headers.get("prefer", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return":
+            value = value.strip().strip('"')
+            if value in ("minimal", "representation", "OperationOutcome"):
+                return value
+    return "representation"
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        value = canonical.loads(body)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON", [Issue("invalid JSON", "body")]) from None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a FHIR resource (a JSON object)", [Issue("not an object", "body")])
+    return value
+
+
+def _precheck(rtype: str, body: bytes, principal: Principal) -> tuple[dict[str, Any], list[Issue] | None] | None:
+    try:
+        doc = _parse(body)
+    except HubError:
+        return None  # the job parses again and records the refusal in the inbox
+    return doc, precheck(rtype, doc, principal)
+
+
+def reply_for(result: Result, prefer: str, base: str) -> Reply:
+    stored = result.stored
+    headers = {"Content-Type": FHIR_JSON}
+    if stored is None:
+        return Reply(result.status, headers, canonical.dumpb(result.body or {}), result.order_id)
+    headers["ETag"] = stored.etag
+    headers["Last-Modified"] = format_datetime(stored.last_updated, usegmt=True)
+    headers["Location"] = f"{base}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+    if result.coi:
+        headers["X-CoI"] = result.coi  # the assigned chain-of-identity identifier (eye-readable)
+    body: bytes | None
+    if prefer == "minimal":
+        body = None
+    elif prefer == "OperationOutcome":
+        text = f"{stored.resource_type}/{stored.id} version {stored.version_id} stored"
+        if result.coi:
+            text += f"; chain-of-identity identifier {result.coi}"
+        body = canonical.dumpb(operation_outcome([Issue(text, severity="information")], "informational"))
+    else:
+        body = stored.text.encode()
+    return Reply(result.status, headers, body, result.order_id)
+
+
+async def _write(
+    request: Request, ctx: Any, principal: Principal, message_type: str, handle: Callable[[FhirService, bytes], Reply]
+) -> Response:
+    body = await request.body()
+    key = request.headers.get("idempotency-key")
+    external = external_id(key)
+    partner = principal.partner_id or "hub-operator"
+    raw = raw_request(request.method, request.url.path, request.headers.get("content-type", ""), body)
+    inflight: InFlight = request.app.state.inflight
+
+    def handler(work: Any) -> Reply:
+        return handle(FhirService(work, principal, ctx.partners, ctx.settings.coi_fin), body)
+
+    with inflight.claim(partner, key):
+        reply = await ctx.store.run_async(
+            inbound_job(partner=partner, external=external, raw=raw, message_type=message_type, handle=handler),
+            actor=principal.actor,
+        )
+    return Response(reply.body or b"", status_code=reply.status, headers=reply.headers, media_type=None)
+
+
+def _bundle_reader(svc: FhirService, base: str) -> Callable[[str], dict[str, Any]]:
+    def read(url: str) -> dict[str, Any]:
+        path, _, query = url.partition("?")
+        parts = path.strip("/").split("/")
+        rtype = fhir_search.served_type(parts[0])
+        session = svc.work.session
+        if len(parts) == 2 and not query:
+            return fhir_search.read(session, svc.principal, rtype, parts[1]).content
+        if len(parts) == 1:
+            page = fhir_search.search(session, svc.principal, rtype, parse_qsl(query, keep_blank_values=True))
+            return fhir_search.search_bundle(page, rtype, base)
+        raise BadRequest(f"GET {url} is not supported inside a Bundle")
+
+    return read
+
+
+@router.post("", openapi_extra=JSON_BODY)
+async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep) -> Response:
+    """Transaction (atomic) or batch Bundle."""
+    prefer = _prefer(request)
+    base = base_url(request)
+
+    def handle(svc: FhirService, body: bytes) -> Reply:
+        doc = _parse(body)
+        if doc.get("resourceType") != "Bundle":
+            raise BadRequest("POST to the base takes a transaction or batch Bundle")
+        kind = doc.get("type")
+        if kind == "transaction":
+            result = svc.transaction(doc, _bundle_reader(svc, base), prefer)
+        elif kind == "batch":
+            result = svc.batch(doc, _bundle_reader(svc, base), prefer)
+        else:
+            raise BadRequest(f"Bundle.type {kind!r}: only transaction and batch are processed here")
+        return Reply(200, {"Content-Type": FHIR_JSON}, canonical.dumpb(result))
+
+    return await _write(request, ctx, principal, "Bundle.transaction", handle)
+
+
+@router.post("/{resource_type}/$validate", openapi_extra=JSON_BODY)
+async def validate_operation(
+    resource_type: TypeParam, request: Request, principal: PrincipalDep, _: FormatDep
+) -> Response:
+    rtype = _type(resource_type)
+    doc = _parse(await request.body())
+    profiles = [p for p in request.query_params.getlist("profile")]
+    resource = doc
+    if doc.get("resourceType") == "Parameters":
+        resource = {}
+        for param in doc.get("parameter") or []:
+            if param.get("name") == "resource" and isinstance(param.get("resource"), dict):
+                resource = param["resource"]
+            elif param.get("name") == "profile" and param.get("valueUri"):
+                profiles.append(str(param["valueUri"]))
+    if resource.get("resourceType") != rtype:
+        raise BadRequest(f"$validate on {rtype} needs a {rtype}")
+    if rtype == "ServiceRequest" and not principal.is_operator:
+        profiles.append(conformance.THERAPY_ORDER)
+    issues = conformance.issues_for(resource, profiles)
+    if not issues:
+        body = operation_outcome([Issue("no issues found", severity="information")], "informational")
+        return fhir_response(body)
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    outcome = operation_outcome(issues, "invalid" if errors else "informational")
+    return fhir_response(outcome)
+
+
+@router.post("/{resource_type}", openapi_extra=JSON_BODY)
+async def create(
+    resource_type: TypeParam, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep
+) -> Response:
+    rtype = _type(resource_type)
+    prefer = _prefer(request)
+    base = base_url(request)
+    if_none_exist = request.headers.get("if-none-exist")
+    # Parse and validate outside the unit of work (pure CPU), so the committer thread only writes.
+    checked = await asyncio.to_thread(_precheck, rtype, await request.body(), principal)
+
+    def handle(svc: FhirService, body: bytes) -> Reply:
+        doc, issues = checked if checked is not None else (_parse(body), None)
+        result = svc.create(rtype, doc, if_none_exist, prechecked=issues)
+        return reply_for(result, prefer, base)
+
+    return await _write(request, ctx, principal, f"{rtype}.create", handle)
+
+
+@router.put("/{resource_type}/{rid}", openapi_extra=JSON_BODY)
+async def update(
+    resource_type: TypeParam, rid: IdParam, request: Request, ctx: CtxDep, principal: PrincipalDep, _: FormatDep
+) -> Response:
+    rtype = _type(resource_type)
+    prefer = _prefer(request)
+    base = base_url(request)
+    if_match = request.headers.get("if-match")
+
+    def handle(svc: FhirService, body: bytes) -> Reply:
+        from hub.api.fhir_service import _if_match
+
+        result = svc.update(rtype, rid, _parse(body), _if_match(if_match))
+        return reply_for(result, prefer, base)
+
+    return await _write(request, ctx, principal, f"{rtype}.update", handle)
+
+
+# --------------------------------------------------------------------------- reads
+@router.get(
+    "/{resource_type}/_history",
+    openapi_extra={
+        "parameters": [
+            {"name": "_count", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
+        ]
+    },
+)
+def type_history(
+    resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+) -> Response:
+    rtype = _type(resource_type)
+    query = list(request.query_params.multi_items())
+    versions, count, offset, has_next = fhir_search.type_history(session, principal, rtype, query)
+    next_url = None
+    if has_next:
+        from urllib.parse import urlencode
+
+        rest = [(k, v) for k, v in query if k not in ("_offset", "_count")]
+        next_url = f"{base_url(request)}/{rtype}/_history?" + urlencode(
+            [*rest, ("_count", str(count)), ("_offset", str(offset + count))]
+        )
+    return fhir_response(fhir_search.history_bundle(versions, base_url(request), next_url))
 
 
 @router.get("/{resource_type}/{rid}")
-def read(resource_type: str, rid: str, session: ReadSession, _: OperatorDep) -> Response:
-    stored = ResourceRepository.from_session(session).read(_type(resource_type), rid)
+def read(
+    resource_type: TypeParam, rid: IdParam, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+) -> Response:
+    stored = fhir_search.read(session, principal, _type(resource_type), rid)
     return fhir_response(stored.content, stored=stored)
 
 
 @router.get("/{resource_type}/{rid}/_history/{vid}")
-def vread(resource_type: str, rid: str, vid: int, session: ReadSession, _: OperatorDep) -> Response:
-    stored = ResourceRepository.from_session(session).vread(_type(resource_type), rid, vid)
-    if stored.deleted:
-        raise NotFound(f"{resource_type}/{rid} version {vid} is a deletion")
+def vread(
+    resource_type: TypeParam, rid: IdParam, vid: int, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+) -> Response:
+    stored = fhir_search.vread(session, principal, _type(resource_type), rid, vid)
     return fhir_response(stored.content, stored=stored)
 
 
 @router.get("/{resource_type}/{rid}/_history")
-def history(resource_type: str, rid: str, session: ReadSession, _: OperatorDep) -> Response:
-    versions = ResourceRepository.from_session(session).history(_type(resource_type), rid)
-    if not versions:
-        raise NotFound(f"{resource_type}/{rid} is not known")
-    entries = [
-        {
-            "fullUrl": f"{resource_type}/{rid}/_history/{v.version_id}",
-            **({} if v.deleted else {"resource": v.content}),
-            "request": {
-                "method": "DELETE" if v.deleted else ("POST" if v.version_id == 1 else "PUT"),
-                "url": f"{resource_type}/{rid}",
-            },
-        }
-        for v in versions
-    ]
-    return fhir_response({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
+def history(
+    resource_type: TypeParam,
+    rid: IdParam,
+    request: Request,
+    session: ScopedSession,
+    principal: PrincipalDep,
+    _: FormatDep,
+) -> Response:
+    versions = fhir_search.instance_history(session, principal, _type(resource_type), rid)
+    return fhir_response(fhir_search.history_bundle(versions, base_url(request)))
 
 
-@router.get("/{resource_type}")
-def search_type(resource_type: str, request: Request, session: ReadSession, _: OperatorDep) -> Response:
+@router.get("/{resource_type}", openapi_extra=SEARCH_PARAMS)
+def search_type(
+    resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+) -> Response:
     rtype = _type(resource_type)
-    params: list[SearchParam] = []
-    count = 50
-    for name, value in request.query_params.multi_items():
-        if name == "_count":
-            try:
-                count = max(0, min(1000, int(value)))
-            except ValueError:
-                raise ValidationFailed("_count must be an integer") from None
-        elif name == "_format":
-            continue
-        else:
-            params.append(SearchParam(name, value))
-    found = search(session, rtype, params, count=count)
-    return fhir_response(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [
-                {"fullUrl": f"{rtype}/{s.id}", "resource": s.content, "search": {"mode": "match"}} for s in found
-            ],
-        }
-    )
+    page = fhir_search.search(session, principal, rtype, list(request.query_params.multi_items()))
+    return fhir_response(fhir_search.search_bundle(page, rtype, base_url(request)))
+
+
+__all__ = ["FHIR_JSON", "NotFound", "router"]

@@ -401,7 +401,5 @@ def table_of(model: type[Base]) -> Table:
     return table
 
 
-# Domain tables that live in their own modules register on the same metadata.
-# Tables of later areas live in their own modules; imported here so the metadata sees them.
-from hub.db import models_hl7v2, models_scheduling  # noqa: E402, F401
-from hub.db import models_logistics as _models_logistics  # noqa: E402, F401
+# Tables of later areas live in their own modules; importing them here puts them in the metadata.
+from hub.db import models_fhirapi, models_hl7v2, models_logistics, models_scheduling  # noqa: E402, F401

@@ -34,6 +34,7 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Device",
     "Provenance",
     "AuditEvent",
+    "Subscription",  # FHIR API (issue 4): R4 rest-hook subscriptions to a partner's orders
 )
 
 # Required code bindings fhir.resources does not enforce (FHIR R4 value sets).
@@ -75,6 +76,7 @@ STATUS_CODES: dict[str, frozenset[str]] = {
     "Specimen": frozenset({"available", "unavailable", "unsatisfactory", "entered-in-error"}),
     "BiologicallyDerivedProduct": frozenset({"available", "unavailable"}),
     "Device": frozenset({"active", "inactive", "entered-in-error", "unknown"}),
+    "Subscription": frozenset({"requested", "active", "error", "off"}),
 }
 INTENT_CODES: dict[str, frozenset[str]] = {
     "ServiceRequest": frozenset(

@@ -43,8 +43,17 @@ def test_capability_statement_states_what_exists(client: TestClient) -> None:
     body = cs.json()
     assert body["fhirVersion"] == "4.0.1"
     sr = next(r for r in body["rest"][0]["resource"] if r["type"] == "ServiceRequest")
-    assert {i["code"] for i in sr["interaction"]} == {"read", "vread", "history-instance", "search-type"}
-    assert "create" not in str(body)
+    assert {i["code"] for i in sr["interaction"]} == {
+        "read",
+        "vread",
+        "history-instance",
+        "history-type",
+        "search-type",
+        "create",
+        "update",
+    }
+    audit = next(r for r in body["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert "create" not in {i["code"] for i in audit["interaction"]}  # read-only: the hub writes it
     from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
     CapabilityStatement.model_validate(body)

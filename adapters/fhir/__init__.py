@@ -1,0 +1,1 @@
+"""Outbound side of the FHIR API: Subscription notifications (rest-hook, Standard Webhooks)."""

@@ -1,0 +1,78 @@
+"""What a partner profile says about its FHIR client (the ``smart:`` block of a ``fhir-rest``
+channel). Public material only: a JWKS holds public keys; the webhook secret is a reference.
+
+```yaml
+  - adapter: fhir-rest
+    direction: both
+    smart:
+      client_id: st-marys-ehr          # default: the partner id
+      jwks_url: https://ehr.example/.well-known/jwks.json   # or `jwks: {keys: [...]}` inline
+      scopes: [system/ServiceRequest.cruds, system/Patient.cruds, system/Task.rs]
+      webhook_secret: fhir_webhook     # an entry of the profile's `secrets` (Standard Webhooks)
+      order_defaults: {manufacturing: leiden-cell-factory, lab: northlab-analytics}
+```
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCOPE_RE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(\*|read|write|[cruds]{1,5})$")
+
+
+class OrderDefaults(BaseModel):
+    """Sites an order from this partner uses when the ServiceRequest does not name them.
+    ``collection`` and ``treatment`` default to the ordering partner itself when it can play them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    collection: str | None = None
+    manufacturing: str | None = None
+    treatment: str | None = None
+    lab: str | None = None
+    courier: str | None = None
+
+
+class SmartClientSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    jwks: dict[str, Any] | None = None
+    jwks_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    scopes: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    # Subscription endpoints must start with one of these (no notifications to arbitrary hosts).
+    notify_urls: tuple[str, ...] = ()
+    order_defaults: OrderDefaults = Field(default_factory=OrderDefaults)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in value if not SCOPE_RE.match(s)]
+        if bad:
+            raise ValueError(f"not SMART system scopes: {bad} (e.g. system/ServiceRequest.cruds, system/*.rs)")
+        return value
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        keys = value.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise ValueError("jwks needs a non-empty 'keys' list")
+        for key in keys:
+            if not isinstance(key, dict) or key.get("kty") not in ("RSA", "EC"):
+                raise ValueError("each JWKS key must be an RSA or EC public key")
+            if any(k in key for k in ("d", "p", "q", "dp", "dq", "qi")):
+                raise ValueError("the JWKS holds a PRIVATE key; register only the public part")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> SmartClientSettings:
+        if self.jwks is not None and self.jwks_url is not None:
+            raise ValueError("give either jwks (inline) or jwks_url, not both")
+        return self

@@ -1,0 +1,91 @@
+"""The README walkthrough, as a new hospital would do it: register its client with the CLI (a
+generated key pair), then token and first order over FHIR with a plain HTTP client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from adapters.registry import channel_schemas
+from hub.api.app import create_app
+from hub.context import HubContext
+from hub.db.uow import Store
+from hub.partners.loader import load_directory
+from hub.settings import Settings
+from tests.conftest import REPO
+from tests.hub.api.conftest import LiveServer
+from tests.hub.api.fhir_data import order
+
+CLI = Path(sys.executable).parent / "cgt-hub"
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
+    return subprocess.run([str(CLI), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_new_hospital_from_nothing_to_first_order(tmp_path: Path, store: Store, db_url: str) -> None:
+    shutil.copytree(REPO / "partner-profiles", tmp_path / "partner-profiles")
+    r = cli(
+        [
+            "fhir",
+            "register-client",
+            "harbor-view",
+            "--name",
+            "Harbor View Medical Center",
+            "--timezone",
+            "America/Los_Angeles",
+            "--generate-key",
+            "var/keys/harbor-view.pem",
+            "--manufacturing",
+            "leiden-cell-factory",
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    key = tmp_path / "var" / "keys" / "harbor-view.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    profile = yaml.safe_load((tmp_path / "partner-profiles" / "harbor-view.yaml").read_text())
+    assert "d" not in profile["channels"][0]["smart"]["jwks"]["keys"][0]  # the public half only
+    assert cli(["partners", "check"], tmp_path).returncode == 0
+    # a key inside the profiles directory is refused
+    bad = cli(["fhir", "register-client", "harbor-view", "--generate-key", "partner-profiles/k.pem"], tmp_path)
+    assert bad.returncode == 1
+
+    partners, errors = load_directory(tmp_path / "partner-profiles", channel_schemas())
+    assert not errors
+    settings = Settings(database_url=db_url, profiles_dir=tmp_path / "partner-profiles")
+    with LiveServer(create_app(HubContext(settings, store, partners))) as base:
+        token_url = httpx.get(f"{base}/fhir/.well-known/smart-configuration").json()["token_endpoint"]
+        assertion = cli(
+            ["fhir", "client-assertion", "--key", str(key), "--client-id", "harbor-view", "--token-url", token_url],
+            tmp_path,
+        ).stdout.strip()
+        token = httpx.post(
+            token_url,
+            data={
+                "grant_type": "client_credentials",
+                "scope": "system/ServiceRequest.cruds system/Task.rs",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+            },
+        )
+        assert token.status_code == 200, token.text
+        auth = {"Authorization": f"Bearer {token.json()['access_token']}", "Content-Type": "application/fhir+json"}
+        body = order(sites=[])  # sites from the profile: harbor-view collects and treats, leiden manufactures
+        created = httpx.post(f"{base}/fhir/ServiceRequest", json=body, headers=auth)
+        assert created.status_code == 201, created.text
+        assert created.headers["x-coi"]
+        tasks = httpx.get(
+            f"{base}/fhir/Task", params={"based-on": f"ServiceRequest/{created.json()['id']}"}, headers=auth
+        )
+        assert tasks.status_code == 200
+        assert len(tasks.json()["entry"]) >= 10

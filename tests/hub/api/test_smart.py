@@ -1,0 +1,251 @@
+"""SMART Backend Services: discovery, token issuance, and the attacks the token endpoint refuses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+import pytest
+import respx
+from fastapi.testclient import TestClient
+from joserfc import jwt
+from joserfc.jwk import OctKey
+
+from hub.api.app import create_app
+from hub.api.auth import JwksCache, cache_lifetime
+from hub.context import HubContext
+from hub.db.uow import Store
+from hub.partners.loader import PartnerDirectory
+from hub.settings import Settings
+from tests.hub.api.conftest import ClientKey, assertion, bearer, token_form
+from tests.hub.api.fhir_data import order
+
+AUD = "http://testserver/auth/token"
+
+
+def test_discovery(api: TestClient) -> None:
+    for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
+        conf = api.get(path).json()
+        assert conf["token_endpoint"] == AUD
+        assert conf["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
+        assert conf["grant_types_supported"] == ["client_credentials"]
+    cs = api.get("/fhir/metadata").json()
+    security = cs["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    assert security["extension"][0]["extension"][0]["valueUri"] == AUD
+
+
+@pytest.mark.parametrize("partner", ["st-marys", "lakeside-hospital"])  # ES384 and RS384
+def test_token_issued_for_both_algorithms(api: TestClient, client_keys: dict[str, ClientKey], partner: str) -> None:
+    r = api.post(
+        "/auth/token", data=token_form(client_keys[partner], AUD, "system/ServiceRequest.rs system/Banana.cruds")
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] <= 300
+    assert body["scope"] == "system/ServiceRequest.rs"  # a subset: what was asked and is allowed
+    assert "refresh_token" not in body
+    assert r.headers["cache-control"] == "no-store"
+    claims = json.loads(base64.urlsafe_b64decode(body["access_token"].split(".")[1] + "=="))
+    assert claims["exp"] - claims["iat"] <= 300
+
+
+def _refused(api: TestClient, form: dict[str, str], error: str = "invalid_client") -> str:
+    r = api.post("/auth/token", data=form)
+    assert r.status_code in (400, 401), r.text
+    assert r.json()["error"] == error, r.text
+    assert "access_token" not in r.text
+    return str(r.json()["error_description"])
+
+
+def test_alg_none_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    ck = client_keys["st-marys"]
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    claims = {"iss": ck.client_id, "sub": ck.client_id, "aud": AUD, "exp": int(time.time()) + 60, "jti": "x1"}
+    form = token_form(ck, AUD)
+    form["client_assertion"] = f"{enc({'alg': 'none', 'typ': 'JWT'})}.{enc(claims)}."
+    assert "RS384 or ES384" in _refused(api, form)
+
+
+def test_hmac_with_public_key_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    ck = client_keys["lakeside-hospital"]
+    public = json.dumps(ck.key.as_dict(private=False)).encode()
+    forged = jwt.encode(
+        {"alg": "HS256"},
+        {"iss": ck.client_id, "sub": ck.client_id, "aud": AUD, "exp": int(time.time()) + 60, "jti": "x2"},
+        OctKey.import_key(public),
+    )
+    form = token_form(ck, AUD)
+    form["client_assertion"] = forged
+    _refused(api, form)
+
+
+def test_wrong_signature_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    # st-marys' client id, signed with leiden's key
+    sm, ld = client_keys["st-marys"], client_keys["leiden-cell-factory"]
+    form = token_form(sm, AUD)
+    form["client_assertion"] = assertion(ClientKey(sm.client_id, sm.partner, ld.key, "ES384"), AUD)
+    assert "signature" in _refused(api, form)
+
+
+def test_wrong_aud_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    assert "aud" in _refused(api, token_form(client_keys["st-marys"], "https://evil.example/token"))
+
+
+def test_replayed_jti_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    form = token_form(client_keys["st-marys"], AUD)
+    assert api.post("/auth/token", data=form).status_code == 200
+    assert "already used" in _refused(api, form)
+
+
+def test_expired_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    assert "expired" in _refused(api, token_form(client_keys["st-marys"], AUD, exp=int(time.time()) - 60))
+
+
+def test_exp_too_far_ahead_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    assert "5 minutes" in _refused(api, token_form(client_keys["st-marys"], AUD, exp=int(time.time()) + 3600))
+
+
+def test_missing_jti_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    assert "jti" in _refused(api, token_form(client_keys["st-marys"], AUD, jti=None))
+
+
+def test_unknown_client_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    ck = client_keys["st-marys"]
+    assert "unknown client" in _refused(api, token_form(ClientKey("nobody", "x", ck.key, "ES384"), AUD))
+
+
+def test_refresh_token_grant_refused(api: TestClient) -> None:
+    r = api.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": "abc"})
+    assert r.status_code == 400
+    assert r.json()["error"] == "unsupported_grant_type"
+
+
+def test_scope_not_allowed_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    _refused(api, token_form(client_keys["st-marys"], AUD, "system/Banana.cruds"), "invalid_scope")
+
+
+def test_write_with_read_scope_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"], "system/ServiceRequest.rs system/Patient.rs")
+    r = api.post("/fhir/ServiceRequest", json=order(), headers=h)
+    assert r.status_code == 403
+    assert r.json()["issue"][0]["code"] == "forbidden"
+    assert api.get("/fhir/ServiceRequest", headers=h).status_code == 200
+    assert api.get("/fhir/Task", headers=h).status_code == 403  # no Task scope at all
+
+
+def test_tampered_and_missing_access_tokens(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    token = h["Authorization"].split()[1]
+    head, claims, sig = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(claims + "=="))
+    data["partner"] = "lakeside-hospital"
+    forged = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    for value in (f"Bearer {head}.{forged}.{sig}", "Bearer nonsense", "", f"Basic {token}"):
+        r = api.get("/fhir/ServiceRequest", headers={"Authorization": value} if value else {})
+        assert r.status_code == 401
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_expired_access_token_refused(api: TestClient) -> None:
+    from hub.api.auth import TOKEN_ISSUER, _signing_key
+    from tests.hub.api.conftest import SECRET_KEY
+
+    class S:
+        secret_key = type("K", (), {"get_secret_value": staticmethod(lambda: SECRET_KEY)})()
+
+    old = jwt.encode(
+        {"alg": "HS256"},
+        {
+            "iss": TOKEN_ISSUER,
+            "sub": "st-marys-ehr",
+            "partner": "st-marys",
+            "scope": "system/*.cruds",
+            "exp": int(time.time()) - 1,
+            "jti": str(uuid.uuid4()),
+        },
+        _signing_key(S()),  # type: ignore[arg-type]
+    )
+    assert api.get("/fhir/ServiceRequest", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+
+
+def test_jwks_cache_follows_cache_headers() -> None:
+    now = time.time()
+    assert cache_lifetime(httpx.Headers({"cache-control": "public, max-age=120"}), now) == 120
+    assert cache_lifetime(httpx.Headers({"cache-control": "no-store"}), now) == 0
+    assert cache_lifetime(httpx.Headers({"cache-control": "max-age=999999"}), now) == 24 * 3600
+    assert cache_lifetime(httpx.Headers({}), now) == 300
+
+
+@respx.mock
+def test_jwks_url_fetched_and_cached(client_keys: dict[str, ClientKey]) -> None:
+    import asyncio
+
+    asyncio.run(_jwks_url_fetched_and_cached(client_keys))
+
+
+async def _jwks_url_fetched_and_cached(client_keys: dict[str, ClientKey]) -> None:
+    ck = client_keys["st-marys"]
+    jwks = {"keys": [{**ck.key.as_dict(private=False), "kid": ck.key.kid}]}
+    route = respx.get("https://ehr.example/jwks.json").mock(
+        return_value=httpx.Response(200, json=jwks, headers={"Cache-Control": "max-age=600"})
+    )
+    cache = JwksCache()
+    keys = await cache.keys("https://ehr.example/jwks.json", kid=ck.key.kid)
+    await cache.keys("https://ehr.example/jwks.json", kid=ck.key.kid)
+    assert route.call_count == 1
+    assert keys.keys[0].kid == ck.key.kid
+    respx.get("https://down.example/jwks.json").mock(return_value=httpx.Response(503))
+    from hub.api.auth import OAuthError
+
+    with pytest.raises(OAuthError):
+        await cache.keys("https://down.example/jwks.json")
+
+
+def test_jwks_url_served_by_a_real_server(
+    store: Store, fhir_partners: PartnerDirectory, fhir_settings: Settings, client_keys: dict[str, ClientKey]
+) -> None:
+    """The client's JWKS published at a URL (as st-marys' profile has it), fetched over HTTP once and
+    reused while its Cache-Control allows."""
+    ck = client_keys["st-marys"]
+    jwks = json.dumps({"keys": [{**ck.key.as_dict(private=False), "kid": ck.key.kid}]}).encode()
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "public, max-age=600")
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        profile = fhir_partners.profiles["st-marys"]
+        channels = tuple(
+            c.model_copy(update={"smart": c.smart.model_copy(update={"jwks": None, "jwks_url": url})})
+            if getattr(c, "adapter", None) == "fhir-rest"
+            else c
+            for c in profile.channels
+        )
+        partners = PartnerDirectory(
+            {**fhir_partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})}
+        )
+        with TestClient(create_app(HubContext(fhir_settings, store, partners))) as c:
+            for _ in range(3):
+                assert c.post("/auth/token", data=token_form(ck, AUD, "system/ServiceRequest.rs")).status_code == 200
+    finally:
+        server.shutdown()
+    assert hits == ["/.well-known/jwks.json"]
