@@ -61,7 +61,7 @@ def fhir_order(stamp: str) -> dict[str, Any]:
                     {
                         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
                         "system": "urn:oid:2.16.840.1.113883.3.8998.1",
-                        "value": f"MRN-{stamp}-3",
+                        "value": f"MRN-{stamp}-4",
                     }
                 ],
                 "name": [{"family": "Lindqvist", "given": ["Eva"]}],

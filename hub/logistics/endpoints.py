@@ -7,6 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from hub.api.commands import command
 from hub.api.deps import CtxDep, OperatorDep, ReadSession
 from hub.db.types import utcnow
 from hub.errors import NotFound
@@ -57,14 +58,14 @@ class ViabilityView(BaseModel):
 
 @router.post("/orders/{order_id}/shipments", status_code=202, response_model=ShipmentView)
 async def book(order_id: str, body: BookBody, ctx: CtxDep, operator: OperatorDep) -> ShipmentView:
-    cmd = BookShipment(order_id=order_id, **body.model_dump())
+    cmd = command(BookShipment, order_id=order_id, **body.model_dump())
     policy = Policy.from_settings(ctx.settings)
     return await ctx.store.run_async(lambda w: ShipmentService(w, ctx.partners, policy).book(cmd), actor=operator)
 
 
 @router.post("/orders/{order_id}/shipments/registered", status_code=201, response_model=ShipmentView)
 async def register(order_id: str, body: RegisterBody, ctx: CtxDep, operator: OperatorDep) -> ShipmentView:
-    cmd = RegisterShipment(order_id=order_id, **body.model_dump())
+    cmd = command(RegisterShipment, order_id=order_id, **body.model_dump())
     policy = Policy.from_settings(ctx.settings)
     return await ctx.store.run_async(lambda w: ShipmentService(w, ctx.partners, policy).register(cmd), actor=operator)
 
@@ -76,7 +77,7 @@ def shipments(order_id: str, session: ReadSession, _: OperatorDep) -> list[Shipm
 
 @router.put("/orders/{order_id}/conditioning", status_code=204)
 async def conditioning(order_id: str, body: ConditioningBody, ctx: CtxDep, operator: OperatorDep) -> None:
-    cmd = ScheduleConditioning(order_id=order_id, **body.model_dump())
+    cmd = command(ScheduleConditioning, order_id=order_id, **body.model_dump())
     policy = Policy.from_settings(ctx.settings)
     await ctx.store.run_async(lambda w: ViabilityService(w, policy).schedule_conditioning(cmd), actor=operator)
 
