@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.hl7v2.framer import Deframer, frame
 from adapters.hl7v2.tokenizer import parse
 from bench._common import REPO, fresh_database, machine, percentile
+from tests.conftest import CORPORA
 
 CONNECTIONS = 8
-ORM_SAMPLE = REPO.parent / "shared" / "corpora" / "hl7v2" / "ms-fhir-converter" / "ORM-O01-01.hl7"
+ORM_SAMPLE = CORPORA / "hl7v2" / "ms-fhir-converter" / "ORM-O01-01.hl7"
 
 
 def free_port() -> int:

@@ -74,9 +74,8 @@ class Settings(BaseSettings):
     profiles_dir: Path = Path("partner-profiles")
     mappings_dir: Path = Path("mappings")
     # Where customs WSDLs/XSDs are read from (local files only; profiles name paths relative to it).
-    wsdl_dir: Path = Path(
-        "../shared/corpora/soap/eu-ics2-hmrc-import-control-wsdls/public/eu/outbound/CR-for-NES-Services-V2"
-    )
+    # Default: the EU ICS2 contracts shipped in the package (adapters/customs/wsdl, Apache-2.0).
+    wsdl_dir: Path = Path(__file__).resolve().parents[1] / "adapters" / "customs" / "wsdl" / "CR-for-NES-Services-V2"
 
     # Listeners
     http_host: str = "127.0.0.1"

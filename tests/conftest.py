@@ -25,7 +25,20 @@ from hub.db.uow import Store, open_store
 from hub.partners.loader import PartnerDirectory, load_directory
 
 REPO = Path(__file__).resolve().parents[1]
-CORPORA = REPO.parent / "shared" / "corpora"
+
+
+def _corpora() -> Path:
+    """The shared third-party corpora: $CGTHUB_CORPORA, else ../shared/corpora next to the checkout,
+    else this workplace's /work/shared/corpora (a clone made elsewhere, e.g. in /tmp)."""
+    candidates = [Path(os.environ["CGTHUB_CORPORA"])] if os.environ.get("CGTHUB_CORPORA") else []
+    candidates += [REPO.parent / "shared" / "corpora", Path("/work/shared/corpora")]
+    for candidate in candidates:
+        if (candidate / "MANIFEST.tsv").is_file():
+            return candidate
+    raise RuntimeError(f"third-party test corpora not found (looked in {candidates}); set CGTHUB_CORPORA")
+
+
+CORPORA = _corpora()
 CI = os.environ.get("CI") == "true"
 PG_ADMIN = os.environ.get("CGTHUB_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 PG_HOST = os.environ.get("CGTHUB_TEST_PG_HOST", "postgres@127.0.0.1:5432")

@@ -24,7 +24,8 @@ from hub.runtime import logistics_ports
 from tests.conftest import CORPORA, REPO
 from tests.logistics_support import alert_kinds, context, order_at, register
 
-WSDL_DIR = CORPORA / "soap/eu-ics2-hmrc-import-control-wsdls/public/eu/outbound/CR-for-NES-Services-V2"
+CORPUS_WSDL_DIR = CORPORA / "soap/eu-ics2-hmrc-import-control-wsdls/public/eu/outbound/CR-for-NES-Services-V2"
+WSDL_DIR = REPO / "adapters" / "customs" / "wsdl" / "CR-for-NES-Services-V2"  # the packaged copy
 CHANNEL = SoapCustoms(
     adapter="soap-customs",
     direction="both",
@@ -35,8 +36,9 @@ CHANNEL = SoapCustoms(
 )
 
 
-def test_every_ics2_wsdl_loads_offline_with_safe_settings() -> None:
-    wsdls = sorted(WSDL_DIR.rglob("*.wsdl"))
+@pytest.mark.parametrize("directory", [CORPUS_WSDL_DIR, WSDL_DIR], ids=["corpus", "packaged"])
+def test_every_ics2_wsdl_loads_offline_with_safe_settings(directory: Path) -> None:
+    wsdls = sorted(directory.rglob("*.wsdl"))
     assert len(wsdls) == 24
     for path in wsdls:
         Client(str(path), settings=zeep_settings())  # forbid_external: no network fetch is possible
@@ -169,4 +171,5 @@ def test_a_customs_fault_fails_the_declaration_and_alerts(ctx: HubContext) -> No
 def test_profiles_wsdls_exist_under_the_configured_dir() -> None:
     from hub.settings import Settings
 
-    assert (REPO / Settings().wsdl_dir / CHANNEL.wsdl).resolve().is_file() or Path(WSDL_DIR / CHANNEL.wsdl).is_file()
+    assert (Settings().wsdl_dir / CHANNEL.wsdl).is_file()
+    assert Settings().wsdl_dir.resolve() == WSDL_DIR.resolve()

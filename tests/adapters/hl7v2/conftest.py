@@ -19,7 +19,7 @@ from hub.context import HubContext
 from hub.db.uow import Store
 from hub.partners.loader import PartnerDirectory
 from hub.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import CORPORA, REPO
 
 T = TypeVar("T")
 
@@ -109,5 +109,5 @@ def in_job(store: Store, fn: Callable[..., T]) -> T:
 
 MAPPINGS = REPO / "mappings"
 PROFILES = REPO / "partner-profiles"
-CORPUS = REPO.parent / "shared" / "corpora" / "hl7v2"
+CORPUS = CORPORA / "hl7v2"
 __all__ = ["CORPUS", "MAPPINGS", "PROFILES", "Path"]
