@@ -26,6 +26,7 @@ from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine
@@ -67,6 +68,11 @@ class Work:
     _events: list[dict[str, Any]] = field(default_factory=list)
     buffers: dict[str, Buffer] = field(default_factory=dict)
 
+    @cached_property
+    def now_iso(self) -> str:
+        """The job's clock reading in the canonical text form (formatted once per job)."""
+        return iso_utc(self.now)
+
     def audit(
         self,
         action: str,
@@ -81,7 +87,7 @@ class Work:
         """Record a create/update/delete. ``old``/``new`` are JSON-able values (or None)."""
         self._audit.append(
             PendingAudit(
-                at=iso_utc(self.now),
+                at=self.now_iso,
                 actor=actor or self.actor,
                 action=action,
                 entity_type=entity_type,

@@ -7,6 +7,7 @@ reads. The CapabilityStatement lists exactly these (plus ``_id`` and ``_lastUpda
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ DATE_PARAMS: dict[str, dict[str, str]] = {
 }
 
 
+@lru_cache(maxsize=64)
 def reference_elements(rtype: str) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for elements in REFERENCE_PARAMS.get(rtype, {}).values():

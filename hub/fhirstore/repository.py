@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from hub import canonical
 from hub.db.bulk import insert_rows
 from hub.db.models import Resource, ResourceVersion, SearchDate, SearchReference, SearchToken, table_of
-from hub.db.types import iso_utc
 from hub.db.uow import Work
 from hub.errors import Conflict, Issue, NotFound, ValidationFailed
 from hub.fhirstore import indexing
@@ -264,7 +263,7 @@ class ResourceRepository:
         content = {
             "resourceType": rtype,
             "id": rid,
-            "meta": {"versionId": str(version), "lastUpdated": iso_utc(work.now)},
+            "meta": {"versionId": str(version), "lastUpdated": work.now_iso},
         }
         text = canonical.dumps(content)
         stored = Stored(rtype, rid, version, work.now, content, canonical.sha256_hex(text), True, text)
@@ -296,7 +295,7 @@ class ResourceRepository:
         content["id"] = rid
         meta = dict(content.get("meta") or {})
         meta["versionId"] = str(version)
-        meta["lastUpdated"] = iso_utc(work.now)
+        meta["lastUpdated"] = work.now_iso
         content["meta"] = meta
         text = canonical.dumps(content)
         digest = canonical.sha256_hex(text)
