@@ -40,7 +40,7 @@ def list_alerts(
     state: Annotated[Literal["open", "acknowledged", "all"], Query()] = "all",
     since: Annotated[AwareDatetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AlertView]:
     rows = AlertRepository.from_session(session).search(
         order_id=order, severity=severity, kind=kind, state=state, since=since, limit=limit, offset=offset
