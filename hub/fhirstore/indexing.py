@@ -7,8 +7,8 @@ reads. The CapabilityStatement lists exactly these (plus ``_id`` and ``_lastUpda
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 
