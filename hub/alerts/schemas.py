@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 class Acknowledge(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    by: str = Field(min_length=3, max_length=128, description="the named person who takes it on")
-    note: str | None = Field(default=None, max_length=2000)
+    # A printed name has no control characters; a note may have line breaks but never NUL (which
+    # PostgreSQL cannot store: refused here the same way on both back ends).
+    by: str = Field(
+        min_length=3, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", description="the named person who takes it on"
+    )
+    note: str | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
 
 
 class AlertView(BaseModel):

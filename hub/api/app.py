@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub import __version__, canonical
 from hub.api import fhir, health, smart
 from hub.api.auth import TokenService
+from hub.api.guard import refuse_unstorable
 from hub.api.idempotency import InFlight
 from hub.api.metrics import ObserveMiddleware
 from hub.api.outcomes import operation_outcome, outcome_for, problem_for
@@ -82,8 +83,8 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
     app.state.tokens = TokenService(ctx.settings, ctx.store, ctx.partners)
     app.state.inflight = InFlight()
     install_error_handlers(app)
-
-    app.add_middleware(ObserveMiddleware)
+    refuse_unstorable(app)
+    app.add_middleware(ObserveMiddleware)  # outermost: refused requests are counted too
 
     app.include_router(health.router)
     app.include_router(smart.router)  # before fhir: /fhir/.well-known/… is not a resource type

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from hub.api.commands import command
 from hub.api.deps import CtxDep, OperatorDep, ReadSession
@@ -21,21 +22,25 @@ from hub.orders.repository import OrderRepository
 router = APIRouter(prefix="/logistics", tags=["logistics"])
 
 
+# Identifiers and codes from an operator's request: printable, bounded (NUL would reach the database).
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class BookBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    leg: str | None = None
-    courier: str | None = None
+    leg: Code | None = None
+    courier: Code | None = None
     pickup_after: AwareDatetime | None = None
-    customs_partner: str | None = None
+    customs_partner: Code | None = None
 
 
 class RegisterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    leg: str
-    courier: str
-    tracking_number: str
+    leg: Code
+    courier: Code
+    tracking_number: Code
     eta: AwareDatetime | None = None
-    customs_partner: str | None = None
+    customs_partner: Code | None = None
 
 
 class ConditioningBody(BaseModel):
