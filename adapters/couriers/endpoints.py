@@ -164,6 +164,7 @@ async def _store(
             render_error=_render_error,
             render_conflict=_render_conflict,
             message_type=message_type,
+            interpret_writes=False,  # both interpretations only emit an event: no savepoint needed
         )
         if outcome.status is InboxStatus.conflict and not outcome.duplicate:
             raise_alert(

@@ -15,12 +15,15 @@ rows read back exactly as if SQLAlchemy had written them (tests read them throug
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 
@@ -46,6 +49,19 @@ def _sqlite_converter(sample: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+@contextmanager
+def _as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
+    """Raise the driver's errors the way SQLAlchemy would have: the unit of work tells a partner's
+    duplicate (``IntegrityError`` -> Conflict) and a lost database (``OperationalError`` -> retry)
+    from a bug by SQLAlchemy's exception classes. (PostgreSQL's connection pool pings connections
+    before reuse, so one that died here is not handed out again.)"""
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(statement, None, exc, base, dialect=conn.dialect) from exc
+
+
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -55,7 +71,12 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     assert raw is not None
     quoted = ", ".join(f'"{c}"' for c in columns)
     if conn.dialect.name == "postgresql":
-        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN'
+        with (
+            _as_sqlalchemy_errors(conn, statement),
+            raw.cursor() as cur,
+            cur.copy(statement) as copy,
+        ):
             for row in rows:
                 copy.write_row([row[c] for c in columns])
         return
@@ -72,10 +93,41 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
                     items[i] = f(items[i])
                 converted.append(items)
             values = converted
+        statement = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})'
         cur = raw.cursor()
         try:
-            cur.executemany(f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', values)
+            with _as_sqlalchemy_errors(conn, statement):
+                cur.executemany(statement, values)
         finally:
             cur.close()
         return
     conn.execute(table.insert(), list(rows))
+
+
+@lru_cache(maxsize=64)
+def _select_sql(table: str, columns: tuple[str, ...], keys: tuple[str, ...], mark: str) -> str:
+    selected = ", ".join(f'"{c}"' for c in columns)
+    return f'SELECT {selected} FROM "{table}" WHERE ' + " AND ".join(f'"{k}" = {mark}' for k in keys)
+
+
+def select_one(session: Session, table: Table, columns: Sequence[str], where: dict[str, Any]) -> tuple[Any, ...] | None:
+    """One row by equality on ``where``, straight through the driver (hot-path lookups by a unique
+    key: SQLAlchemy's per-statement work cost several times the database's). Values are compared
+    as given: strings and numbers only, no type conversion happens here."""
+    conn = session.connection()
+    if conn.dialect.name not in ("sqlite", "postgresql"):
+        query = select(*(table.c[c] for c in columns)).where(*(table.c[k] == v for k, v in where.items()))
+        found = conn.execute(query).first()
+        return None if found is None else tuple(found)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    statement = _select_sql(table.name, tuple(columns), tuple(where), mark)
+    cur = raw.cursor()
+    try:
+        with _as_sqlalchemy_errors(conn, statement):
+            cur.execute(statement, tuple(where.values()))
+            row = cur.fetchone()
+    finally:
+        cur.close()
+    return None if row is None else tuple(row)

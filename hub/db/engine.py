@@ -11,6 +11,7 @@ because then an acknowledged message could vanish in a crash.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,47 @@ def _postgres_engine(url: str) -> Engine:
     return engine
 
 
+_SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _fast_savepoints(engine: Engine) -> Engine:
+    """Emit SAVEPOINT / RELEASE / ROLLBACK TO as plain driver SQL.
+
+    SQLAlchemy executes them as expression constructs, and every savepoint has a new name
+    (``sa_savepoint_N``), so each one missed the compiled cache, was compiled afresh and pushed a
+    useful statement out of that cache: 0.35 ms per savepoint measured on this machine against
+    0.004 ms for the same SQL sent to the driver. The group committer opens one savepoint per job,
+    the inbox another one per message, so this was a large share of every write. The ORM's
+    savepoint bookkeeping (what to expunge on rollback) is untouched: only the SQL text changes."""
+
+    def checked(name: str) -> str:
+        if not _SAVEPOINT_NAME.fullmatch(name):
+            raise ValueError(f"unexpected savepoint name {name!r}")
+        return name
+
+    def do_savepoint(connection: Any, name: str) -> None:
+        connection.exec_driver_sql(f"SAVEPOINT {checked(name)}")
+
+    def do_rollback_to_savepoint(connection: Any, name: str) -> None:
+        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {checked(name)}")
+
+    def do_release_savepoint(connection: Any, name: str) -> None:
+        connection.exec_driver_sql(f"RELEASE SAVEPOINT {checked(name)}")
+
+    dialect: Any = engine.dialect
+    dialect.do_savepoint = do_savepoint
+    dialect.do_rollback_to_savepoint = do_rollback_to_savepoint
+    dialect.do_release_savepoint = do_release_savepoint
+    return engine
+
+
 def make_engines(database_url: str) -> tuple[Engine, Engine]:
     """Return ``(write_engine, read_engine)``. On PostgreSQL both are the same engine."""
     url = normalise_url(database_url)
     if url.startswith("sqlite"):
-        return _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False)
+        return _fast_savepoints(_sqlite_engine(url, immediate=True)), _sqlite_engine(url, immediate=False)
     if url.startswith("postgresql"):
-        engine = _postgres_engine(url)
+        engine = _fast_savepoints(_postgres_engine(url))
         return engine, engine
     raise ValueError(f"unsupported database URL scheme: {make_url(url).drivername}")
 

@@ -114,24 +114,31 @@ class Work:
         return event_id
 
     @contextmanager
-    def attempt(self) -> Iterator[None]:
+    def attempt(self, *, savepoint: bool = True) -> Iterator[None]:
         """A nested savepoint: if the body raises, its writes, audit entries and events vanish and
-        the exception propagates; the enclosing job can still record the failure and commit."""
+        the exception propagates; the enclosing job can still record the failure and commit.
+
+        ``savepoint=False`` is for bodies that write only through the Work's buffers (audit
+        entries, events, batched rows) and issue no statements: their rows stay buffered until the
+        job's end, and undoing them needs no savepoint, only dropping what they buffered."""
         self.flush()  # whatever is buffered so far belongs to the enclosing job
         a, e = len(self._audit), len(self._events)
-        nested = self.session.begin_nested()
+        nested = self.session.begin_nested() if savepoint else None
         try:
             yield
-            self.flush()
+            if nested is not None:
+                self.flush()
         except BaseException:
-            nested.rollback()
+            if nested is not None:
+                nested.rollback()
             del self._audit[a:]
             del self._events[e:]
             for buffer in self.buffers.values():
                 buffer.clear()
             raise
         else:
-            nested.commit()
+            if nested is not None:
+                nested.commit()
 
     def flush(self) -> None:
         """Write the buffered domain rows. Audit entries and events stay with the Work until the

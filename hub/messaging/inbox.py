@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, update
 
 from hub import canonical
+from hub.db.bulk import insert_rows, select_one
 from hub.db.models import InboxMessage, table_of
 from hub.db.uow import Work
 from hub.errors import HubError
@@ -67,18 +68,24 @@ def receive(
     render_error: RenderError,
     render_conflict: Callable[[InboxMessage], bytes | None] | None = None,
     message_type: str | None = None,
+    interpret_writes: bool = True,
 ) -> InboxOutcome:
+    """Store ``raw`` and interpret it once.
+
+    ``interpret_writes=False`` is the fast path for edges whose interpretation only *emits* events
+    or audit entries (the Work buffers them) and issues no statements of its own, such as courier
+    webhooks acknowledged at receipt: no savepoint is needed to undo it, so the message is
+    interpreted first and inserted once, with its final status (one statement instead of four)."""
     digest = canonical.sha256_hex(raw)
-    conn = work.session.connection()
     external_id = external_id[:255]
-    existing = conn.execute(_FIND, {"p": partner, "c": channel, "e": external_id}).one_or_none()
+    existing = _find(work, partner, channel, external_id)
     if existing is not None:
         if existing.content_hash == digest:
-            return InboxOutcome(existing.id, InboxStatus(existing.status), existing.response, duplicate=True)
+            return InboxOutcome(existing.id, existing.status, existing.response, duplicate=True)
         conflict_id = f"{external_id[:200]}#conflict:{digest[:16]}"
-        again = conn.execute(_FIND, {"p": partner, "c": channel, "e": conflict_id}).one_or_none()
+        again = _find(work, partner, channel, conflict_id)
         if again is not None:
-            return InboxOutcome(again.id, InboxStatus(again.status), again.response, duplicate=True)
+            return InboxOutcome(again.id, again.status, again.response, duplicate=True)
         first = work.session.get(InboxMessage, existing.id)
         assert first is not None
         response = render_conflict(first) if render_conflict else None
@@ -92,12 +99,14 @@ def receive(
         )
         return InboxOutcome(message_id, InboxStatus.conflict, response)
 
-    message_id = _insert(work, partner, channel, external_id, digest, raw, message_type)
+    message_id = (
+        uuid7() if not interpret_writes else _insert(work, partner, channel, external_id, digest, raw, message_type)
+    )
     error: HubError | None = None
     order_id: str | None = None
     failure: str | None = None
     try:
-        with work.attempt():
+        with work.attempt(savepoint=interpret_writes):
             result = interpret(work, message_id)
         status, response = result.status, result.response
         order_id = result.order_id
@@ -110,15 +119,49 @@ def receive(
         log.exception("inbox message %s from %s/%s failed: %s", message_id, partner, channel, type(exc).__name__)
         status, response = InboxStatus.failed, render_error(None, exc)
         failure = f"internal error: {type(exc).__name__}"
-    _settle(work, message_id, status, response, error=failure, order_id=order_id, message_type=message_type)
+    if interpret_writes:
+        _settle(work, message_id, status, response, error=failure, order_id=order_id, message_type=message_type)
+    else:
+        _insert(
+            work,
+            partner,
+            channel,
+            external_id,
+            digest,
+            raw,
+            message_type,
+            message_id=message_id,
+            status=status,
+            response=response,
+            error=failure,
+            order_id=order_id,
+        )
     return InboxOutcome(message_id, status, response, error=error)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    id: str
+    content_hash: str
+    status: InboxStatus
+    response: bytes | None
+
+
+def _find(work: Work, partner: str, channel: str, external_id: str) -> _Stored | None:
+    row = select_one(
+        work.session,
+        _T,
+        ("id", "content_hash", "status", "response"),
+        {"partner": partner, "channel": channel, "external_id": external_id},
+    )
+    if row is None:
+        return None
+    response = row[3]
+    return _Stored(str(row[0]), str(row[1]), InboxStatus(row[2]), None if response is None else bytes(response))
 
 
 # Hot-path statements on the Core table (built once).
 _T = table_of(InboxMessage)
-_FIND = select(_T.c.id, _T.c.content_hash, _T.c.status, _T.c.response).where(
-    _T.c.partner == bindparam("p"), _T.c.channel == bindparam("c"), _T.c.external_id == bindparam("e")
-)
 _SETTLE = (
     _T.update()
     .where(_T.c.id == bindparam("i"))
@@ -134,11 +177,25 @@ _SETTLE = (
 
 
 def _insert(
-    work: Work, partner: str, channel: str, external_id: str, digest: str, raw: bytes, message_type: str | None
+    work: Work,
+    partner: str,
+    channel: str,
+    external_id: str,
+    digest: str,
+    raw: bytes,
+    message_type: str | None,
+    *,
+    message_id: str | None = None,
+    status: InboxStatus = InboxStatus.received,
+    response: bytes | None = None,
+    error: str | None = None,
+    order_id: str | None = None,
 ) -> str:
-    message_id = uuid7()
-    work.session.connection().execute(
-        _T.insert(),
+    message_id = message_id or uuid7()
+    settled = status is not InboxStatus.received
+    insert_rows(
+        work.session,
+        _T,
         [
             {
                 "id": message_id,
@@ -147,9 +204,13 @@ def _insert(
                 "external_id": external_id,
                 "content_hash": digest,
                 "raw": raw,
-                "message_type": message_type,
+                "message_type": message_type[:64] if message_type else None,
                 "received_at": work.now,
-                "status": InboxStatus.received.value,
+                "status": status.value,
+                "response": response,
+                "error": error,
+                "order_id": order_id,
+                "handled_at": work.now if settled else None,
             }
         ],
     )

@@ -79,3 +79,74 @@ def test_a_crash_in_a_mapping_is_kept_for_replay(store: Store) -> None:
     out = _receive(store, "MSG-3", b"raw", interpret)
     assert out.status is InboxStatus.failed
     assert out.response == b"NACK internal"
+
+
+def _receive_buffered(store: Store, external_id: str, raw: bytes, interpret) -> object:  # type: ignore[no-untyped-def]
+    return store.run(
+        lambda w: receive(
+            w,
+            partner="polar-courier",
+            channel="test-webhook",
+            external_id=external_id,
+            raw=raw,
+            interpret=interpret,
+            render_error=_render,
+            interpret_writes=False,
+        )
+    )
+
+
+def test_fast_path_stores_once_with_its_status_and_its_event(store: Store) -> None:
+    """``interpret_writes=False``: the interpretation only emits; the message is inserted once,
+    already settled, in the same transaction as the event; a refusal drops what it emitted."""
+    from hub.db.models import OutboxEvent
+    from hub.events import EventType, InboundReceived
+
+    def accept(work: Work, message_id: str) -> Interpretation:
+        payload = InboundReceived(partner="polar-courier", channel="test-webhook", inbox_message_id=message_id)
+        work.emit(EventType.COURIER_WEBHOOK_RECEIVED, "polar-courier:T1", payload)
+        return Interpretation(InboxStatus.received, b"accepted", message_type="tracker.updated")
+
+    def refuse(work: Work, message_id: str) -> Interpretation:
+        payload = InboundReceived(partner="polar-courier", channel="test-webhook", inbox_message_id=message_id)
+        work.emit(EventType.COURIER_WEBHOOK_RECEIVED, "polar-courier:T2", payload)
+        raise GuardFailed("not a shipment of ours")
+
+    first = _receive_buffered(store, "EVT-1", b"body-1", accept)
+    again = _receive_buffered(store, "EVT-1", b"body-1", accept)
+    assert (again.duplicate, again.response, again.message_id) == (True, b"accepted", first.message_id)
+    refused = _receive_buffered(store, "EVT-2", b"body-2", refuse)
+    assert refused.status is InboxStatus.rejected
+    with store.reading() as s:
+        rows = {r.external_id: r for r in s.scalars(select(InboxMessage))}
+        assert rows["EVT-1"].status == "received"
+        assert rows["EVT-1"].message_type == "tracker.updated"
+        assert rows["EVT-1"].handled_at is None  # handled later, from the bus
+        assert rows["EVT-2"].status == "rejected"
+        assert rows["EVT-2"].error == "not a shipment of ours"
+        events = s.scalars(select(OutboxEvent)).all()
+        assert [e.aggregate_id for e in events] == ["polar-courier:T1"]
+
+
+def test_driver_level_writes_report_duplicates_as_conflicts(store: Store) -> None:
+    """The hot paths write through the driver (hub.db.bulk); a uniqueness violation there must still
+    reach the edge as a Conflict (the partner's concurrent duplicate), not as a crash."""
+    import pytest
+
+    from hub.db.bulk import insert_rows
+    from hub.db.models import table_of
+    from hub.db.types import utcnow
+    from hub.errors import Conflict
+
+    row = {
+        "partner": "p",
+        "channel": "c",
+        "external_id": "same",
+        "content_hash": "0" * 64,
+        "raw": b"x",
+        "received_at": utcnow(),
+        "status": "received",
+    }
+    store.run(lambda w: insert_rows(w.session, table_of(InboxMessage), [{**row, "id": "a"}]))
+    with pytest.raises(Conflict):
+        store.run(lambda w: insert_rows(w.session, table_of(InboxMessage), [{**row, "id": "b"}]))
