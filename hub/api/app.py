@@ -86,15 +86,18 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
     refuse_unstorable(app)
     app.add_middleware(ObserveMiddleware)  # outermost: refused requests are counted too
 
-    app.include_router(health.router)
-    app.include_router(smart.router)  # before fhir: /fhir/.well-known/… is not a resource type
-    app.include_router(fhir.router)
     from hub.alerts.endpoints import router as alerts
     from hub.logistics.endpoints import router as logistics
     from hub.runtime import all_routers
 
-    app.include_router(alerts)
-    app.include_router(logistics)
+    # Routes are matched in order: the adapters' partner-facing endpoints (courier webhooks, the
+    # highest-rate traffic) come first, so they are not matched against every FHIR route first
+    # (measured: route matching was ~10 % of a webhook's server time when they came last).
     for router in all_routers():
         app.include_router(router)
+    app.include_router(health.router)
+    app.include_router(smart.router)  # before fhir: /fhir/.well-known/… is not a resource type
+    app.include_router(fhir.router)
+    app.include_router(alerts)
+    app.include_router(logistics)
     return app
