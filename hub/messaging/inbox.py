@@ -5,6 +5,12 @@
 the message itself, its status and the answer given are still committed. A duplicate (same partner,
 channel and external id with the same content hash) gets the stored answer and changes nothing; the
 same external id with different content is stored under a derived id and answered as a conflict.
+
+Edges whose interpretation only emits events (courier webhooks: ``interpret_writes=False``) take a
+shorter path: the interpretation runs first and the message is inserted once, with its status, in
+the same transaction as the events. Nothing is acted on or acknowledged before that COMMIT, and a
+message whose interpretation fails is still stored (``rejected``/``failed``), so the rule holds:
+every message is on disk before anyone answers or acts on it.
 """
 
 from __future__ import annotations
