@@ -108,6 +108,10 @@ def db_upgrade() -> None:
 @audit_app.command("verify")
 def audit_verify(
     checkpoint: Annotated[Path | None, typer.Option(help="a checkpoint saved by `audit checkpoint`")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="processes (default: one per core, up to 4, from 200,000 entries)"),
+    ] = None,
 ) -> None:
     """Recompute the chain; name the first broken entry and exit 1 if there is one."""
     from hub.audit.service import load_checkpoint, verify_chain
@@ -116,7 +120,7 @@ def audit_verify(
     store = open_store(_settings().database_url, check=False)
     try:
         cp = load_checkpoint(checkpoint) if checkpoint else None
-        result = verify_chain(store, cp)
+        result = verify_chain(store, cp, workers=workers)
     finally:
         store.dispose()
     typer.echo(result.describe())

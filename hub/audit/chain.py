@@ -143,3 +143,39 @@ def verify_rows(
         if head_hash != prev:
             return VerifyResult(False, count, prev, count, "head hash does not match the last entry")
     return VerifyResult(True, count, prev)
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    """What one slice of the chain says about itself (see ``hub.audit.parallel``)."""
+
+    ok: bool
+    count: int
+    first_prev: str | None  # prev_hash stored in the slice's first entry
+    last_hash: str | None  # hash recomputed for the slice's last entry
+    at_checkpoint: str | None  # hash recomputed for the checkpoint's entry, when in this slice
+
+
+def check_range(rows: Iterable[Row], start_seq: int, checkpoint_seq: int | None = None) -> RangeCheck:
+    """Check a slice of the chain on its own: contiguous from ``start_seq``, each entry linked to the
+    one before it in the slice, each hash recomputed. The links *between* slices, the head and the
+    checkpoint are for the caller to check; any doubt there means verifying sequentially."""
+    expected = start_seq
+    prev: str | None = None
+    first_prev: str | None = None
+    at_checkpoint: str | None = None
+    for seq, at, actor, action, etype, eid, reason, old, new, prev_hash, stored in rows:
+        if seq != expected:
+            return RangeCheck(False, expected - start_seq, first_prev, prev, at_checkpoint)
+        if prev is None:
+            first_prev = prev_hash
+        elif prev_hash != prev:
+            return RangeCheck(False, expected - start_seq, first_prev, prev, at_checkpoint)
+        computed = entry_hash(prev_hash, seq, at, actor, action, etype, eid, reason, old, new)
+        if computed != stored:
+            return RangeCheck(False, expected - start_seq, first_prev, prev, at_checkpoint)
+        if seq == checkpoint_seq:
+            at_checkpoint = computed
+        prev = computed
+        expected += 1
+    return RangeCheck(True, expected - start_seq, first_prev, prev, at_checkpoint)

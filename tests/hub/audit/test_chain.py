@@ -203,3 +203,50 @@ def test_verify_rows_pure() -> None:
     bad = verify_rows([(2, "", "", "", "", "", "", "", "", GENESIS, "")])
     assert not bad.ok
     assert bad.broken_seq == 1
+
+
+# --- the parallel path (hub.audit.parallel): it may only ever confirm an intact chain ----------
+
+
+def test_parallel_verification_confirms_an_intact_chain(store: Store) -> None:
+    """Real worker processes (spawned), each with its own connection."""
+    rows = _fill(store, 25)
+    checkpoint = Checkpoint(17, rows[16]["hash"])
+    sequential = verify_chain(store, checkpoint, workers=1)
+    parallel = verify_chain(store, checkpoint, workers=3)
+    assert sequential.ok
+    assert parallel == sequential
+    # A broken chain: the workers doubt it and the sequential pass names the entry.
+    _apply(store, rows, "edit", 9, "reason")
+    result = verify_chain(store, checkpoint, workers=3)
+    assert (result.ok, result.broken_seq, result.reason) == (False, 9, "content does not match its hash")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tamper, st.integers(2, 5))
+def test_parallel_slices_never_confirm_a_tampered_chain(
+    store: Store, change: tuple[str, int, str], workers: int
+) -> None:
+    """Every kind of tampering, with the chain cut into 2–5 slices (threads stand in for the worker
+    processes here: the slice checks and the links between them are what is tested)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from unittest import mock
+
+    from hub.audit import parallel
+    from hub.audit.service import _driver_target, _head_and_strays
+
+    op, k, field = change
+    rows = _rows(store) or _fill(store)
+    checkpoint = Checkpoint(rows[-1]["seq"], rows[-1]["hash"])
+    kind, dsn = _driver_target(store)
+    threads = lambda max_workers, mp_context: ThreadPoolExecutor(max_workers)  # noqa: E731
+    try:
+        with mock.patch.object(parallel, "ProcessPoolExecutor", threads):
+            head, outside = _head_and_strays(store)
+            assert parallel.verify_intact(kind, dsn, head, checkpoint, workers) is not None
+            _apply(store, rows, op, k, field)
+            head, outside = _head_and_strays(store)
+            confirmed = outside == 0 and parallel.verify_intact(kind, dsn, head, checkpoint, workers) is not None
+            assert not confirmed, f"{op} at {k} confirmed as intact by {workers} slices"
+    finally:
+        _restore(store, rows)
