@@ -10,15 +10,16 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import __version__, canonical
 from hub.api import fhir, health, smart
 from hub.api.auth import TokenService
-from hub.api.guard import refuse_unstorable
+from hub.api.guard import RefuseNul
 from hub.api.idempotency import InFlight
 from hub.api.metrics import ObserveMiddleware
-from hub.api.outcomes import operation_outcome, outcome_for, problem_for
+from hub.api.outcomes import error_response, operation_outcome
 from hub.context import HubContext
 from hub.errors import HubError, Issue
 
@@ -30,14 +31,7 @@ def _is_fhir(request: Request) -> bool:
 
 
 def _render(request: Request, error: HubError) -> Response:
-    headers = {"Retry-After": "5"} if error.retryable else None
-    if _is_fhir(request):
-        return Response(
-            canonical.dumpb(outcome_for(error)), status_code=error.status, media_type=fhir.FHIR_JSON, headers=headers
-        )
-    return JSONResponse(
-        problem_for(error), status_code=error.status, media_type="application/problem+json", headers=headers
-    )
+    return error_response(request.url.path, error)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -50,6 +44,14 @@ def install_error_handlers(app: FastAPI) -> None:
         issues = [Issue(str(e.get("msg")), ".".join(str(p) for p in e.get("loc", ()))) for e in exc.errors()]
         error = HubError("malformed request", issues, status=422, fhir_code="structure", hl7_code="100")
         return _render(request, error)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> Response:
+        # The database refused a value it was given (NUL in text, a number out of range): the
+        # sender's input, not our crash. The statement and its values are not logged (PHI).
+        log.warning("request refused by the database as unstorable data: %s", type(exc.orig).__name__)
+        message = "a value in the request cannot be stored (for example a NUL character or a number out of range)"
+        return _render(request, HubError(message, status=422, fhir_code="invalid"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -83,7 +85,7 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
     app.state.tokens = TokenService(ctx.settings, ctx.store, ctx.partners)
     app.state.inflight = InFlight()
     install_error_handlers(app)
-    refuse_unstorable(app)
+    app.add_middleware(RefuseNul)
     app.add_middleware(ObserveMiddleware)  # outermost: refused requests are counted too
 
     from hub.alerts.endpoints import router as alerts

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.responses import Response
+
+from hub import canonical
 from hub.errors import HubError, Issue
+
+FHIR_JSON = "application/fhir+json"
 
 
 def operation_outcome(issues: list[Issue], code: str, *, severity: str = "error") -> dict[str, Any]:
@@ -33,3 +38,11 @@ def problem_for(error: HubError) -> dict[str, Any]:
         "detail": error.message,
         "issues": [{"message": i.message, "location": i.location} for i in error.issues],
     }
+
+
+def error_response(path: str, error: HubError) -> Response:
+    """The one rendering of an error: OperationOutcome under /fhir, problem JSON elsewhere."""
+    headers = {"Retry-After": "5"} if error.retryable else None
+    if path.startswith("/fhir"):
+        return Response(canonical.dumpb(outcome_for(error)), error.status, headers, FHIR_JSON)
+    return Response(canonical.dumpb(problem_for(error)), error.status, headers, "application/problem+json")

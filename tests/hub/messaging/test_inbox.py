@@ -15,18 +15,10 @@ def _render(err: HubError | None, exc: Exception) -> bytes:
     return f"NACK {err.message if err else 'internal'}".encode()
 
 
-def _receive(store: Store, external_id: str, raw: bytes, interpret) -> object:  # type: ignore[no-untyped-def]
+def _receive(store: Store, external_id: str, raw: bytes, interpret, **kw) -> object:  # type: ignore[no-untyped-def]
+    options = {"partner": "st-marys", "channel": "test", "render_conflict": lambda m: b"CONFLICT", **kw}
     return store.run(
-        lambda w: receive(
-            w,
-            partner="st-marys",
-            channel="test",
-            external_id=external_id,
-            raw=raw,
-            interpret=interpret,
-            render_error=_render,
-            render_conflict=lambda m: b"CONFLICT",
-        )
+        lambda w: receive(w, external_id=external_id, raw=raw, interpret=interpret, render_error=_render, **options)
     )
 
 
@@ -82,17 +74,8 @@ def test_a_crash_in_a_mapping_is_kept_for_replay(store: Store) -> None:
 
 
 def _receive_buffered(store: Store, external_id: str, raw: bytes, interpret) -> object:  # type: ignore[no-untyped-def]
-    return store.run(
-        lambda w: receive(
-            w,
-            partner="polar-courier",
-            channel="test-webhook",
-            external_id=external_id,
-            raw=raw,
-            interpret=interpret,
-            render_error=_render,
-            interpret_writes=False,
-        )
+    return _receive(
+        store, external_id, raw, interpret, partner="polar-courier", channel="test-webhook", interpret_writes=False
     )
 
 
