@@ -104,6 +104,57 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     conn.execute(table.insert(), list(rows))
 
 
+def insert_tables(session: Session, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
+    """Insert rows into several tables at once. On PostgreSQL that is ONE statement, one round
+    trip: data-modifying CTEs, each ``INSERT … SELECT * FROM unnest(<one array per column>)``.
+
+    Why not ``COPY`` per table, as :func:`insert_rows` does: a COPY costs two round trips (the
+    COPY command, then the data and its end), and a job writes five tables (resources, versions,
+    three search indexes). Measured while accepting orders with 64 callers on PostgreSQL, those ten
+    waits per job were most of the resource store's flush time. A constraint violation still
+    fails the whole statement, i.e. the job's savepoint, exactly as before. Other databases: one
+    :func:`insert_rows` per table (SQLite is in-process; there is no round trip to save)."""
+    batches = [(table, rows) for table, rows in batches if rows]
+    if not batches:
+        return
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        for table, rows in batches:
+            insert_rows(session, table, rows)
+        return
+    shape = tuple((table, tuple(rows[0].keys())) for table, rows in batches)
+    statement = _unnest_sql(shape, conn.dialect)
+    params: list[list[Any]] = []
+    for (_, columns), (_, rows) in zip(shape, batches, strict=True):
+        for c in columns:
+            params.append([row[c] for row in rows])
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with _as_sqlalchemy_errors(conn, statement), raw.cursor() as cur:
+        cur.execute(statement, params)
+
+
+_UNNEST_CACHE: dict[tuple[tuple[str, tuple[str, ...]], ...], str] = {}
+
+
+def _unnest_sql(shape: tuple[tuple[Table, tuple[str, ...]], ...], dialect: Any) -> str:
+    key = tuple((table.name, columns) for table, columns in shape)
+    cached = _UNNEST_CACHE.get(key)
+    if cached is not None:
+        return cached
+    parts = []
+    for table, columns in shape:
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        # Each array is cast to its column's type, so a column whose values are all NULL still
+        # has a type, and values arrive exactly as a plain INSERT would take them.
+        arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect=dialect)}[]" for c in columns)
+        parts.append(f'INSERT INTO "{table.name}" ({quoted}) SELECT * FROM unnest({arrays})')
+    *ctes, last = parts
+    statement = last if not ctes else "WITH " + ", ".join(f"w{i} AS ({p})" for i, p in enumerate(ctes)) + " " + last
+    _UNNEST_CACHE[key] = statement
+    return statement
+
+
 @lru_cache(maxsize=64)
 def _select_sql(table: str, columns: tuple[str, ...], keys: tuple[str, ...], mark: str) -> str:
     selected = ", ".join(f'"{c}"' for c in columns)

@@ -16,7 +16,7 @@ from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from hub import canonical
-from hub.db.bulk import insert_rows
+from hub.db.bulk import insert_tables
 from hub.db.models import Resource, ResourceVersion, SearchDate, SearchReference, SearchToken, table_of
 from hub.db.uow import Work
 from hub.errors import Conflict, Issue, NotFound, ValidationFailed
@@ -95,15 +95,12 @@ class ResourceBuffer:
             }
             for k in sorted(keys)
         ]
-        if self.new_keys:
-            insert_rows(session, _RES, rows(self.new_keys))
         if self.updated_keys:
             updates = [{("k_" + key): value for key, value in r.items()} for r in rows(self.updated_keys)]
             conn.execute(_UPDATE_CURRENT, updates)
             owners = [{"k_type": k[0], "k_id": k[1]} for k in sorted(self.updated_keys)]
             for stmt in _DROP_INDEXES:
                 conn.execute(stmt, owners)
-        insert_rows(session, _VER, self.versions)
         tokens: list[dict[str, Any]] = []
         refs: list[dict[str, Any]] = []
         dates: list[dict[str, Any]] = []
@@ -116,9 +113,16 @@ class ResourceBuffer:
             ]
             refs += [{"resource_type": rtype, "id": rid, "param": p, "target": t} for p, t in ex.references]
             dates += [{"resource_type": rtype, "id": rid, "param": p, "value": v} for p, v in ex.dates]
-        insert_rows(session, table_of(SearchToken), tokens)
-        insert_rows(session, table_of(SearchReference), refs)
-        insert_rows(session, table_of(SearchDate), dates)
+        insert_tables(
+            session,
+            [
+                (_RES, rows(self.new_keys) if self.new_keys else []),
+                (_VER, self.versions),
+                (table_of(SearchToken), tokens),
+                (table_of(SearchReference), refs),
+                (table_of(SearchDate), dates),
+            ],
+        )
         self.clear()
 
     def pending_identifier(self, rtype: str, system: str | None, value: str) -> list[Stored]:
