@@ -39,6 +39,7 @@ from hub.orders.schemas import (
     ReleaseHold,
 )
 from hub.partners.loader import PartnerDirectory
+from hub.patients import scope
 from hub.products.registry import get_product
 from hub.products.schemas import Checkpoint, Guard, Product
 from hub.signatures.service import Meaning, check_signature, sign, signatures_for
@@ -135,7 +136,7 @@ class OrderService:
         if existing is not None:
             raise Conflict(f"order {cmd.placer_number} from {cmd.ordering_partner} already exists as {existing}")
         work = self.work
-        patient = self._patient(cmd.patient)
+        patient = self._patient(cmd.patient, cmd.ordering_partner)
         practitioner = self._practitioner(cmd.requester)
         site_orgs = self._organizations(dict(self._site_pairs(cmd)))
 
@@ -276,14 +277,15 @@ class OrderService:
             issues.append(Issue("the patient needs a birth date", "Patient.birthDate"))
         return issues
 
-    def _patient(self, patient: dict[str, Any]) -> Stored:
-        """Find the patient by MRN; an MRN already held by someone else is refused, never merged."""
+    def _patient(self, patient: dict[str, Any], partner_id: str) -> Stored:
+        """Find the patient by MRN among the ordering partner's own patients (hub/patients/scope.py);
+        an MRN already held by someone else there is refused, never merged."""
         ident = _primary_identifier(patient)
         assert ident is not None
-        matches = self.resources.find_by_identifier("Patient", ident["system"], str(ident["value"]))
+        matches = self._partners_patients(partner_id, ident)
         if not matches:
             lock_identity(self.work.session, f"Patient|{ident['system']}|{ident['value']}")
-            matches = self.resources.find_by_identifier("Patient", ident["system"], str(ident["value"]))
+            matches = self._partners_patients(partner_id, ident)
         for found in matches:
             same = found.content.get("birthDate") == patient.get("birthDate") and _family(found.content) == _family(
                 patient
@@ -298,6 +300,13 @@ class OrderService:
         body = {k: v for k, v in patient.items() if k not in ("id", "meta")}
         # Validated by _check_patient in this same command.
         return self.resources.create(self.work, body, reason="patient of a therapy order", shape_validated=True)
+
+    def _partners_patients(self, partner_id: str, ident: dict[str, Any]) -> list[Stored]:
+        matches = self.resources.find_by_identifier("Patient", ident["system"], str(ident["value"]))
+        if not matches:
+            return matches
+        mine = scope.patients_of(self.work.session, partner_id, [m.id for m in matches])
+        return [m for m in matches if m.id in mine]
 
     def _practitioner(self, practitioner: dict[str, Any]) -> Stored:
         for ident in practitioner.get("identifier", []):

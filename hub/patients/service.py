@@ -10,6 +10,8 @@ The rules that keep two people apart:
   the wrong identifier (a mix-up at the source) or a correction that a person must review. Other
   demographics (given names, gender, address, telecom, extra identifiers) are updated.
 * A new identifier is added to the stored patient only when it is held by nobody else.
+* All of this happens within the sending partner's own patients (``scope.py``): another partner's
+  patient is never matched, changed or revealed by a registration.
 
 Concurrency: on PostgreSQL each identifier is locked (transaction-scoped advisory lock) before it is
 looked up, so two hubs registering the same person at once cannot create two records; on SQLite
@@ -29,6 +31,7 @@ from hub.db.uow import Work
 from hub.errors import Conflict, Issue, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository, Stored
 from hub.fhirstore.validation import validate
+from hub.patients import scope
 from hub.patients.schemas import PatientView, RegisterPatient
 
 IDENTITY_FIELDS = ("family name", "birth date")
@@ -91,6 +94,10 @@ class PatientService:
         for system, value in keys:
             for stored in self.resources.find_by_identifier("Patient", system, value):
                 found[stored.id] = stored
+        # Only the sender's own patients are candidates (scope.py): another partner's patient
+        # with the same identifier is neither matched, nor updated, nor reported.
+        mine = scope.patients_of(self.work.session, cmd.source, found)
+        found = {pid: stored for pid, stored in found.items() if pid in mine}
         if len(found) > 1:
             raise Conflict(
                 "the identifiers of this patient belong to different patients in the hub; they are never merged "
@@ -100,6 +107,7 @@ class PatientService:
         if not found:
             # (the resource store validates it with fhir.resources R4B; once is enough)
             stored = self.resources.create(self.work, patient, reason=f"patient registered by {cmd.source}")
+            scope.own(self.work.session, cmd.source, stored.id)
             return PatientView(id=stored.id, version=stored.version_id, created=True, changed=True)
         validate(patient, "Patient")  # even when nothing changes, a malformed registration is refused
         current = next(iter(found.values()))
@@ -110,7 +118,7 @@ class PatientService:
                 "identity-defining data is never changed by a message — a person must review it",
                 [Issue(f"{field} differs from the registered patient", _where(field)) for field in changed],
             )
-        merged = self._merge(current.content, patient)
+        merged = self._merge(current.content, patient, cmd.source)
         if _comparable(merged) == _comparable(current.content):
             return PatientView(id=current.id, version=current.version_id, created=False, changed=False)
         merged["id"] = current.id
@@ -134,7 +142,7 @@ class PatientService:
             out.append("birth date")
         return out
 
-    def _merge(self, stored: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+    def _merge(self, stored: dict[str, Any], incoming: dict[str, Any], source: str) -> dict[str, Any]:
         merged = {k: v for k, v in stored.items() if k != "meta"}
         for key, value in incoming.items():
             if key in ("identifier", "resourceType"):
@@ -147,7 +155,8 @@ class PatientService:
             if not ident.get("system") or pair in known:
                 continue
             holders = self.resources.find_by_identifier("Patient", pair[0], pair[1])
-            if holders and any(h.id != stored.get("id") for h in holders):
+            others = scope.patients_of(self.work.session, source, [h.id for h in holders if h.id != stored.get("id")])
+            if others:
                 raise Conflict(
                     "an identifier in this message is held by another patient; records are never merged",
                     [Issue("identifier held by another patient", "Patient.identifier")],

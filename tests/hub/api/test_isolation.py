@@ -3,13 +3,14 @@ same on PostgreSQL with the application's filter switched off (row-level securit
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.hub.api.conftest import OPERATOR, ClientKey, bearer
-from tests.hub.api.fhir_data import order
+from tests.hub.api.fhir_data import order, patient
 
 TYPES_WITH_IDS = (
     "ServiceRequest",
@@ -215,3 +216,30 @@ def test_row_level_security_alone_denies(
             assert api.get(f"/fhir/{rtype}/{rid}/_history", headers=ha).status_code == 404
     # and B still sees its own through RLS
     assert api.get(f"/fhir/ServiceRequest/{b['ServiceRequest'][0]}", headers=hb).status_code == 200
+
+
+def test_an_mrn_is_matched_only_among_the_partners_own_patients(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """Hospital B sends hospital A's MRN. Matching across partners would be an oracle (a 409 tells
+    B the MRN exists) and a leak (B's order would link to, and let B read, A's Patient record). B
+    gets a record of its own instead; A's record is neither revealed nor changed."""
+    ha, hb = bearer(api, client_keys["st-marys"]), bearer(api, client_keys["lakeside-hospital"])
+    # Another person under A's MRN, and what may be the same person: each with an MRN of its own.
+    for family in ("Someone-Else", "Rivera"):
+        mrn = f"MRN-SHARED-{uuid.uuid4().hex[:8]}"
+        a = api.post("/fhir/ServiceRequest", json=order(pat=patient(mrn, family="Rivera")), headers=ha)
+        assert a.status_code == 201, a.text
+        a_patient = a.json()["subject"]["reference"]
+        b = api.post("/fhir/ServiceRequest", json=order(pat=patient(mrn, family=family)), headers=hb)
+        assert b.status_code == 201, b.text
+        assert b.json()["subject"]["reference"] != a_patient
+        assert api.get(f"/fhir/{a_patient}", headers=hb).status_code == 404
+    # Within one partner the collision rule still holds: A's MRN on another person is refused...
+    again = api.post("/fhir/ServiceRequest", json=order(pat=patient(mrn, family="Someone-Else")), headers=ha)
+    assert again.status_code == 409, again.text
+    # ...and A's next order for the same person reuses A's record, unchanged.
+    same = api.post("/fhir/ServiceRequest", json=order(pat=patient(mrn, family="Rivera")), headers=ha)
+    assert same.status_code == 201, same.text
+    assert same.json()["subject"]["reference"] == a_patient
+    assert api.get(f"/fhir/{a_patient}", headers=ha).json()["meta"]["versionId"] == "1"

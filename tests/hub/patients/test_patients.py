@@ -54,3 +54,32 @@ def test_registration_needs_mrn_family_and_birth_date(store: Store) -> None:
     with pytest.raises(ValidationFailed) as err:
         _register(store, body)
     assert {i.location for i in err.value.issues} >= {"Patient.name", "Patient.birthDate"}
+
+
+def test_another_partners_registration_never_matches_changes_or_reveals_a_patient(store: Store) -> None:
+    """ADT from hospital B carrying hospital A's MRN: not a conflict (that would tell B the MRN
+    exists), not an update of A's record (that would be B writing A's patient): B's own record."""
+    a = _register(store, patient("P-9", family="Rivera", birth="1971-03-09"))
+
+    def from_b(body: dict, mode: str = "register"):  # type: ignore[no-untyped-def,type-arg]
+        cmd = RegisterPatient(patient=body, source="lakeside-hospital", mode=mode)
+        return store.run(lambda w: PatientService(w).register(cmd))
+
+    other = patient("P-9", family="Other", birth="1980-01-01")
+    other["gender"] = "male"
+    b = from_b(other)
+    assert b.created
+    assert b.id != a.id
+    # B's next update finds B's record, and A's own identifier rules still apply within A.
+    assert from_b(other, "update").id == b.id
+    with pytest.raises(Conflict, match="family name"):
+        _register(store, patient("P-9", family="Other", birth="1971-03-09"))
+    stored_a = store.read(lambda s: ResourceRepository.from_session(s).read("Patient", a.id))
+    assert stored_a.version_id == 1
+    assert stored_a.content["name"][0]["family"] == "Rivera"
+    # An extra identifier that only another partner's patient holds does not block B either.
+    extra = patient("P-10", family="Novak", birth="1968-11-30")
+    _register(store, extra)
+    more = dict(other)
+    more["identifier"] = [*other["identifier"], dict(extra["identifier"][0])]
+    assert from_b(more, "update").id == b.id

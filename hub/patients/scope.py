@@ -1,0 +1,46 @@
+"""Which stored patients a partner may be matched to.
+
+A patient identifier (MRN) is matched only within the sending partner's own patients: those it
+registered (``fhir_resource_owner``: through the FHIR API or by an ADT registration) and the
+patients of orders it takes part in. Matching across partners would let one partner learn that
+another's MRN exists (a 409 "identifier already held" is an oracle), read another's Patient
+record by ordering for it, or overwrite its demographics with an ADT update. So a registration or
+order whose identifier is held only by other partners' patients gets a record of its own: two
+records for what may be one person, kept apart, never merged by the hub. The same rule is the
+read rule of partner isolation (``hub/api/isolation.py``), for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import insert, select, union
+from sqlalchemy.orm import Session
+
+from hub.db.models import OrderParticipant, TherapyOrder
+from hub.db.models_fhirapi import ResourceOwner
+
+
+def patients_of(session: Session, partner_id: str, candidate_ids: Collection[str]) -> set[str]:
+    """The subset of ``candidate_ids`` that are the partner's patients."""
+    if not candidate_ids:
+        return set()
+    ids = sorted(set(candidate_ids))
+    owned = select(ResourceOwner.resource_id).where(
+        ResourceOwner.resource_type == "Patient",
+        ResourceOwner.partner_id == partner_id,
+        ResourceOwner.resource_id.in_(ids),
+    )
+    via_orders = (
+        select(TherapyOrder.patient_id)
+        .join(OrderParticipant, OrderParticipant.order_id == TherapyOrder.id)
+        .where(OrderParticipant.partner_id == partner_id, TherapyOrder.patient_id.in_(ids))
+    )
+    return set(session.execute(union(owned, via_orders)).scalars())
+
+
+def own(session: Session, partner_id: str, patient_id: str) -> None:
+    """Record that the partner registered this patient (it is then one of its patients)."""
+    session.execute(
+        insert(ResourceOwner).values(resource_type="Patient", resource_id=patient_id, partner_id=partner_id)
+    )
