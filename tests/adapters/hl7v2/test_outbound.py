@@ -4,8 +4,10 @@ with the ACK awaited, retries with backoff, dead letters, replay, and every atte
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hl7apy.parser import parse_message
@@ -26,6 +28,7 @@ from hub.runtime import build_runtime
 from tests.adapters.hl7v2 import messages as m
 from tests.adapters.hl7v2.conftest import Loop
 from tests.builders import Driver, place_cmd
+from tests.support.tls import make_pki
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Hospital:
     script: list[str] = field(default_factory=list)  # AA | AE | AR | close | silent
     received: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
+    tls: ssl.SSLContext | None = None
 
     @property
     def port(self) -> int:
@@ -42,7 +46,7 @@ class Hospital:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -260,3 +264,49 @@ def test_order_placed_over_mllp_is_reported_back(
     assert "#1" in shown
     unmasked = ops.show(ctx, f"out:{_rows(store)[0].id}", unmasked=True)
     assert "MRN-OUT" in unmasked
+
+
+def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop, tmp_path: Path
+) -> None:
+    """An ``mllp+tls://`` endpoint: the hub checks the hospital's certificate against the profile's
+    ``mllp_ca`` and presents ``mllp_client_cert``; without that certificate nothing is delivered."""
+    pki = make_pki(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_cert))
+    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    server.verify_mode = ssl.CERT_REQUIRED
+    hospital = Hospital(tls=server)
+    loop.run(hospital.start())
+    bundle = tmp_path / "st-marys-client.pem"  # certificate and key in one PEM, as the profile says
+    bundle.write_bytes(pki.client_cert.read_bytes() + pki.client_key.read_bytes())
+    profile = partners.profiles["st-marys"]
+
+    def sender_with(secrets: dict[str, str]) -> OutboundSender:
+        tls_profile = profile.model_copy(update={"secrets": secrets})
+        return OutboundSender(
+            store,
+            PartnerDirectory({**partners.profiles, "st-marys": tls_profile}),
+            SenderSettings(max_attempts=1, backoff_base_s=0.01, ack_timeout_s=2.0, poll_s=0.05),
+            endpoint_overrides={"st-marys": f"mllp+tls://127.0.0.1:{hospital.port}"},
+        )
+
+    try:
+        store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+        _drain(ctx, loop)
+        anonymous = sender_with({"mllp_ca": f"file:{pki.ca_cert}"})
+        loop.run(anonymous.deliver_all(timeout_s=10))
+        loop.run(anonymous.close())
+        row = _rows(store)[0]
+        assert row.status == "dead"
+        assert hospital.received == []
+        assert [a.outcome for a in _attempts(store, row.id)] in (["connect-error"], ["io-error"])
+
+        store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+        _drain(ctx, loop)
+        mutual = sender_with({"mllp_ca": f"file:{pki.ca_cert}", "mllp_client_cert": f"file:{bundle}"})
+        assert loop.run(mutual.deliver_all(timeout_s=10)) == 1
+        loop.run(mutual.close())
+        assert [r.status for r in _rows(store)] == ["dead", "delivered"]
+        assert [parse(p).control_id for p in hospital.received] == [_rows(store)[1].control_id]
+    finally:
+        loop.run(hospital.stop())
