@@ -394,6 +394,7 @@ def fhir_register_client(
     timezone: Annotated[str, typer.Option(help="IANA zone for a new profile")] = "UTC",
     notify_url: Annotated[list[str] | None, typer.Option(help="allowed Subscription endpoint prefix")] = None,
     manufacturing: Annotated[str | None, typer.Option(help="default manufacturing site for its orders")] = None,
+    replace_key: Annotated[bool, typer.Option(help="with --generate-key: overwrite an existing key file")] = False,
 ) -> None:
     """Register a partner's FHIR client (public JWKS or JWKS URL, scopes) in its profile."""
     from adapters.registry import channel_schemas
@@ -417,6 +418,7 @@ def fhir_register_client(
             timezone=timezone,
             notify_urls=tuple(notify_url or ()),
             order_defaults={"manufacturing": manufacturing} if manufacturing else None,
+            replace_key=replace_key,
         )
     except (ValueError, ProfileLoadError) as exc:
         typer.echo(f"not registered: {exc}", err=True)

@@ -319,12 +319,12 @@ def run_demo(settings: Settings) -> int:
         _say("")
         _say(timeline.render(tl3, color=sys.stdout.isatty()))
         published = asyncio.run(_drain(ctx))
-        _say(f"\n3. Outbox relayed {published} events through the in-process bus.")
+        _say(f"\n5. Outbox drained: {published} more event(s) relayed through the in-process bus.")
         alerts = ctx.store.read(lambda s: AlertRepository.from_session(s).list(order_id=second.id))
         for alert in alerts:
             _say(f"   ALERT [{alert.severity}] {alert.kind}: {alert.message}")
         result = verify_chain(ctx.store)
-        _say(f"\n4. {result.describe()}")
+        _say(f"\n6. {result.describe()}")
         reported = deliver_to_hospital(ctx, first.id)
         _say(
             f"\nDone in {time.perf_counter() - started:.1f} s. Try:\n"

@@ -156,7 +156,7 @@ def deliver_to_hospital(ctx: HubContext, order_id: str) -> bool:
     )
     mine = [r for r in rows if r.status == "delivered"]
     _say(
-        f"\n5. The hub delivered {delivered} HL7 v2 message(s) to St Mary's MLLP endpoint 127.0.0.1:{port}{note}, "
+        f"\n7. The hub delivered {delivered} HL7 v2 message(s) to St Mary's MLLP endpoint 127.0.0.1:{port}{note}, "
         f"each acknowledged AA; {len(mine)} of them about order {order_id[:8]}…"
     )
     if not mine:

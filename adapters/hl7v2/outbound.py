@@ -278,6 +278,25 @@ class SenderSettings:
         return float(min(self.backoff_max_s, self.backoff_base_s * (2 ** max(0, attempts - 1))))
 
 
+def _log_failed_attempt(partner: str, due: Due, outcome: str, recorded: tuple[str, int, datetime] | None) -> None:
+    """One line per failed attempt for the operator (ids and codes only, no message content);
+    ``cgt-hub messages show out:<id>`` has the attempts in full."""
+    if recorded is None:
+        return
+    status, attempts, next_at = recorded
+    if status == "dead":
+        log.error("hl7v2 out:%s to %s dead after %d attempt(s): %s", due.id, partner, attempts, outcome)
+    else:
+        log.warning(
+            "hl7v2 out:%s to %s attempt %d failed: %s; next attempt at %s",
+            due.id,
+            partner,
+            attempts,
+            outcome,
+            next_at.strftime("%H:%M:%SZ"),
+        )
+
+
 def client_ssl_context(profile: Profile, endpoint: Endpoint) -> ssl.SSLContext | None:
     """TLS for an ``mllp+tls://`` endpoint; the profile's ``mllp_client_cert`` secret (a PEM with
     certificate and key) is presented for mutual TLS, ``mllp_ca`` (a PEM) overrides the trust store."""
@@ -402,19 +421,22 @@ class OutboundSender:
             )
         except DeliveryError as exc:
             elapsed = int((time.perf_counter() - started) * 1000)
-            await self.store.run_async(
+            recorded = await self.store.run_async(
                 self._record(due, exc.outcome, None, exc.detail, elapsed), actor=f"hl7v2-out:{partner}"
             )
+            _log_failed_attempt(partner, due, f"{exc.outcome} ({exc.detail})", recorded)
             return 0.0
         elapsed = int((time.perf_counter() - started) * 1000)
         code = ack_code_of(ack) or "bad-ack"
         final = code in ("AR", "CR")
-        await self.store.run_async(
+        recorded = await self.store.run_async(
             self._record(
                 due, code, ack, None if code in ("AA", "CA") else f"acknowledged {code}", elapsed, final=final
             ),
             actor=f"hl7v2-out:{partner}",
         )
+        if code not in ("AA", "CA"):
+            _log_failed_attempt(partner, due, code, recorded)
         if code in ("AA", "CA"):
             self.delivered += 1
         return 0.0
@@ -444,13 +466,14 @@ class OutboundSender:
 
     def _record(
         self, due: Due, outcome: str, ack: bytes | None, error: str | None, elapsed_ms: int, *, final: bool = False
-    ) -> Callable[[Work], None]:
+    ) -> Callable[[Work], tuple[str, int, datetime] | None]:
+        """The job that records one attempt; it returns (status, attempts, next attempt) for the log."""
         settings = self.settings
 
-        def job(work: Work) -> None:
+        def job(work: Work) -> tuple[str, int, datetime] | None:
             row = work.session.get(Hl7v2Outbound, due.id, with_for_update=True)
             if row is None or row.status != "pending":
-                return
+                return None
             row.attempts += 1
             work.session.add(
                 Hl7v2OutboundAttempt(
@@ -468,7 +491,7 @@ class OutboundSender:
                 row.delivered_at = work.now
                 row.ack_code = outcome
                 row.last_error = None
-                return
+                return (row.status, row.attempts, row.next_attempt_at)
             row.ack_code = outcome[:2] if outcome in ("AE", "AR", "CE", "CR") else row.ack_code
             row.last_error = (error or outcome)[:2000]
             if final or row.attempts >= settings.max_attempts:
@@ -496,6 +519,7 @@ class OutboundSender:
                 )
             else:
                 row.next_attempt_at = work.now + timedelta(seconds=settings.backoff(row.attempts))
+            return (row.status, row.attempts, row.next_attempt_at)
 
         return job
 

@@ -150,7 +150,7 @@ def order_over_fhir(ctx: HubContext, stamp: str, say: Callable[[str], None]) -> 
         tasks = http.get("/fhir/Task", params={"based-on": f"ServiceRequest/{sr['id']}", "_count": 3}, headers=auth)
         tasks.raise_for_status()
         say(
-            f"2b. FHIR order from {HOSPITAL}'s EHR (SMART token, ES384, {token.json()['expires_in']} s): "
+            f"3. FHIR order from {HOSPITAL}'s EHR (SMART token, ES384, {token.json()['expires_in']} s): "
             f"POST ServiceRequest → 201, CoI {r.headers.get('x-coi')}"
         )
         steps = [

@@ -76,6 +76,7 @@ def register_client(
     timezone: str = "UTC",
     notify_urls: tuple[str, ...] = (),
     order_defaults: dict[str, str] | None = None,
+    replace_key: bool = False,
 ) -> Registered:
     if sum(x is not None for x in (jwks, jwks_url, generate)) != 1:
         raise ValueError("give exactly one of: a JWKS file, a JWKS URL, or --generate-key PATH")
@@ -94,6 +95,9 @@ def register_client(
         resolved = generate.resolve()
         if profiles_dir.resolve() in resolved.parents:
             raise ValueError("refusing to write a private key into the profiles directory")
+        if resolved.exists() and not replace_key:
+            # A running client may be signing with it: a silent new pair would lock it out.
+            raise ValueError(f"{resolved} exists; to generate a new key pair there, pass --replace-key")
         key = generate_key(alg)
         resolved.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(resolved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

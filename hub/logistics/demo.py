@@ -54,7 +54,7 @@ def logistics_journey(ctx: HubContext, stamp: str, say: Callable[[str], None]) -
         collection="st-marys", manufacturing="leiden-cell-factory", treatment="st-marys", courier="polar-courier"
     )
     order = place(ctx, "car-t-fresh", f"DEMO-{stamp}-3", f"MRN-{stamp}-3", "Okoye", "Nia", "1980-05-17", sites)
-    say(f"5. Logistics: order {order.placer_number} → CoI {order.coi_eye_readable} (St Mary's, US → Leiden, NL)")
+    say(f"4. Logistics: order {order.placer_number} → CoI {order.coi_eye_readable} (St Mary's, US → Leiden, NL)")
     j = Journey(ctx, order, "hub.coordinator", {"st-marys": "apheresis.nurse", "leiden-cell-factory": "goods.in"})
     j.advance("collection-scheduled")
     j.verify("collection", site="st-marys")
@@ -136,7 +136,7 @@ def logistics_journey(ctx: HubContext, stamp: str, say: Callable[[str], None]) -
             say("   → custody Polar → Leiden recorded, stage received-at-manufacturing (receipt verified)")
             alerts = http.get("/alerts", params={"order": order.id}, headers=auth).json()
             for alert in alerts:
-                say(f"   ALERT [{alert['severity']}] {alert['kind']}: {alert['message'][:110]}")
+                say(f"   ALERT [{alert['severity']}] {alert['kind']}: {alert['message']}")
     j.order = ctx.store.read(lambda s: _view(s, order.id))
     return j.order
 

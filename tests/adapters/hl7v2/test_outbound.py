@@ -207,7 +207,7 @@ def test_rejected_is_dead_at_once_and_does_not_block_the_next(
 
 
 def test_unreachable_hospital_is_recorded_per_attempt(
-    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop
+    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.run(lambda w: OrderService(w, partners).place(place_cmd()))
     _drain(ctx, loop)
@@ -221,6 +221,10 @@ def test_unreachable_hospital_is_recorded_per_attempt(
     row = _rows(store)[0]
     assert row.status == "dead"
     assert [a.outcome for a in _attempts(store, row.id)] == ["connect-error", "connect-error"]
+    # ...and told to the operator, one line per attempt (ids and codes, no message content)
+    lines = [r.getMessage() for r in caplog.records if r.name == "adapters.hl7v2.outbound"]
+    assert any(f"out:{row.id} to st-marys attempt 1 failed: connect-error" in m for m in lines)
+    assert any(f"out:{row.id} to st-marys dead after 2 attempt(s)" in m for m in lines)
 
 
 def test_partner_message_type_is_honoured(
