@@ -30,12 +30,13 @@ from fhirpathpy import compile as fhirpath_compile
 
 from hub.errors import Issue, ValidationFailed
 from hub.fhirstore.validation import validate
+from hub.orders import fhir
 
 CONFORMANCE_DIR = Path(__file__).resolve().parents[2] / "conformance"
 HUB = "https://cgt-hub.org/fhir"
 THERAPY_ORDER = f"{HUB}/StructureDefinition/cgt-therapy-order"
 CGT_PATIENT = f"{HUB}/StructureDefinition/cgt-patient"
-SITE_EXTENSION = f"{HUB}/StructureDefinition/cgt-site"
+SITE_EXTENSION = fhir.SITE_EXTENSION  # one definition, in the core's FHIR shapes
 SITE_ROLE_SYSTEM = f"{HUB}/CodeSystem/site-role"
 
 Evaluator = Callable[..., list[Any]]

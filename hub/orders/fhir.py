@@ -17,6 +17,7 @@ PRODUCT_SYSTEM = f"{HUB}/fhir/CodeSystem/therapy-product"
 STAGE_SYSTEM = f"{HUB}/fhir/CodeSystem/journey-stage"
 QC_SYSTEM = f"{HUB}/fhir/CodeSystem/release-test"
 EXT_COI_CHECK = f"{HUB}/fhir/StructureDefinition/coi-check-character"
+SITE_EXTENSION = f"{HUB}/fhir/StructureDefinition/cgt-site"
 
 
 def placer_system(partner: str) -> str:
@@ -66,9 +67,16 @@ def service_request(
     performer_refs: list[str],
     authored: datetime,
     note: str | None,
+    sites: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """The order's ServiceRequest. ``sites`` (role, partner id) are the sites the order was placed
+    with, defaults included: they replace whatever site extensions the sender wrote, so the
+    stored order (and the answer to a FHIR create) says which partner plays which role."""
     sr: dict[str, Any] = dict(base or {})
     sr["resourceType"] = "ServiceRequest"
+    if sites is not None:
+        kept = [e for e in sr.get("extension", []) if not (isinstance(e, dict) and e.get("url") == SITE_EXTENSION)]
+        sr["extension"] = [*kept, *(site_extension(role, partner) for role, partner in sites)]
     sr.pop("id", None)
     sr.pop("meta", None)
     idents = [i for i in sr.get("identifier", []) if i.get("system") not in (COI_SYSTEM,)]
@@ -92,6 +100,16 @@ def service_request(
     if note:
         sr["note"] = [*sr.get("note", []), {"text": note}]
     return sr
+
+
+def site_extension(role: str, partner: str) -> dict[str, Any]:
+    return {
+        "url": SITE_EXTENSION,
+        "extension": [
+            {"url": "role", "valueCode": role},
+            {"url": "partner", "valueIdentifier": {"system": PARTNER_SYSTEM, "value": partner}},
+        ],
+    }
 
 
 def task(

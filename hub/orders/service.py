@@ -153,6 +153,7 @@ class OrderService:
             performer_refs=[site_orgs["manufacturing"]],
             authored=work.now,
             note=cmd.note,
+            sites=self._site_pairs(cmd),
         )
         self.resources.create(work, sr, id=order_id, reason="therapy order accepted")
         fhir.validated_task_shapes(product)

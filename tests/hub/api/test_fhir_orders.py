@@ -20,6 +20,18 @@ def test_post_service_request_places_an_order(api: TestClient, client_keys: dict
     assert r.headers["location"].endswith(f"/fhir/ServiceRequest/{sr['id']}/_history/1")
     assert sr["subject"]["reference"].startswith("Patient/")
     assert "contained" not in sr
+    # The answer names every site the order was placed with, the defaulted ones included.
+    sites = {}
+    for ext in sr["extension"]:
+        if ext["url"].endswith("/cgt-site"):
+            parts = {e["url"]: e for e in ext["extension"]}
+            sites[parts["role"]["valueCode"]] = parts["partner"]["valueIdentifier"]["value"]
+    assert sites == {
+        "collection": "st-marys",
+        "manufacturing": "leiden-cell-factory",
+        "treatment": "st-marys",
+        "lab": "northlab-analytics",
+    }
     tasks = api.get("/fhir/Task", params={"based-on": f"ServiceRequest/{sr['id']}"}, headers=h).json()
     assert len(tasks["entry"]) >= 10
     patient = api.get(f"/fhir/{sr['subject']['reference']}", headers=h)
