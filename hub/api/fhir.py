@@ -246,6 +246,9 @@ async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: Form
             result = svc.batch(doc, _bundle_reader(svc, base), prefer)
         else:
             raise BadRequest(f"Bundle.type {kind!r}: only transaction and batch are processed here")
+        for entry in result.get("entry", []):  # Bundle.entry.fullUrl is an absolute URL
+            if "fullUrl" in entry and "://" not in entry["fullUrl"]:
+                entry["fullUrl"] = f"{base}/{entry['fullUrl']}"
         return Reply(200, {"Content-Type": FHIR_JSON}, canonical.dumpb(result))
 
     return await _write(request, ctx, principal, "Bundle.transaction", handle)

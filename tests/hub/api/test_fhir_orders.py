@@ -46,6 +46,7 @@ def test_transaction_with_patient_and_order(api: TestClient, client_keys: dict[s
     assert resp["type"] == "transaction-response"
     statuses = [e["response"]["status"] for e in resp["entry"]]
     assert statuses == ["201 Created", "201 Created", "201 Created"]
+    assert all(e["fullUrl"].startswith("http") and "/fhir/" in e["fullUrl"] for e in resp["entry"])
     sr_loc = resp["entry"][0]["response"]["location"]
     pat_loc = resp["entry"][1]["response"]["location"]
     sr = api.get(f"/fhir/{sr_loc.rsplit('/_history', 1)[0]}", headers=h).json()
