@@ -124,6 +124,8 @@ def audit_verify(
     finally:
         store.dispose()
     typer.echo(result.describe())
+    if result.ok and cp is not None:
+        typer.echo(f"checkpoint {checkpoint}: entry {cp.size} still has hash {cp.head} (nothing before it changed)")
     raise typer.Exit(0 if result.ok else 1)
 
 

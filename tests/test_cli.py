@@ -59,6 +59,9 @@ def test_audit_checkpoint_catches_truncation(demo_dir: Path, tmp_path: Path) -> 
     cp = run(["audit", "checkpoint", "--out", str(tmp_path / "cp.json")], work)
     assert cp.returncode == 0
     size = json.loads(cp.stdout)["size"]
+    intact = run(["audit", "verify", "--checkpoint", str(tmp_path / "cp.json")], work)
+    assert intact.returncode == 0
+    assert f"entry {size} still has hash" in intact.stdout  # says the checkpoint was compared
     con = sqlite3.connect(work / "var" / "cgthub.db")
     last = con.execute("SELECT seq, prev_hash FROM audit_entry ORDER BY seq DESC LIMIT 2").fetchall()
     con.execute("DELETE FROM audit_entry WHERE seq = ?", (size,))
