@@ -36,7 +36,8 @@ def serve(kind: str, port: int, db_url: str) -> None:
     import uvicorn
 
     if kind == "bare":
-        app = FastAPI()
+        # The hub's default: FastAPI's native OpenTelemetry off (CGTHUB_OTEL_ENABLED=false).
+        app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
 
         @app.post("/webhooks/couriers/{partner}")
         async def bare(partner: str, request: Request) -> Response:

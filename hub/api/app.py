@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -79,7 +80,10 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
             if runtime is not None:
                 await runtime.stop()
 
-    app = FastAPI(title="CGT Hub", version=__version__, lifespan=lifespan)
+    telemetry: TelemetryConfig | None = (
+        None if ctx.settings.otel_enabled else {"tracing": False, "metrics": False, "logs": False}
+    )
+    app = FastAPI(title="CGT Hub", version=__version__, lifespan=lifespan, telemetry=telemetry)
     app.state.ctx = ctx
     app.state.runtime = runtime
     app.state.tokens = TokenService(ctx.settings, ctx.store, ctx.partners)
