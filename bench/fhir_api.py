@@ -54,7 +54,8 @@ def _serve(kind: str, db: str, jwks_file: str, port_file: str) -> None:
     import uvicorn
 
     if kind == "baseline":
-        app = FastAPI()
+        # The hub's default: FastAPI's native OpenTelemetry off (CGTHUB_OTEL_ENABLED=false).
+        app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
 
         @app.post("/fhir/ServiceRequest")
         async def create(request: Request) -> JSONResponse:
