@@ -20,7 +20,6 @@ Rules that are not plain REST:
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +39,12 @@ from hub.db.uow import Work
 from hub.errors import Conflict, Forbidden, GuardFailed, HubError, Issue, NotFound, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository, SearchParam, Stored, search_conditions
 from hub.fhirstore.validation import SUPPORTED_TYPES
+from hub.ids import uuid7
 from hub.orders.repository import OrderRepository
 from hub.orders.schemas import Cancel
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory, resolve_secret
+from hub.patients import scope
 
 READ_ONLY_TYPES = frozenset({"AuditEvent"})
 WRITABLE_TYPES = tuple(t for t in SUPPORTED_TYPES if t not in READ_ONLY_TYPES)
@@ -192,22 +193,18 @@ class FhirService:
             found = self._existing(rtype, params)
             if found is not None:
                 return Result(200, found)
-            rid = str(uuid.uuid4())
+            rid = uuid7()
             raced = self._claim(rtype, params, rid)
             if raced is not None:
                 return Result(200, raced)
             return Result(201, self._create(body, rid))
-        return Result(201, self._create(body, str(uuid.uuid4())))
+        return Result(201, self._create(body, uuid7()))
 
     def _create(self, body: dict[str, Any], rid: str) -> Stored:
         stored = self.repo.create(self.work, body, id=rid, reason=f"FHIR create by {self.principal.actor}")
         self.created.add((stored.resource_type, stored.id))
         if self.principal.partner_id is not None:
-            self.work.session.execute(
-                insert(ResourceOwner).values(
-                    resource_type=stored.resource_type, resource_id=stored.id, partner_id=self.principal.partner_id
-                )
-            )
+            scope.own(self.work.session, self.principal.partner_id, stored.id, stored.resource_type)
         return stored
 
     def _existing(self, rtype: str, params: list[SearchParam]) -> Stored | None:
@@ -496,7 +493,7 @@ class FhirService:
                 if rtype == "ServiceRequest" and not self.principal.is_operator:
                     orders.add(i)
                 else:
-                    ids[full] = f"{rtype}/{uuid.uuid4()}"
+                    ids[full] = f"{rtype}/{uuid7()}"
             elif isinstance(full, str) and full and method == "PUT":
                 url = entry["request"]["url"]
                 if "?" not in url:

@@ -32,6 +32,7 @@ from hub.errors import GuardFailed, HubError, Issue, NotFound, ValidationFailed
 from hub.events import AlertRaised, EventType, ShipmentBookingRequested, ShipmentStatusChanged
 from hub.fhirstore.repository import ResourceRepository
 from hub.identity.service import IdentityService
+from hub.ids import uuid7
 from hub.logistics import fhir
 from hub.logistics.policy import Policy
 from hub.logistics.ports import BookingResult
@@ -170,7 +171,7 @@ class ShipmentService:
         key = shipment.idempotency_key
         self.repo.add(
             OutboundWork(
-                id=str(uuid.uuid4()),
+                id=uuid7(),
                 kind="booking",
                 partner=shipment.courier,
                 subject_id=shipment.id,
@@ -271,7 +272,7 @@ class ShipmentService:
                 [Issue("customs partner missing for an international leg", "customs_partner")],
             )
         now = self.work.now
-        shipment_id = str(uuid.uuid4())
+        shipment_id = uuid7()
         shipment = Shipment(
             id=shipment_id,
             order_id=order.id,
@@ -499,7 +500,7 @@ class ShipmentService:
         s.updated_at = self.work.now
         self.repo.add(
             ShipmentEvent(
-                id=str(uuid.uuid4()),
+                id=uuid7(),
                 shipment_id=s.id,
                 order_id=order.id,
                 inbox_message_id=event.inbox_message_id,

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +23,7 @@ from hub.alerts.service import AlertService
 from hub.db.models_logistics import OutboundAttempt, OutboundWork
 from hub.db.types import utcnow
 from hub.db.uow import Store, Work
+from hub.ids import uuid7
 from hub.logistics.customs import CustomsService
 from hub.logistics.policy import Policy
 from hub.logistics.ports import (
@@ -215,7 +215,7 @@ class OutboundDispatcher:
             finished = not keep or result is True
             work.session.add(
                 OutboundAttempt(
-                    id=str(uuid.uuid4()),
+                    id=uuid7(),
                     work_id=row.id,
                     attempt=_attempt_no(work, row.id),
                     at=work.now,
@@ -248,7 +248,7 @@ class OutboundDispatcher:
             final = not exc.retryable or row.attempts >= self.policy.outbound_max_attempts
             work.session.add(
                 OutboundAttempt(
-                    id=str(uuid.uuid4()),
+                    id=uuid7(),
                     work_id=row.id,
                     attempt=_attempt_no(work, row.id),
                     at=work.now,

@@ -11,7 +11,6 @@ appointment at a time.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -25,6 +24,7 @@ from hub.db.uow import Work
 from hub.errors import GuardFailed, Issue, NotFound, ValidationFailed
 from hub.events import CollectionScheduled, EventType
 from hub.fhirstore.repository import ResourceRepository
+from hub.ids import uuid7
 from hub.orders import fhir
 from hub.orders.repository import OrderRepository
 from hub.orders.schemas import Advance
@@ -119,7 +119,7 @@ class SchedulingService:
         before = None if row is None else _snapshot(row)
         if row is None:
             row = CollectionAppointment(
-                id=str(uuid.uuid4()),
+                id=uuid7(),
                 order_id=order.id,
                 partner=cmd.partner,
                 appointment_id=cmd.appointment_id,

@@ -17,7 +17,7 @@ from collections.abc import Collection
 from sqlalchemy import insert, select, union
 from sqlalchemy.orm import Session
 
-from hub.db.models import OrderParticipant, TherapyOrder
+from hub.db.models import OrderParticipant, TherapyOrder, table_of
 from hub.db.models_fhirapi import ResourceOwner
 
 
@@ -39,8 +39,14 @@ def patients_of(session: Session, partner_id: str, candidate_ids: Collection[str
     return set(session.execute(union(owned, via_orders)).scalars())
 
 
-def own(session: Session, partner_id: str, patient_id: str) -> None:
-    """Record that the partner registered this patient (it is then one of its patients)."""
-    session.execute(
-        insert(ResourceOwner).values(resource_type="Patient", resource_id=patient_id, partner_id=partner_id)
+# A prebuilt Core statement on the connection: the ORM-enabled ``session.execute(insert(...))``
+# cost ~390 µs per row against ~75 µs (measured on SQLite), once per new patient or FHIR create.
+_OWN = insert(table_of(ResourceOwner))
+
+
+def own(session: Session, partner_id: str, patient_id: str, resource_type: str = "Patient") -> None:
+    """Record that the partner registered (created) this resource: a patient is then one of its
+    patients, and partner isolation lets it read what it created."""
+    session.connection().execute(
+        _OWN, {"resource_type": resource_type, "resource_id": patient_id, "partner_id": partner_id}
     )
