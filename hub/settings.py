@@ -119,9 +119,10 @@ class Settings(BaseSettings):
     hl7v2_outbound_poll_s: float = 0.5
 
     log_level: str = "INFO"
-    # FastAPI's native OpenTelemetry spans and metrics (exported where the OTEL_* environment
-    # variables say). Off by default: /metrics already serves Prometheus counters, and the check
+    # FastAPI's native OpenTelemetry request spans and metrics, for an SDK the operator installs
+    # and configures. Off by default: /metrics already serves Prometheus counters, and the check
     # whether an OpenTelemetry provider is configured costs ~4 % of a webhook's server time.
+    # (Its logs signal stays off regardless: it records exception messages, which may carry PHI.)
     otel_enabled: bool = False
 
     # Logistics (issue 5): CGTHUB_LOGISTICS__SWEEP_S=… and so on.

@@ -80,9 +80,12 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
             if runtime is not None:
                 await runtime.stop()
 
-    telemetry: TelemetryConfig | None = (
-        None if ctx.settings.otel_enabled else {"tracing": False, "metrics": False, "logs": False}
-    )
+    # FastAPI's OpenTelemetry "logs" signal records exception messages, which may carry PHI: off always.
+    telemetry: TelemetryConfig = {
+        "tracing": ctx.settings.otel_enabled,
+        "metrics": ctx.settings.otel_enabled,
+        "logs": False,
+    }
     app = FastAPI(title="CGT Hub", version=__version__, lifespan=lifespan, telemetry=telemetry)
     app.state.ctx = ctx
     app.state.runtime = runtime
