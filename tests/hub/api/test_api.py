@@ -95,3 +95,17 @@ def test_errors_are_operation_outcomes(client: TestClient) -> None:
     notfhir = client.get("/nothing-here")
     assert notfhir.status_code == 404
     assert notfhir.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_fastapi_opentelemetry_is_opt_in_and_never_logs(
+    store: Store, partners: PartnerDirectory, db_url: str, enabled: bool
+) -> None:
+    """CGTHUB_OTEL_ENABLED switches FastAPI's request spans and metrics; its logs signal, which
+    records exception messages (possibly PHI), stays off either way."""
+    settings = Settings(database_url=db_url, otel_enabled=enabled)
+    app = create_app(HubContext(settings, store, partners))
+    config = app._native_telemetry.config  # FastAPI's resolved telemetry settings
+    assert config["tracing"] is enabled
+    assert config["metrics"] is enabled
+    assert config["logs"] is False
