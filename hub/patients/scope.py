@@ -41,6 +41,8 @@ def patients_of(session: Session, partner_id: str, candidate_ids: Collection[str
 
 # A prebuilt Core statement on the connection: the ORM-enabled ``session.execute(insert(...))``
 # cost ~390 µs per row against ~75 µs (measured on SQLite), once per new patient or FHIR create.
+# (bulk.insert_rows, the driver path, saves another ~25 µs on SQLite but is a COPY on PostgreSQL:
+# 730 µs for one row against 302 µs for this statement.)
 _OWN = insert(table_of(ResourceOwner))
 
 
