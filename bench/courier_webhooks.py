@@ -36,8 +36,10 @@ def serve(kind: str, port: int, db_url: str) -> None:
     import uvicorn
 
     if kind == "bare":
-        # The hub's default: FastAPI's native OpenTelemetry off (CGTHUB_OTEL_ENABLED=false).
-        app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
+        from hub.api.app import telemetry
+
+        # The hub's default telemetry setting (CGTHUB_OTEL_ENABLED=false), as the hub runs with.
+        app = FastAPI(telemetry=telemetry(False))
 
         @app.post("/webhooks/couriers/{partner}")
         async def bare(partner: str, request: Request) -> Response:

@@ -54,8 +54,10 @@ def _serve(kind: str, db: str, jwks_file: str, port_file: str) -> None:
     import uvicorn
 
     if kind == "baseline":
-        # The hub's default: FastAPI's native OpenTelemetry off (CGTHUB_OTEL_ENABLED=false).
-        app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
+        from hub.api.app import telemetry
+
+        # The hub's default telemetry setting (CGTHUB_OTEL_ENABLED=false), as the hub runs with.
+        app = FastAPI(telemetry=telemetry(False))
 
         @app.post("/fhir/ServiceRequest")
         async def create(request: Request) -> JSONResponse:

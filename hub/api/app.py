@@ -69,6 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def telemetry(enabled: bool) -> TelemetryConfig:
+    """FastAPI's native OpenTelemetry settings (``CGTHUB_OTEL_ENABLED``). Its "logs" signal records
+    exception messages, which may carry PHI: off always."""
+    return {"tracing": enabled, "metrics": enabled, "logs": False}
+
+
 def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,13 +86,9 @@ def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
             if runtime is not None:
                 await runtime.stop()
 
-    # FastAPI's OpenTelemetry "logs" signal records exception messages, which may carry PHI: off always.
-    telemetry: TelemetryConfig = {
-        "tracing": ctx.settings.otel_enabled,
-        "metrics": ctx.settings.otel_enabled,
-        "logs": False,
-    }
-    app = FastAPI(title="CGT Hub", version=__version__, lifespan=lifespan, telemetry=telemetry)
+    app = FastAPI(
+        title="CGT Hub", version=__version__, lifespan=lifespan, telemetry=telemetry(ctx.settings.otel_enabled)
+    )
     app.state.ctx = ctx
     app.state.runtime = runtime
     app.state.tokens = TokenService(ctx.settings, ctx.store, ctx.partners)

@@ -13,14 +13,14 @@ from hub.context import HubContext
 from hub.errors import AuthenticationFailed
 
 
-# Dependencies that do no I/O are ``async def``: FastAPI would run a plain ``def`` in its thread
-# pool, a thread hop per request (measured: a sixth of a webhook's time under load).
 def app_context(request: Request) -> HubContext:
     """The hub context of the app serving ``request`` (for routes that skip dependency injection)."""
     ctx: HubContext = request.app.state.ctx
     return ctx
 
 
+# Dependencies that do no I/O are ``async def``: FastAPI would run a plain ``def`` in its thread
+# pool, a thread hop per request (measured: a sixth of a webhook's time under load).
 async def get_ctx(request: Request) -> HubContext:
     return app_context(request)
 

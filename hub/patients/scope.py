@@ -46,9 +46,9 @@ def patients_of(session: Session, partner_id: str, candidate_ids: Collection[str
 _OWN = insert(table_of(ResourceOwner))
 
 
-def own(session: Session, partner_id: str, patient_id: str, resource_type: str = "Patient") -> None:
+def own(session: Session, partner_id: str, resource_id: str, resource_type: str = "Patient") -> None:
     """Record that the partner registered (created) this resource: a patient is then one of its
     patients, and partner isolation lets it read what it created."""
     session.connection().execute(
-        _OWN, {"resource_type": resource_type, "resource_id": patient_id, "partner_id": partner_id}
+        _OWN, {"resource_type": resource_type, "resource_id": resource_id, "partner_id": partner_id}
     )
