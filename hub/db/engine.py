@@ -18,6 +18,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+# How long a SQLite connection waits for a lock before it reports the database busy.
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
 
 class DurabilityError(RuntimeError):
     """The database would acknowledge commits it has not made durable."""
@@ -38,7 +41,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
-        connect_args={"timeout": 30, "check_same_thread": False},
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         pool_size=8,
         max_overflow=8,
     )
@@ -51,7 +54,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
         cur.close()
 
