@@ -112,6 +112,50 @@ def site_extension(role: str, partner: str) -> dict[str, Any]:
     }
 
 
+def without_site_extensions(sr: dict[str, Any], sites: list[tuple[str, str]]) -> dict[str, Any]:
+    """The ServiceRequest minus the site extensions the hub built for ``sites`` (compared by value:
+    an extension the sender wrote stays). What is left, the sender's content and the hub's own
+    fields, is what order acceptance validates; the site extensions' shape is validated once per
+    role (:func:`validated_site_extension_shapes`). The hub's extensions come after the sender's,
+    so an issue's FHIRPath (``ServiceRequest.extension[0]...``) is the same as in the stored order.
+
+    Why: fhir.resources validates each Extension through ~55 choice fields in Python; the three
+    Extension instances per site were ~0.36 ms of the ~0.5 ms an order's ServiceRequest took to
+    validate (measured on this machine), a tenth of an order's acceptance time."""
+    built = [site_extension(role, partner) for role, partner in sites]
+    kept = [e for e in sr.get("extension", []) if e not in built]
+    out = {k: v for k, v in sr.items() if k != "extension"}
+    if kept:
+        out["extension"] = kept
+    return out
+
+
+# A partner id as the profile schema admits it (hub/partners/schemas.py: ^[a-z0-9][a-z0-9-]{1,62}$).
+_SAMPLE_PARTNER = "a0"
+
+
+@lru_cache(maxsize=32)
+def validated_site_extension_shapes(roles: tuple[str, ...]) -> bool:
+    """Validate, once per set of roles, a ServiceRequest carrying one site extension per role.
+
+    A site extension differs from these only in the partner id, which order acceptance takes from
+    a loaded partner profile (so it matches the schema's pattern: a valid FHIR string and
+    identifier value). A test validates real stored orders whole."""
+    from hub.fhirstore.validation import validate
+
+    validate(
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/00000000-0000-4000-8000-000000000000"},
+            "extension": [site_extension(role, _SAMPLE_PARTNER) for role in roles],
+        },
+        "ServiceRequest",
+    )
+    return True
+
+
 def task(
     *, order_id: str, index: int, stage: Stage, coi: CoI, patient_ref: str, status: str, authored: datetime
 ) -> dict[str, Any]:

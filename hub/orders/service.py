@@ -138,7 +138,8 @@ class OrderService:
         work = self.work
         patient = self._patient(cmd.patient, cmd.ordering_partner)
         practitioner = self._practitioner(cmd.requester)
-        site_orgs = self._organizations(dict(self._site_pairs(cmd)))
+        sites = self._site_pairs(cmd)
+        site_orgs = self._organizations(dict(sites))
 
         order_id = uuid7()
         coi = make_coi(self.fin, work.now.year, self.orders.next_coi_number(self.fin, f"{work.now.year % 100:02d}"))
@@ -153,9 +154,12 @@ class OrderService:
             performer_refs=[site_orgs["manufacturing"]],
             authored=work.now,
             note=cmd.note,
-            sites=self._site_pairs(cmd),
+            sites=sites,
         )
-        self.resources.create(work, sr, id=order_id, reason="therapy order accepted")
+        # Every site is a loaded partner (_check_partners): its extension has a validated shape.
+        fhir.validated_site_extension_shapes(tuple(role for role, _ in sites))
+        validate(fhir.without_site_extensions(sr, sites), "ServiceRequest")
+        self.resources.create(work, sr, id=order_id, reason="therapy order accepted", shape_validated=True)
         fhir.validated_task_shapes(product)
         for index, stage in enumerate(product.stages):
             status = "completed" if index == 0 else "ready" if index == 1 else "requested"
@@ -189,9 +193,7 @@ class OrderService:
             updated_at=work.now,
         )
         self.orders.add(order)
-        participants = {(cmd.ordering_partner, "ordering")} | {
-            (pid, ROLE_FOR_SITE[role]) for role, pid in self._site_pairs(cmd)
-        }
+        participants = {(cmd.ordering_partner, "ordering")} | {(pid, ROLE_FOR_SITE[role]) for role, pid in sites}
         self.orders.add_participants(order_id, participants)
         self.orders.add_transition(
             id=uuid7(),

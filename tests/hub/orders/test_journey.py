@@ -10,7 +10,8 @@ from hub.db.types import utcnow
 from hub.db.uow import Store
 from hub.errors import AuthenticationFailed, Conflict, Forbidden, GuardFailed, InvalidScan, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository, SearchParam, search
-from hub.orders.fhir import COI_SYSTEM, task_id
+from hub.fhirstore.validation import validate
+from hub.orders.fhir import COI_SYSTEM, SITE_EXTENSION, task_id
 from hub.orders.schemas import Advance, Cancel, PlaceHold, RecordResult, ReleaseHold, SignerCredentials
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
@@ -113,6 +114,35 @@ def test_order_validation_lists_every_issue(store: Store, partners: PartnerDirec
     where = {i.location for i in info.value.issues}
     assert "ordering_partner" in where
     assert "Patient.birthDate" in where
+
+
+def test_accepted_order_resources_validate_whole(store: Store, partners: PartnerDirectory) -> None:
+    """Acceptance validates the site extensions and Tasks by shape (hub/orders/fhir.py); the stored
+    resources, as a partner reads them, must still be valid R4 as a whole."""
+    d = Driver.place(store, partners)
+    with store.reading() as s:
+        repo = ResourceRepository.from_session(s)
+        sr = repo.read("ServiceRequest", d.order.id).content
+        roles = {
+            x["valueCode"]
+            for e in sr["extension"]
+            if e["url"] == SITE_EXTENSION
+            for x in e["extension"]
+            if x["url"] == "role"
+        }
+        assert roles == {"collection", "manufacturing", "treatment", "lab", "courier"}
+        validate(sr, "ServiceRequest")
+        for i in range(len(d.product.stages)):
+            validate(repo.read("Task", task_id(d.order.id, i)).content, "Task")
+
+
+def test_a_senders_invalid_extension_is_refused_at_its_own_path(store: Store, partners: PartnerDirectory) -> None:
+    own = {"url": "https://st-marys.example/ext", "valueDate": "2026-02-30"}
+    cmd = place_cmd(service_request={"extension": [own]})
+    with pytest.raises(ValidationFailed) as info:
+        store.run(lambda w: OrderService(w, partners).place(cmd))
+    assert any(i.location.startswith("ServiceRequest.extension[0]") for i in info.value.issues)
+    assert counts(store)["therapy_order"] == 0
 
 
 def test_mismatch_holds_and_only_qa_signature_releases(store: Store, partners: PartnerDirectory) -> None:
