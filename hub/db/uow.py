@@ -21,6 +21,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
@@ -348,6 +349,8 @@ class WalCheckpointer:
         self.restart_frames = restart_frames  # 16,384 frames of 4 KiB pages: a ~64 MiB WAL
         self.truncate_wanted = threading.Event()
         self.truncations = 0
+        self._backoff_s = 0.0
+        self._not_before = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cgthub-wal-checkpoint", daemon=True)
 
@@ -359,16 +362,20 @@ class WalCheckpointer:
         self._thread.join(timeout=30)
         self._checkpoint("TRUNCATE")
 
-    def truncate(self, readers_wait_ms: int = 200) -> bool:
+    def truncate(self, readers_wait_ms: int = 100) -> bool:
         """Copy the rest of the WAL back and truncate it; True when done. Called by the writer
         between batches. It waits at most ``readers_wait_ms`` for readers of older snapshots (a
-        long report, say): writes wait while it does, so a busy database is retried after the
-        next batch instead."""
+        long report, say), and writes wait while it does; so when readers hold it up it is asked
+        for again only after a back-off that doubles up to a minute, not after every batch."""
+        self.truncate_wanted.clear()
         result = self._checkpoint("TRUNCATE", busy_timeout_ms=readers_wait_ms)
         done = result is not None and result[0] == 0
         if done:
-            self.truncate_wanted.clear()
             self.truncations += 1
+            self._backoff_s = 0.0
+        else:
+            self._backoff_s = min(60.0, max(self.interval_s, self._backoff_s * 2))
+        self._not_before = time.monotonic() + self._backoff_s
         return done
 
     def _checkpoint(self, mode: str, busy_timeout_ms: int | None = None) -> tuple[int, int, int] | None:
@@ -395,7 +402,7 @@ class WalCheckpointer:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             result = self._checkpoint("PASSIVE")
-            if result is not None and result[1] > self.restart_frames:
+            if result is not None and result[1] > self.restart_frames and time.monotonic() >= self._not_before:
                 self.truncate_wanted.set()
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+import time
 import uuid
 
 import psycopg
@@ -144,5 +146,56 @@ def test_the_wal_is_truncated_under_steady_writes(sqlite_url: str) -> None:
         assert checkpointer.truncations >= 1
         assert max(sizes) < 24 * 2**20, f"the WAL grew to {max(sizes) / 2**20:.0f} MiB"
         assert store.read(lambda s: s.execute(text("SELECT count(*) FROM scratch")).scalar_one()) == 4000
+    finally:
+        store.dispose()
+
+
+def test_a_long_reader_holds_up_the_wal_truncation_but_not_the_writes(sqlite_url: str) -> None:
+    """A reader on an old snapshot (a long report) keeps the WAL from being truncated. The writer
+    then tries again only after a doubling back-off, so writes go on instead of waiting on every
+    batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from hub.db.uow import open_store
+
+    store = open_store(sqlite_url)
+    with store.write_engine.begin() as conn:
+        conn.execute(text("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"))
+    store.start_committer()
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.interval_s = 0.02
+    checkpointer.restart_frames = 64
+    attempts: list[bool] = []
+    truncate = checkpointer.truncate
+
+    def counted(readers_wait_ms: int = 100) -> bool:
+        attempts.append(truncate(readers_wait_ms))
+        return attempts[-1]
+
+    checkpointer.truncate = counted  # type: ignore[method-assign]
+    body = bytes(range(256)) * 32
+
+    def write(_: int) -> None:
+        store.run(lambda w: w.session.execute(text("INSERT INTO scratch (body) VALUES (:b)"), {"b": body}))
+
+    reader = store.read_engine.connect()
+    try:
+        assert reader.exec_driver_sql("SELECT count(*) FROM scratch").scalar_one() == 0  # holds its snapshot
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, range(1500)))
+        elapsed = time.monotonic() - started
+        assert attempts, "the WAL passed its threshold: the writer must have tried"
+        assert not any(attempts), "nothing can be truncated under an old snapshot"
+        # Back-off doubling from 20 ms: about log2(elapsed / 0.02) + 1 attempts, not one per batch.
+        assert len(attempts) <= 3 + math.log2(max(elapsed, 0.02) / 0.02), (len(attempts), elapsed)
+    finally:
+        reader.rollback()
+        reader.close()
+    try:
+        assert store.read(lambda s: s.execute(text("SELECT count(*) FROM scratch")).scalar_one()) == 1500
     finally:
         store.dispose()
