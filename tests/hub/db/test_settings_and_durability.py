@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from hub.db.engine import DurabilityError, check_durability, make_engines
+from hub.db.uow import Store, WalCheckpointer, open_store
 from hub.settings import Environment, ProductionConfigError, Settings
 from tests.conftest import PG_ADMIN, unavailable
 
@@ -100,18 +106,12 @@ def test_a_caller_that_stops_waiting_does_not_stop_the_committer(sqlite_url: str
         store.dispose()
 
 
-def test_the_wal_is_truncated_under_steady_writes(sqlite_url: str) -> None:
-    """Under steady writes a PASSIVE checkpoint never lets SQLite restart its WAL (checkpoint
-    starvation): the WAL and its mapped index grew without bound (3.2 GB after 100,000 HL7
-    messages). The committer truncates it between batches once it passes the threshold."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
+_BODY = bytes(range(256)) * 32  # 8 KiB: two pages and more per job
 
-    from sqlalchemy import text
 
-    from hub.db.uow import open_store
-
+def _scratch_store(sqlite_url: str, restart_frames: int) -> tuple[Store, WalCheckpointer, Callable[[int], None]]:
+    """A store with a scratch table, its committer running and its WAL checkpointer on a short
+    tick and a small threshold, and a job that writes one 8 KiB row through the committer."""
     store = open_store(sqlite_url)
     with store.write_engine.begin() as conn:
         conn.execute(text("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"))
@@ -119,20 +119,32 @@ def test_the_wal_is_truncated_under_steady_writes(sqlite_url: str) -> None:
     checkpointer = store._checkpointer
     assert checkpointer is not None
     checkpointer.interval_s = 0.02
-    checkpointer.restart_frames = 256  # ~1 MiB of 4 KiB pages
+    checkpointer.restart_frames = restart_frames
+
+    def write(_: int) -> None:
+        store.run(lambda w: w.session.execute(text("INSERT INTO scratch (body) VALUES (:b)"), {"b": _BODY}))
+
+    return store, checkpointer, write
+
+
+def _scratch_rows(store: Store) -> int:
+    return int(store.read(lambda s: s.execute(text("SELECT count(*) FROM scratch")).scalar_one()))
+
+
+def test_the_wal_is_truncated_under_steady_writes(sqlite_url: str) -> None:
+    """Under steady writes a PASSIVE checkpoint never lets SQLite restart its WAL (checkpoint
+    starvation): the WAL and its mapped index grew without bound (3.2 GB after 100,000 HL7
+    messages). The committer truncates it between batches once it passes the threshold."""
+    store, checkpointer, write = _scratch_store(sqlite_url, restart_frames=256)  # ~1 MiB of 4 KiB pages
     wal = Path(store.write_engine.url.database + "-wal")  # type: ignore[operator]
-    body = bytes(range(256)) * 32  # 8 KiB: two pages and more per job
     stop = threading.Event()
     sizes: list[int] = []
 
     def watch() -> None:
         while not stop.is_set():
             sizes.append(wal.stat().st_size if wal.exists() else 0)
-            store.read(lambda s: s.execute(text("SELECT count(*) FROM scratch")).scalar_one())  # a reader too
+            _scratch_rows(store)  # a reader too
             stop.wait(0.005)
-
-    def write(_: int) -> None:
-        store.run(lambda w: w.session.execute(text("INSERT INTO scratch (body) VALUES (:b)"), {"b": body}))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -145,7 +157,7 @@ def test_the_wal_is_truncated_under_steady_writes(sqlite_url: str) -> None:
     try:
         assert checkpointer.truncations >= 1
         assert max(sizes) < 24 * 2**20, f"the WAL grew to {max(sizes) / 2**20:.0f} MiB"
-        assert store.read(lambda s: s.execute(text("SELECT count(*) FROM scratch")).scalar_one()) == 4000
+        assert _scratch_rows(store) == 4000
     finally:
         store.dispose()
 
@@ -154,20 +166,7 @@ def test_a_long_reader_holds_up_the_wal_truncation_but_not_the_writes(sqlite_url
     """A reader on an old snapshot (a long report) keeps the WAL from being truncated. The writer
     then tries again only after a doubling back-off, so writes go on instead of waiting on every
     batch."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from sqlalchemy import text
-
-    from hub.db.uow import open_store
-
-    store = open_store(sqlite_url)
-    with store.write_engine.begin() as conn:
-        conn.execute(text("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"))
-    store.start_committer()
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.interval_s = 0.02
-    checkpointer.restart_frames = 64
+    store, checkpointer, write = _scratch_store(sqlite_url, restart_frames=64)
     attempts: list[bool] = []
     truncate = checkpointer.truncate
 
@@ -176,11 +175,6 @@ def test_a_long_reader_holds_up_the_wal_truncation_but_not_the_writes(sqlite_url
         return attempts[-1]
 
     checkpointer.truncate = counted  # type: ignore[method-assign]
-    body = bytes(range(256)) * 32
-
-    def write(_: int) -> None:
-        store.run(lambda w: w.session.execute(text("INSERT INTO scratch (body) VALUES (:b)"), {"b": body}))
-
     reader = store.read_engine.connect()
     try:
         assert reader.exec_driver_sql("SELECT count(*) FROM scratch").scalar_one() == 0  # holds its snapshot
@@ -196,6 +190,6 @@ def test_a_long_reader_holds_up_the_wal_truncation_but_not_the_writes(sqlite_url
         reader.rollback()
         reader.close()
     try:
-        assert store.read(lambda s: s.execute(text("SELECT count(*) FROM scratch")).scalar_one()) == 1500
+        assert _scratch_rows(store) == 1500
     finally:
         store.dispose()
