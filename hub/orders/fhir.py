@@ -116,7 +116,7 @@ def without_site_extensions(sr: dict[str, Any], sites: list[tuple[str, str]]) ->
     """The ServiceRequest minus the site extensions the hub built for ``sites`` (compared by value:
     an extension the sender wrote stays). What is left, the sender's content and the hub's own
     fields, is what order acceptance validates; the site extensions' shape is validated once per
-    role (:func:`validated_site_extension_shapes`). The hub's extensions come after the sender's,
+    set of roles (:func:`validated_site_extension_shapes`). The hub's extensions come after the sender's,
     so an issue's FHIRPath (``ServiceRequest.extension[0]...``) is the same as in the stored order.
 
     Why: fhir.resources validates each Extension through ~55 choice fields in Python; the three
