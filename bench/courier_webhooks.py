@@ -53,7 +53,7 @@ def serve(kind: str, port: int, db_url: str) -> None:
 
         os.environ["POLAR_COURIER_WEBHOOK_SECRET"] = SECRET
         settings = Settings(database_url=db_url, profiles_dir=REPO / "partner-profiles", mappings_dir=REPO / "mappings")
-        app = create_app(build_context(settings))
+        app = create_app(build_context(settings), settle_heap=True)  # as `cgt-hub serve` runs it
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

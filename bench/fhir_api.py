@@ -79,7 +79,7 @@ def _serve(kind: str, db: str, jwks_file: str, port_file: str) -> None:
         settings = Settings(database_url=db, profiles_dir=REPO / "partner-profiles")
         partners, _ = load_directory(settings.profiles_dir, channel_schemas())
         partners = with_demo_client(partners, json.loads(Path(jwks_file).read_text()))
-        app = create_app(HubContext(settings, open_store(db), partners))
+        app = create_app(HubContext(settings, open_store(db), partners), settle_heap=True)  # as `cgt-hub serve`
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))

@@ -62,7 +62,7 @@ def serve(
     settings = _settings()
     _logging(settings)
     runtime = build_runtime(settings, services=True)
-    application = create_app(runtime.ctx, runtime)
+    application = create_app(runtime.ctx, runtime, settle_heap=True)
     tls = settings.http_tls
     kwargs: dict[str, object] = {}
     if tls.enabled:

@@ -14,7 +14,7 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub import __version__, canonical
+from hub import __version__, canonical, heap
 from hub.api import fhir, health, smart
 from hub.api.auth import TokenService
 from hub.api.guard import RefuseNul
@@ -75,11 +75,16 @@ def telemetry(enabled: bool) -> TelemetryConfig:
     return {"tracing": enabled, "metrics": enabled, "logs": False}
 
 
-def create_app(ctx: HubContext, runtime: Any = None) -> FastAPI:
+def create_app(ctx: HubContext, runtime: Any = None, *, settle_heap: bool = False) -> FastAPI:
+    """``settle_heap``: a long-running server (``cgt-hub serve``) freezes its start-up heap out of
+    the garbage collector's full collections once started (see hub.heap); tests leave it off."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             await runtime.start()
+        if settle_heap:
+            heap.settle()
         try:
             yield
         finally:
