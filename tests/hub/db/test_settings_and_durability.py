@@ -106,6 +106,33 @@ def test_a_caller_that_stops_waiting_does_not_stop_the_committer(sqlite_url: str
         store.dispose()
 
 
+def test_a_committer_whose_thread_died_is_replaced(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A committer thread that ended for any reason is no longer alive (and says so in the log),
+    and the next write starts a new committer instead of queueing work nobody will run."""
+    from hub.db.uow import Committer
+
+    store = open_store(sqlite_url)
+    dead = Committer(store, batch_max=8)
+
+    def crash() -> None:
+        raise RuntimeError("thread crashed")
+
+    dead._serve = crash  # type: ignore[method-assign]
+    dead.start()
+    for t in dead._threads:
+        t.join(5)
+    try:
+        assert not dead.alive
+        assert "committer thread ended by RuntimeError" in caplog.text
+        store._committer = dead
+        fresh = store.start_committer()
+        assert fresh is not dead
+        assert fresh.alive
+        assert store.run(lambda w: "committed") == "committed"
+    finally:
+        store.dispose()
+
+
 _BODY = bytes(range(256)) * 32  # 8 KiB: two pages and more per job
 
 
