@@ -80,7 +80,7 @@ class SearchToken(Base):
     value: Mapped[str] = mapped_column(String(255))
     __table_args__ = (
         Index("ix_search_token_lookup", "resource_type", "param", "value", "system"),
-        Index("ix_search_token_owner", "resource_type", "id"),
+        Index("ix_search_token_owner", "id", "resource_type"),  # id first: see migration 0005
     )
 
 
@@ -95,7 +95,7 @@ class SearchReference(Base):
     target: Mapped[str] = mapped_column(String(160))
     __table_args__ = (
         Index("ix_search_reference_lookup", "resource_type", "param", "target"),
-        Index("ix_search_reference_owner", "resource_type", "id"),
+        Index("ix_search_reference_owner", "id", "resource_type"),  # id first: see migration 0005
     )
 
 
@@ -110,7 +110,7 @@ class SearchDate(Base):
     value: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (
         Index("ix_search_date_lookup", "resource_type", "param", "value"),
-        Index("ix_search_date_owner", "resource_type", "id"),
+        Index("ix_search_date_owner", "id", "resource_type"),  # id first: see migration 0005
     )
 
 
