@@ -423,6 +423,7 @@ class Committer:
         self._stopping = False
         self._running = 0  # threads started and not yet returned
         self._running_lock = threading.Lock()
+        self._started = False
 
     @property
     def alive(self) -> bool:
@@ -432,6 +433,7 @@ class Committer:
         return self._running > 0 and not self._stopping
 
     def start(self) -> None:
+        self._started = True
         for t in self._threads:
             with self._running_lock:
                 self._running += 1
@@ -455,7 +457,23 @@ class Committer:
     def submit(self, job: Job[T], actor: str = "system") -> Future[T]:
         outer: Future[T] = Future()
         self._queue.put((job, actor, outer))
+        if self._started and self._running == 0:
+            # Every thread has ended (stopped, or crashed) and may have drained the queue before
+            # this put: nobody would run the job. Checked after the put, so one of the two sides
+            # always sees the other.
+            self._fail_queued()
         return outer
+
+    def _fail_queued(self) -> None:
+        """Answer every job still queued with "retry later" (never run, never acknowledged)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                with contextlib.suppress(InvalidStateError):
+                    item[2].set_exception(StoreUnavailable())
 
     def _loop(self) -> None:
         try:
@@ -464,6 +482,25 @@ class Committer:
             log.critical("committer thread ended by %s; the next write starts a new one", type(exc).__name__)
         finally:
             self._exited()
+            if self._running == 0:
+                self._fail_queued()  # after the count: a later submit sees 0 and drains itself
+
+    def _answer(self, batch: list[Any]) -> None:
+        try:
+            results = self.store.run_batch([(job, actor) for job, actor, _ in batch])
+        except BaseException as crash:  # never leave a caller waiting
+            for _, _, outer in batch:
+                with contextlib.suppress(InvalidStateError):  # the caller may have given up meanwhile
+                    outer.set_exception(crash)
+            return
+        for (_, _, outer), inner in zip(batch, results, strict=True):
+            # A caller whose asyncio task was cancelled gave up waiting; its job ran anyway.
+            with contextlib.suppress(InvalidStateError):
+                failure = inner.exception()
+                if failure is None:
+                    outer.set_result(inner.result())
+                else:
+                    outer.set_exception(failure)
 
     def _serve(self) -> None:
         while True:
@@ -482,20 +519,13 @@ class Committer:
                     break
                 batch.append(nxt)
             try:
-                results = self.store.run_batch([(job, actor) for job, actor, _ in batch])
-            except BaseException as crash:  # never leave a caller waiting
+                self._answer(batch)
+            finally:
+                # Whatever happened while answering, no caller of this batch is left waiting.
                 for _, _, outer in batch:
-                    with contextlib.suppress(InvalidStateError):  # the caller may have given up meanwhile
-                        outer.set_exception(crash)
-            else:
-                for (_, _, outer), inner in zip(batch, results, strict=True):
-                    # A caller whose asyncio task was cancelled gave up waiting; its job ran anyway.
-                    with contextlib.suppress(InvalidStateError):
-                        failure = inner.exception()
-                        if failure is None:
-                            outer.set_result(inner.result())
-                        else:
-                            outer.set_exception(failure)
+                    if not outer.done():
+                        with contextlib.suppress(InvalidStateError):
+                            outer.set_exception(StoreUnavailable())
             checkpointer = self.store._checkpointer
             if checkpointer is not None and checkpointer.truncate_wanted.is_set():
                 checkpointer.truncate()  # between batches: callers already have their answers

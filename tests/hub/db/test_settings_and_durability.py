@@ -107,28 +107,50 @@ def test_a_caller_that_stops_waiting_does_not_stop_the_committer(sqlite_url: str
 
 
 def test_a_committer_whose_thread_died_is_replaced(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A committer thread that ended for any reason is no longer alive (and says so in the log),
-    and the next write starts a new committer instead of queueing work nobody will run."""
+    """A committer thread that ended by an exception is no longer alive and says so in the log; a
+    job queued to it is answered "retry later" instead of waiting forever; the next write starts
+    a new committer."""
     from hub.db.uow import Committer
+    from hub.errors import StoreUnavailable
 
     store = open_store(sqlite_url)
     dead = Committer(store, batch_max=8)
+    release = threading.Event()
 
     def crash() -> None:
+        release.wait(5)
         raise RuntimeError("thread crashed")
 
     dead._serve = crash  # type: ignore[method-assign]
     dead.start()
+    queued = dead.submit(lambda w: "never run")  # queued while the thread is still alive
+    release.set()
     for t in dead._threads:
         t.join(5)
+    late = dead.submit(lambda w: "never run either")  # queued after the thread has gone
     try:
         assert not dead.alive
         assert "committer thread ended by RuntimeError" in caplog.text
+        for future in (queued, late):
+            assert isinstance(future.exception(timeout=5), StoreUnavailable)
         store._committer = dead
         fresh = store.start_committer()
         assert fresh is not dead
         assert fresh.alive
         assert store.run(lambda w: "committed") == "committed"
+    finally:
+        store.dispose()
+
+
+def test_a_write_after_the_committer_stopped_is_refused_not_stranded(sqlite_url: str) -> None:
+    from hub.errors import StoreUnavailable
+
+    store = open_store(sqlite_url)
+    committer = store.start_committer()
+    try:
+        assert committer.submit(lambda w: "before").result(timeout=5) == "before"
+        committer.stop()
+        assert isinstance(committer.submit(lambda w: "after").exception(timeout=5), StoreUnavailable)
     finally:
         store.dispose()
 
