@@ -90,6 +90,8 @@ def create_app(ctx: HubContext, runtime: Any = None, *, settle_heap: bool = Fals
         finally:
             if runtime is not None:
                 await runtime.stop()
+            if settle_heap:
+                heap.release()
 
     app = FastAPI(
         title="CGT Hub", version=__version__, lifespan=lifespan, telemetry=telemetry(ctx.settings.otel_enabled)

@@ -45,5 +45,6 @@ def test_the_served_app_settles_its_heap_once_started(db_url: str, settle: bool)
         with TestClient(create_app(ctx, settle_heap=settle)) as client:
             assert client.get("/healthz").status_code == 200
             assert (gc.get_freeze_count() > 0) is settle
+        assert gc.get_freeze_count() == 0  # released when the server stops
     finally:
         ctx.store.dispose()
