@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -58,22 +59,34 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    name = f"cgthub_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+def pg_admin() -> psycopg.Connection:
+    """An autocommit connection to the machine's PostgreSQL as its administrator (skip or fail,
+    as ``unavailable`` says, when it cannot be reached)."""
     try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
         unavailable("PostgreSQL", type(exc).__name__)
         raise
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://{PG_HOST}/{name}"
-    upgrade(url)
-    try:
+
+
+@contextmanager
+def new_pg_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database migrated to head, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = f"postgresql://{PG_HOST}/{name}"
+            upgrade(url)
+            yield url
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with new_pg_database("cgthub_test") as url:
         yield url
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def truncate_postgres(url: str) -> None:

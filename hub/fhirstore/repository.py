@@ -171,7 +171,6 @@ _TOKEN_IDS = select(_TOK.c.id).where(
 # from `resource`, reading every row of the type and probing search_token for each (11 ms at
 # 3,000 Patients, growing). Each of these two has one plan whatever the statistics: the lookup
 # index, then the primary key.
-_IDS_BY_IDENTIFIER_VALUE = _TOKEN_IDS
 _IDS_BY_IDENTIFIER = _TOKEN_IDS.where(_TOK.c.system == bindparam("s"))
 _BY_IDS = select(_RES).where(
     _RES.c.resource_type == bindparam("t"),
@@ -409,7 +408,7 @@ class ResourceRepository:
                 return found
         conn = self.session.connection()
         if system is None:
-            owners = conn.execute(_IDS_BY_IDENTIFIER_VALUE, {"t": rtype, "v": value}).scalars()
+            owners = conn.execute(_TOKEN_IDS, {"t": rtype, "v": value}).scalars()
         else:
             owners = conn.execute(_IDS_BY_IDENTIFIER, {"t": rtype, "s": system, "v": value}).scalars()
         ids = sorted({str(i) for i in owners})

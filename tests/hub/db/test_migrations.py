@@ -3,7 +3,6 @@ on planner statistics: a new database answers it through the lookup index and th
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,10 +16,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from hub.db.engine import normalise_url
-from hub.db.migrate import upgrade
 from hub.db.models import Base, Resource, SearchToken, table_of
 from hub.fhirstore.repository import ResourceRepository
-from tests.conftest import PG_ADMIN, PG_HOST, unavailable
+from tests.conftest import new_pg_database
 
 SYSTEM = "urn:oid:2.16.840.1.113883.3.8998.1"
 
@@ -40,24 +38,11 @@ def unanalysed_url(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[
     if request.param == "sqlite":
         yield sqlite_url
         return
-    name = f"cgthub_plan_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        unavailable("PostgreSQL", type(exc).__name__)
-        raise
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://{PG_HOST}/{name}"
-    try:
-        upgrade(url)
+    with new_pg_database("cgthub_plan") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             for table in ("resource", "search_token"):
                 conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         yield url
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _plans(conn: sa.Connection, statements: list[tuple[str, Any]]) -> list[str]:

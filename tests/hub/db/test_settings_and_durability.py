@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -16,7 +15,7 @@ from sqlalchemy import text
 from hub.db.engine import DurabilityError, check_durability, make_engines
 from hub.db.uow import Store, WalCheckpointer, open_store
 from hub.settings import Environment, ProductionConfigError, Settings
-from tests.conftest import PG_ADMIN, unavailable
+from tests.conftest import pg_admin
 
 
 def test_production_refuses_default_or_empty_secrets() -> None:
@@ -54,11 +53,7 @@ def test_sqlite_engine_is_durable(tmp_path) -> None:  # type: ignore[no-untyped-
 @pytest.mark.postgres
 def test_postgres_with_synchronous_commit_off_is_refused() -> None:
     role = f"cgthub_async_{uuid.uuid4().hex[:6]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        unavailable("PostgreSQL", type(exc).__name__)
-        return
+    admin = pg_admin()
     admin.execute(f"CREATE ROLE {role} LOGIN")
     admin.execute(f"ALTER ROLE {role} SET synchronous_commit = off")
     try:
