@@ -70,12 +70,34 @@ class CourierWebhook(ChannelSettings):
     require_headers: dict[str, str] = Field(default_factory=dict)
 
 
+class Parcel(BaseModel):
+    """The shipper the leg travels in (a dry shipper, a 2–8 °C box), in metric units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    length_cm: float = Field(gt=0)
+    width_cm: float = Field(gt=0)
+    height_cm: float = Field(gt=0)
+    weight_kg: float = Field(gt=0)
+
+
 class CourierBooking(ChannelSettings):
+    # polar-rest | easypost | ups (adapters/couriers/booking.py KINDS)
     kind: str
     base_url: str
-    credential: str  # name of an entry in `secrets`
+    credential: str  # name of an entry in `secrets`: the token, API key or OAuth client secret
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=3, ge=0, le=10)
+    # ups: the OAuth client id (name of an entry in `secrets`).
+    client_id: str | None = None
+    # ups: the shipper number billed; easypost: the carrier account (ca_…) to buy from.
+    account: str | None = None
+    # The service to book: a UPS service code ("01" Next Day Air) or an EasyPost service name.
+    service: str | None = None
+    carrier: str | None = None  # easypost: the carrier whose rate to buy ("FedEx", "UPS")
+    parcel: Parcel | None = None
+    # easypost: how far back a repeated booking looks for the one it may already have bought.
+    lookback_hours: int = Field(default=72, ge=1, le=24 * 30)
 
 
 class SoapCustoms(ChannelSettings):

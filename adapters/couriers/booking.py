@@ -1,28 +1,32 @@
-"""Courier booking clients (httpx), one per courier kind, listed in :data:`KINDS`.
+"""Courier booking clients (httpx), one per courier kind, listed in :data:`KINDS`; the courier's
+profile names its kind in its ``courier-booking`` channel.
 
-``polar-rest``: ``POST {base_url}/bookings`` with a bearer token and an ``Idempotency-Key``
-header (the shipment's key, the same on every retry: the courier answers a repeat with the booking
-it already made). Connection errors, timeouts, 429 and 5xx are retried here with capped
-exponential backoff (``Retry-After`` honoured up to the cap), then reported as retryable so the
-dispatcher tries again later; any other 4xx is final.
+* ``polar-rest`` (this module): ``POST {base_url}/bookings`` with a bearer token and an
+  ``Idempotency-Key`` header (the shipment's key, the same on every retry: the courier answers a
+  repeat with the booking it already made).
+* ``easypost`` (:mod:`adapters.couriers.easypost_booking`): a shipment bought through EasyPost.
+* ``ups`` (:mod:`adapters.couriers.ups_booking`): UPS's Shipping API with OAuth client credentials.
+
+Retries follow :mod:`adapters.couriers.http`: what a repeat cannot double is retried with capped
+backoff, then reported as retryable so the dispatcher tries again later; other 4xx are final.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
 import httpx
 
+from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused, unreadable
 from adapters.registry import CourierBooking
-from hub.logistics.ports import BookingClient, BookingRequest, BookingResult, PartnerCallError
+from hub.logistics.ports import BookingClient, BookingRequest, BookingResult
 from hub.partners.loader import PartnerDirectory, resolve_secret
-
-USER_AGENT = "cgt-hub booking client"
 
 
 class PolarRestBooking:
+    idempotent = True
+
     def __init__(
         self,
         base_url: str,
@@ -37,9 +41,7 @@ class PolarRestBooking:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = httpx.Timeout(timeout_s)
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.policy = RetryPolicy(retries, backoff_s, backoff_max_s)
         self.transport = transport
 
     async def book(self, request: BookingRequest) -> BookingResult:
@@ -57,38 +59,20 @@ class PolarRestBooking:
             "Idempotency-Key": request.idempotency_key,
             "User-Agent": USER_AGENT,
         }
-        last: PartnerCallError | None = None
         async with httpx.AsyncClient(timeout=self.timeout, transport=self.transport) as client:
-            for attempt in range(self.retries + 1):
-                wait = self.backoff_s * (2**attempt)
-                try:
-                    response = await client.post(f"{self.base_url}/bookings", json=body, headers=headers)
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    last = PartnerCallError(
-                        f"courier unreachable: {type(exc).__name__}", retryable=True, code="transport"
-                    )
-                else:
-                    if response.status_code in (200, 201):
-                        return self._result(response)
-                    if response.status_code == 429 or response.status_code >= 500:
-                        last = PartnerCallError(
-                            f"courier answered HTTP {response.status_code}",
-                            retryable=True,
-                            code=f"http-{response.status_code}",
-                        )
-                        retry_after = response.headers.get("retry-after", "")
-                        if retry_after.isdigit():
-                            wait = float(retry_after)
-                    else:
-                        raise PartnerCallError(
-                            f"courier refused the booking: HTTP {response.status_code} {response.text[:200]}",
-                            retryable=False,
-                            code=f"http-{response.status_code}",
-                        )
-                if attempt < self.retries:
-                    await asyncio.sleep(min(self.backoff_max_s, wait))
-        assert last is not None
-        raise last
+            response = await call(
+                client,
+                "POST",
+                f"{self.base_url}/bookings",
+                policy=self.policy,
+                repeatable=True,
+                what="booking",
+                json=body,
+                headers=headers,
+            )
+        if response.status_code not in (200, 201):
+            raise refused("booking", response)
+        return self._result(response)
 
     @staticmethod
     def _result(response: httpx.Response) -> BookingResult:
@@ -101,10 +85,38 @@ class PolarRestBooking:
                 eta=datetime.fromisoformat(eta.replace("Z", "+00:00")) if isinstance(eta, str) else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise PartnerCallError("courier's booking answer is unreadable", retryable=True, code="malformed") from None
+            raise unreadable("booking") from None
 
 
-KINDS: dict[str, Callable[..., BookingClient]] = {"polar-rest": PolarRestBooking}
+Secret = Callable[[str | None], str | None]
+
+
+def _polar(channel: CourierBooking, secret: Secret, base_url: str, **options: object) -> BookingClient | None:
+    token = secret(channel.credential)
+    if not token:
+        return None
+    return PolarRestBooking(base_url, token, timeout_s=channel.timeout_s, retries=channel.retries, **options)  # type: ignore[arg-type]
+
+
+def _easypost(channel: CourierBooking, secret: Secret, base_url: str, **options: object) -> BookingClient | None:
+    from adapters.couriers.easypost_booking import EasyPostBooking
+
+    api_key = secret(channel.credential)
+    if not api_key:
+        return None
+    return EasyPostBooking(base_url, api_key, channel, **options)  # type: ignore[arg-type]
+
+
+def _ups(channel: CourierBooking, secret: Secret, base_url: str, **options: object) -> BookingClient | None:
+    from adapters.couriers.ups_booking import UpsBooking
+
+    client_id, client_secret = secret(channel.client_id), secret(channel.credential)
+    if not client_id or not client_secret:
+        return None
+    return UpsBooking(base_url, client_id, client_secret, channel, **options)  # type: ignore[arg-type]
+
+
+KINDS: dict[str, Callable[..., BookingClient | None]] = {"polar-rest": _polar, "easypost": _easypost, "ups": _ups}
 
 
 def booking_client(
@@ -115,13 +127,12 @@ def booking_client(
     profile = partners.get(partner_id)
     if profile is None:
         return None
+
+    def secret(name: str | None) -> str | None:
+        return resolve_secret(profile.secrets.get(name, "")) if name else None
+
     for channel in profile.channels_of("courier-booking"):
         if not isinstance(channel, CourierBooking) or channel.kind not in KINDS:
             continue
-        token = resolve_secret(profile.secrets.get(channel.credential, ""))
-        if not token:
-            return None
-        return KINDS[channel.kind](
-            base_url or channel.base_url, token, timeout_s=channel.timeout_s, retries=channel.retries, **options
-        )
+        return KINDS[channel.kind](channel, secret, base_url or channel.base_url, **options)
     return None

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from hub.partners.schemas import Address
+
 
 class PartnerCallError(Exception):
     """A partner call that did not succeed. ``retryable`` errors are tried again later (timeouts,
@@ -34,6 +36,12 @@ class BookingRequest:
     temperature_min_c: float | None
     temperature_max_c: float | None
     material: str
+    # The sites' names and shipping addresses from their profiles (None when a profile has none;
+    # a courier that books by address refuses the booking then, naming what is missing).
+    origin_name: str = ""
+    destination_name: str = ""
+    origin_address: Address | None = None
+    destination_address: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,13 @@ class BookingResult:
 
 
 class BookingClient(Protocol):
+    """``idempotent``: a repeat of an interrupted ``book`` cannot book twice (the courier dedupes
+    by key, or the client finds the earlier booking first). When False, a call cut off while the
+    courier may have acted is not retried: it fails the leg with an alert, so that a person checks
+    the courier before anything is booked again."""
+
+    idempotent: bool
+
     async def book(self, request: BookingRequest) -> BookingResult: ...
 
 

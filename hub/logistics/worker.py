@@ -151,6 +151,7 @@ class OutboundDispatcher:
             s = LogisticsRepository.from_session(session).shipment(item.subject_id)
             order = OrderRepository.from_session(session).get(s.order_id)
             leg = leg_of(get_product(order.product_code), s.leg_code)
+            origin, destination = self.partners.get(s.origin), self.partners.get(s.destination)
             return BookingRequest(
                 idempotency_key=s.idempotency_key,
                 shipment_id=s.id,
@@ -161,10 +162,24 @@ class OutboundDispatcher:
                 temperature_min_c=leg.temperature.min_c,
                 temperature_max_c=leg.temperature.max_c,
                 material=s.material,
+                origin_name=origin.name if origin else s.origin,
+                destination_name=destination.name if destination else s.destination,
+                origin_address=origin.address if origin else None,
+                destination_address=destination.address if destination else None,
             )
 
         req = self.store.read(request)
-        return await asyncio.wait_for(client.book(req), self.call_timeout_s)
+        try:
+            return await asyncio.wait_for(client.book(req), self.call_timeout_s)
+        except TimeoutError:
+            if client.idempotent:
+                raise
+            raise PartnerCallError(
+                f"courier {item.partner} did not answer in time and its bookings are not idempotent: it may "
+                f"have booked; check it for reference {req.reference}, then register the shipment or book again",
+                retryable=False,
+                code="ambiguous",
+            ) from None
 
     def _customs_submission(self, item: OutboundWork) -> tuple[CustomsClient, CustomsSubmission]:
         client = self.ports.customs(item.partner)

@@ -51,6 +51,21 @@ class ChannelBase(BaseModel):
     direction: str = Field(pattern=r"^(inbound|outbound|both)$")
 
 
+class Address(BaseModel):
+    """A site's shipping address, as couriers that book by address need it (EasyPost, UPS). Sites
+    are organisations: nothing here is about a patient."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lines: tuple[str, ...] = Field(min_length=1, max_length=3)
+    city: str = Field(min_length=1)
+    state: str | None = None  # state or province code where the country has them
+    postal_code: str = Field(min_length=1)
+    country: str = Field(pattern=r"^[A-Z]{2}$")  # ISO 3166-1 alpha-2
+    phone: str | None = None
+    attention: str | None = None  # the desk that receives the shipment
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,6 +80,7 @@ class Profile(BaseModel):
     channels: tuple[Any, ...] = ()  # validated per adapter by the loader
     secrets: dict[str, SecretRef] = Field(default_factory=dict)
     contacts: tuple[dict[str, str], ...] = ()
+    address: Address | None = None  # where couriers pick up and deliver
 
     @field_validator("timezone")
     @classmethod

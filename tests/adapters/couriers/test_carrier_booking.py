@@ -1,0 +1,345 @@
+"""EasyPost and UPS bookings: the requests each API expects (respx), what is and is not repeated,
+and end to end through the outbound dispatcher against real local HTTP services that speak each
+API (adapters/couriers/carrier_sandboxes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import respx
+
+from adapters.couriers.booking import booking_client
+from adapters.couriers.carrier_sandboxes import EasyPostSandbox, UpsSandbox
+from adapters.couriers.easypost_booking import EasyPostBooking
+from adapters.couriers.ups_booking import UpsBooking
+from adapters.local_server import LocalServer
+from adapters.registry import CourierBooking, Parcel
+from hub.context import HubContext
+from hub.logistics.policy import Policy
+from hub.logistics.ports import BookingRequest, PartnerCallError
+from hub.logistics.repository import LogisticsRepository
+from hub.logistics.schemas import BookShipment
+from hub.logistics.service import ShipmentService
+from hub.logistics.worker import OutboundDispatcher
+from hub.partners.schemas import Address
+from hub.runtime import logistics_ports
+from tests.logistics_support import alert_kinds, context, order_at
+
+ORIGIN = Address(
+    lines=("1200 Elm Street", "Apheresis Unit"), city="Rochester", state="NY", postal_code="14620", country="US"
+)
+DEST = Address(lines=("Bioscience Park 12",), city="Leiden", postal_code="2333 CA", country="NL", phone="+31715550100")
+REQ = BookingRequest(
+    idempotency_key="leg-key-1",
+    shipment_id="s-1",
+    reference="CHA999826000001-apheresis-chilled",
+    origin="st-marys",
+    destination="leiden-cell-factory",
+    pickup_after=datetime(2026, 11, 25, 12, tzinfo=UTC),
+    temperature_min_c=2,
+    temperature_max_c=8,
+    material="apheresis",
+    origin_name="St Mary's Hospital",
+    destination_name="Leiden Cell Factory",
+    origin_address=ORIGIN,
+    destination_address=DEST,
+)
+PARCEL = Parcel(length_cm=60, width_cm=45, height_cm=45, weight_kg=14)
+EP = CourierBooking(
+    adapter="courier-booking",
+    direction="outbound",
+    kind="easypost",
+    base_url="https://ep.test/v2",
+    credential="api_key",
+    carrier="FedEx",
+    service="FIRST_OVERNIGHT",
+    parcel=PARCEL,
+)
+UPS = CourierBooking(
+    adapter="courier-booking",
+    direction="outbound",
+    kind="ups",
+    base_url="https://ups.test",
+    credential="secret",
+    client_id="id",
+    account="A1B2C3",
+    service="14",
+    parcel=PARCEL,
+)
+TOKEN = {"access_token": "tok-1", "expires_in": "14399", "token_type": "Bearer"}
+SHIPPED = {
+    "ShipmentResponse": {
+        "ShipmentResults": {
+            "ShipmentIdentificationNumber": "1ZA1B2C30000000001",
+            "PackageResults": [{"TrackingNumber": "1ZA1B2C30000000001"}],
+        }
+    }
+}
+
+
+def _easypost() -> EasyPostBooking:
+    return EasyPostBooking("https://ep.test/v2", "ep-key", EP, backoff_s=0.001)
+
+
+def _ups() -> UpsBooking:
+    return UpsBooking("https://ups.test", "id", "secret", UPS, backoff_s=0.001)
+
+
+def _shipment(sid: str, **extra: object) -> dict[str, object]:
+    rates = [
+        {"id": "rate_ups", "carrier": "UPS", "service": "NextDayAirEarlyAM", "carrier_account_id": "ca_ups"},
+        {
+            "id": "rate_fx",
+            "carrier": "FedEx",
+            "service": "FIRST_OVERNIGHT",
+            "carrier_account_id": "ca_fx",
+            "delivery_date": "2026-11-26T08:00:00Z",
+        },
+    ]
+    return {"id": sid, "reference": "leg-key-1", "tracking_code": None, "rates": rates, **extra}
+
+
+# ---------------------------------------------------------------------------------------- EasyPost
+
+
+@respx.mock
+def test_easypost_creates_then_buys_the_configured_rate() -> None:
+    listing = respx.get("https://ep.test/v2/shipments").mock(
+        return_value=httpx.Response(200, json={"shipments": [], "has_more": False})
+    )
+    create = respx.post("https://ep.test/v2/shipments").mock(return_value=httpx.Response(201, json=_shipment("shp_1")))
+    bought = _shipment("shp_1", tracking_code="794600000001", selected_rate=_shipment("x")["rates"][1])  # type: ignore[index]
+    buy = respx.post("https://ep.test/v2/shipments/shp_1/buy").mock(return_value=httpx.Response(200, json=bought))
+    result = asyncio.run(_easypost().book(REQ))
+    assert (result.booking_reference, result.tracking_number) == ("shp_1", "794600000001")
+    assert result.eta == datetime(2026, 11, 26, 8, tzinfo=UTC)
+    assert listing.calls[0].request.url.params["purchased"] == "true"
+    sent = json.loads(create.calls[0].request.content)["shipment"]
+    assert sent["reference"] == "leg-key-1"  # how a repeat finds this purchase
+    assert sent["options"]["print_custom_1"] == REQ.reference
+    assert (sent["from_address"]["street1"], sent["from_address"]["street2"]) == ("1200 Elm Street", "Apheresis Unit")
+    assert sent["to_address"]["country"] == "NL"
+    assert sent["parcel"] == {"length": 23.6, "width": 17.7, "height": 17.7, "weight": 493.8}  # inches, ounces
+    assert json.loads(buy.calls[0].request.content) == {"rate": {"id": "rate_fx"}}
+    auth = create.calls[0].request.headers["authorization"]
+    assert base64.b64decode(auth.removeprefix("Basic ")) == b"ep-key:"
+
+
+@respx.mock
+def test_easypost_returns_an_earlier_purchase_instead_of_buying_again() -> None:
+    earlier = _shipment("shp_7", tracking_code="794600000007")
+    other = _shipment("shp_8", tracking_code="794600000008", reference="another-leg")
+    respx.get("https://ep.test/v2/shipments").mock(
+        side_effect=[
+            httpx.Response(200, json={"shipments": [other], "has_more": True}),
+            httpx.Response(200, json={"shipments": [earlier], "has_more": False}),
+        ]
+    )
+    create = respx.post("https://ep.test/v2/shipments")
+    result = asyncio.run(_easypost().book(REQ))
+    assert result.tracking_number == "794600000007"
+    assert not create.called
+    assert respx.calls[1].request.url.params["before_id"] == "shp_8"
+
+
+@respx.mock
+def test_easypost_buy_whose_answer_was_lost_reads_the_shipment_back() -> None:
+    respx.get("https://ep.test/v2/shipments").mock(
+        return_value=httpx.Response(200, json={"shipments": [], "has_more": False})
+    )
+    respx.post("https://ep.test/v2/shipments").mock(return_value=httpx.Response(201, json=_shipment("shp_1")))
+    buy = respx.post("https://ep.test/v2/shipments/shp_1/buy").mock(
+        side_effect=[
+            httpx.ReadTimeout("lost"),
+            httpx.Response(422, json={"error": {"code": "SHIPMENT.POSTAGE.EXISTS", "message": "postage exists"}}),
+        ]
+    )
+    respx.get("https://ep.test/v2/shipments/shp_1").mock(
+        return_value=httpx.Response(200, json=_shipment("shp_1", tracking_code="794600000001"))
+    )
+    assert asyncio.run(_easypost().book(REQ)).tracking_number == "794600000001"
+    assert buy.call_count == 2
+
+
+@respx.mock
+def test_easypost_without_the_configured_rate_or_an_address_is_final() -> None:
+    respx.get("https://ep.test/v2/shipments").mock(
+        return_value=httpx.Response(200, json={"shipments": [], "has_more": False})
+    )
+    only_ups = _shipment("shp_1")
+    only_ups["rates"] = only_ups["rates"][:1]  # type: ignore[index]
+    respx.post("https://ep.test/v2/shipments").mock(return_value=httpx.Response(201, json=only_ups))
+    with pytest.raises(PartnerCallError) as no_rate:
+        asyncio.run(_easypost().book(REQ))
+    assert (no_rate.value.code, no_rate.value.retryable) == ("no-rate", False)
+    assert "UPS NextDayAirEarlyAM" in no_rate.value.message
+    with pytest.raises(PartnerCallError) as no_address:
+        asyncio.run(_easypost().book(replace(REQ, destination_address=None)))
+    assert (no_address.value.code, no_address.value.retryable) == ("config", False)
+    assert "leiden-cell-factory's address" in no_address.value.message
+
+
+# ---------------------------------------------------------------------------------------- UPS
+
+
+@respx.mock
+def test_ups_gets_a_token_once_and_ships_with_the_leg_reference() -> None:
+    token = respx.post("https://ups.test/security/v1/oauth/token").mock(return_value=httpx.Response(200, json=TOKEN))
+    ship = respx.post("https://ups.test/api/shipments/v2409/ship").mock(return_value=httpx.Response(200, json=SHIPPED))
+    client = _ups()
+    result = asyncio.run(client.book(REQ))
+    asyncio.run(client.book(REQ))
+    assert (result.tracking_number, result.eta) == ("1ZA1B2C30000000001", None)
+    assert token.call_count == 1
+    assert token.calls[0].request.content == b"grant_type=client_credentials"
+    assert token.calls[0].request.headers["x-merchant-id"] == "A1B2C3"
+    request = ship.calls[0].request
+    assert request.headers["authorization"] == "Bearer tok-1"
+    assert len(request.headers["transid"]) == 32
+    assert ship.calls[0].request.headers["transid"] != ship.calls[1].request.headers["transid"]
+    shipment = json.loads(request.content)["ShipmentRequest"]["Shipment"]
+    assert shipment["Package"]["ReferenceNumber"]["Value"] == REQ.reference
+    assert shipment["Package"]["PackageWeight"] == {
+        "UnitOfMeasurement": {"Code": "LBS"},
+        "Weight": "30.9",
+    }  # from the US
+    assert shipment["ShipTo"]["Address"]["CountryCode"] == "NL"
+    assert shipment["PaymentInformation"]["ShipmentCharge"]["BillShipper"]["AccountNumber"] == "A1B2C3"
+
+
+@respx.mock
+def test_ups_repeats_only_what_proves_nothing_was_shipped() -> None:
+    respx.post("https://ups.test/security/v1/oauth/token").mock(return_value=httpx.Response(200, json=TOKEN))
+    ship = respx.post("https://ups.test/api/shipments/v2409/ship").mock(
+        side_effect=[
+            httpx.ConnectError("refused"),
+            httpx.Response(429),
+            httpx.Response(401),
+            httpx.Response(200, json=SHIPPED),
+        ]
+    )
+    assert asyncio.run(_ups().book(REQ)).booking_reference == "1ZA1B2C30000000001"
+    assert ship.call_count == 4  # not sent, throttled, expired token (then a new token): all safe
+
+    for cut_off in (httpx.ReadTimeout("after sending"), httpx.Response(503), httpx.Response(200, json={"odd": 1})):
+        ship = respx.post("https://ups.test/api/shipments/v2409/ship").mock(side_effect=[cut_off])
+        before = ship.call_count
+        with pytest.raises(PartnerCallError) as ambiguous:
+            asyncio.run(_ups().book(REQ))
+        assert (ambiguous.value.code, ambiguous.value.retryable) == ("ambiguous", False)
+        assert ship.call_count == before + 1
+
+
+@respx.mock
+def test_ups_refusals_name_ups_errors() -> None:
+    respx.post("https://ups.test/security/v1/oauth/token").mock(return_value=httpx.Response(200, json=TOKEN))
+    respx.post("https://ups.test/api/shipments/v2409/ship").mock(
+        return_value=httpx.Response(
+            400, json={"response": {"errors": [{"code": "120120", "message": "Invalid shipper number"}]}}
+        )
+    )
+    with pytest.raises(PartnerCallError) as refused:
+        asyncio.run(_ups().book(REQ))
+    assert (refused.value.code, refused.value.retryable) == ("http-400", False)
+    assert "120120 Invalid shipper number" in refused.value.message
+
+
+# ---------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+def ctx(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubContext]:
+    monkeypatch.setenv("EASYPOST_API_KEY", "ep-sandbox-key")
+    monkeypatch.setenv("UPS_OAUTH_CLIENT_ID", "ups-id")
+    monkeypatch.setenv("UPS_OAUTH_CLIENT_SECRET", "ups-secret")
+    c = context(db_url)
+    try:
+        yield c
+    finally:
+        c.store.dispose()
+
+
+def _book(ctx: HubContext, courier: str, url: str, policy: Policy | None = None, **dispatcher: float) -> str:
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    ports = logistics_ports(ctx, {courier: url})
+    run = OutboundDispatcher(ctx.store, ctx.partners, ports, policy or Policy(), **dispatcher)
+    cmd = BookShipment(order_id=driver.order.id, courier=courier, customs_partner="eu-customs-ics2")
+    view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+    asyncio.run(run.run_once())
+    return view.id
+
+
+def test_the_profiles_name_easypost_and_ups_booking_clients(ctx: HubContext) -> None:
+    assert isinstance(booking_client(ctx.partners, "easypost-tracking"), EasyPostBooking)
+    assert isinstance(booking_client(ctx.partners, "ups-track-alert"), UpsBooking)
+
+
+@pytest.mark.slow
+def test_easypost_booking_through_the_dispatcher_buys_once(ctx: HubContext) -> None:
+    easypost = EasyPostSandbox(api_key="ep-sandbox-key", fail_next=1, lose_next_answer=True)
+    with LocalServer(easypost.app()) as server:
+        shipment_id = _book(ctx, "easypost-tracking", server.url + "/v2")
+        client = booking_client(ctx.partners, "easypost-tracking", base_url=server.url + "/v2")
+        assert client is not None
+        s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment_id))
+        again = asyncio.run(client.book(replace(REQ, idempotency_key=s.idempotency_key)))  # a repeat after a crash
+    assert s.status == "booked"
+    assert easypost.purchases == 1
+    (bought,) = [x for x in easypost.shipments.values() if x["tracking_code"]]
+    assert s.tracking_number == bought["tracking_code"] == again.tracking_number
+    assert s.eta is not None
+    assert (bought["from_address"]["city"], bought["to_address"]["city"]) == ("Rochester", "Leiden")
+    assert bought["selected_rate"]["service"] == "FIRST_OVERNIGHT"
+
+
+@pytest.mark.slow
+def test_ups_booking_through_the_dispatcher(ctx: HubContext) -> None:
+    ups = UpsSandbox(client_id="ups-id", client_secret="ups-secret", shipper_number="A1B2C3")
+    with LocalServer(ups.app()) as server:
+        shipment_id = _book(ctx, "ups-track-alert", server.url)
+    s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment_id))
+    assert s.status == "booked"
+    assert [x["number"] for x in ups.shipments] == [s.tracking_number]
+    assert ups.shipments[0]["shipment"]["ShipFrom"]["Address"]["City"] == "Rochester"
+
+
+@pytest.mark.slow
+def test_a_ups_ship_whose_answer_is_lost_is_not_repeated_and_alerts(ctx: HubContext) -> None:
+    ups = UpsSandbox(client_id="ups-id", client_secret="ups-secret", shipper_number="A1B2C3", lose_next_answer=True)
+    with LocalServer(ups.app()) as server:
+        shipment_id = _book(ctx, "ups-track-alert", server.url)
+    s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment_id))
+    assert s.status == "failed"
+    assert (ups.ship_calls, len(ups.shipments)) == (1, 1)  # UPS shipped once; the hub did not ship again
+    assert "shipment.booking-failed" in alert_kinds(ctx.store, s.order_id)
+    (work,) = ctx.store.read(lambda x: LogisticsRepository.from_session(x).work_for("booking", shipment_id))
+    assert work.status == "failed"
+    assert (work.last_error or "").startswith("ambiguous:")
+
+
+class _SlowCourier:
+    idempotent = False
+
+    async def book(self, request: BookingRequest) -> object:
+        await asyncio.sleep(5)
+        raise AssertionError("not reached")
+
+
+def test_a_timeout_of_a_non_idempotent_courier_is_final(ctx: HubContext) -> None:
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    ports = logistics_ports(ctx)
+    ports.booking = lambda partner: _SlowCourier()
+    dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, Policy(), call_timeout_s=0.05)
+    cmd = BookShipment(order_id=driver.order.id, courier="ups-track-alert", customs_partner="eu-customs-ics2")
+    view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+    asyncio.run(dispatcher.run_once())
+    (work,) = ctx.store.read(lambda x: LogisticsRepository.from_session(x).work_for("booking", view.id))
+    assert work.status == "failed"
+    assert (work.last_error or "").startswith("ambiguous:")
