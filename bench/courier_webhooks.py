@@ -7,7 +7,12 @@ with 32 concurrent requests in this process).
 Baseline, same run, same server setup and client: a bare FastAPI route that reads the body and
 answers 202 (no verification, no storage). The figure is reported as a ratio to it.
 
-    .venv/bin/python bench/courier_webhooks.py [--requests 6000] [--backend sqlite|postgres]
+``--workers K`` runs K server processes on one listening socket, as ``cgt-hub serve --workers K``
+does (hub/serve.py: the socket is made by the parent, the kernel deals connections to the
+processes), for the baseline and for the hub alike. The hub's processes here are its edge: the
+relay and the consumers are not running in this bench, with one process or with K.
+
+    .venv/bin/python bench/courier_webhooks.py [--requests 6000] [--backend sqlite|postgres] [--workers K]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ SECRET = "whsec_YmVuY2gtc2VjcmV0LWZvci1jb3VyaWVyLXdlYmhvb2tz"
 CONCURRENCY = 32
 
 
-def serve(kind: str, port: int, db_url: str) -> None:
+def serve(kind: str, fd: int, db_url: str) -> None:
     import uvicorn
 
     if kind == "bare":
@@ -54,13 +59,8 @@ def serve(kind: str, port: int, db_url: str) -> None:
         os.environ["POLAR_COURIER_WEBHOOK_SECRET"] = SECRET
         settings = Settings(database_url=db_url, profiles_dir=REPO / "partner-profiles", mappings_dir=REPO / "mappings")
         app = create_app(build_context(settings), settle_heap=True)  # as `cgt-hub serve` runs it
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    sock = socket.socket(fileno=fd)  # made by the bench as `cgt-hub serve` makes it
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
 
 
 def deliveries(n: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -123,9 +123,19 @@ async def fire(port: int, items: list[tuple[bytes, dict[str, str]]]) -> tuple[fl
     return len(items) / elapsed, latencies, len(errors)
 
 
-def run(kind: str, db_url: str, n: int) -> tuple[float, list[float], int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port), "--db", db_url], cwd=REPO)
+def run(kind: str, db_url: str, n: int, workers: int = 1) -> tuple[float, list[float], int]:
+    from hub.serve import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    fd = str(sock.fileno())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind, "--fd", fd, "--db", db_url], cwd=REPO, pass_fds=(sock.fileno(),)
+        )
+        for _ in range(workers)
+    ]
+    sock.close()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -136,11 +146,16 @@ def run(kind: str, db_url: str, n: int) -> tuple[float, list[float], int]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.1)
-        asyncio.run(fire(port, deliveries(300)))  # warm up
+        asyncio.run(fire(port, deliveries(300)))  # warm up (waits for the first process to accept)
+        if workers > 1:
+            time.sleep(5)  # the first process answering does not mean all of them do
+            asyncio.run(fire(port, deliveries(300 * workers)))
         return asyncio.run(fire(port, deliveries(n)))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
 
 
 def main() -> None:
@@ -148,22 +163,26 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--serve", choices=["hub", "bare"])
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--fd", type=int, default=-1)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--db", default="")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.db)
+        serve(args.serve, args.fd, args.db)
         return
-    print(f"courier_webhooks: {args.requests} signed deliveries, {CONCURRENCY} concurrent, on {machine()}")
+    print(
+        f"courier_webhooks: {args.requests} signed deliveries, {CONCURRENCY} concurrent, "
+        f"{args.workers} server process(es), on {machine()}"
+    )
     print(f"{'backend':<10} {'server':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  vs baseline")
     with fresh_database(args.backend) as url:
-        base, base_lat, base_err = run("bare", url, args.requests)
+        base, base_lat, base_err = run("bare", url, args.requests, args.workers)
         print(
             f"{args.backend:<10} {'baseline: bare FastAPI route':<34} {base:>8.0f}"
             f" {percentile(base_lat, 50) * 1e3:>8.1f}"
             f" {percentile(base_lat, 99) * 1e3:>8.1f} {base_err:>7}  1.00x"
         )
-        rate, lat, err = run("hub", url, args.requests)
+        rate, lat, err = run("hub", url, args.requests, args.workers)
         print(
             f"{args.backend:<10} {'hub: verify + inbox + outbox + COMMIT':<34} {rate:>8.0f}"
             f" {percentile(lat, 50) * 1e3:>8.1f} {percentile(lat, 99) * 1e3:>8.1f} {err:>7}  {rate / base:.2f}x"

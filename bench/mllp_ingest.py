@@ -110,7 +110,7 @@ def start_baseline(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_hub(url: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_hub(url: str, port: int, workdir: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     profiles = workdir / "partner-profiles"
     shutil.copytree(REPO / "partner-profiles", profiles, dirs_exist_ok=True)
     path = profiles / "st-marys.yaml"
@@ -129,7 +129,8 @@ def start_hub(url: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
         "CGTHUB_LOG_LEVEL": "WARNING",
     }
     cgt_hub = Path(sys.executable).parent / "cgt-hub"
-    proc = subprocess.Popen([str(cgt_hub), "serve"], env=env, cwd=workdir, stdout=subprocess.DEVNULL)
+    command = [str(cgt_hub), "serve", "--workers", str(workers)]
+    proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc
 
@@ -220,7 +221,7 @@ def parse_times() -> None:
     print(f"  hl7apy parse_message (tolerant)               {apy:8.4f} ms   ({apy / lean:,.0f}× slower)")
 
 
-def throughput(kind: str, n: int, run: str) -> None:
+def throughput(kind: str, n: int, run: str, workers: int = 1) -> None:
     payloads = messages(n, run)
     port = free_port()
     base = start_baseline(port)
@@ -231,14 +232,17 @@ def throughput(kind: str, n: int, run: str) -> None:
         stop(base)
     with fresh_database(kind) as url, tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        hub = start_hub(url, port, Path(tmp))
+        hub = start_hub(url, port, Path(tmp), workers)
         try:
             asyncio.run(feed(port, messages(200, run + "w")))
+            if workers > 1:  # the parent's socket accepts before every worker is up
+                time.sleep(5)
+                asyncio.run(feed(port, messages(200 * workers, run + "v")))
             h_secs, h_lat, rss = asyncio.run(feed(port, payloads, hub.pid))
         finally:
             stop(hub)
     b_rate, h_rate = n / b_secs, n / h_secs
-    print(f"\n{kind}: {n:,} ADT^A04 over {CONNECTIONS} connections")
+    print(f"\n{kind}: {n:,} ADT^A04 over {CONNECTIONS} connections, hub: {workers} process(es)")
     print(f"  {'':<44} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     print(
         f"  {'baseline: python-hl7 server, parse + ACK':<44} {b_rate:>8,.0f} "
@@ -248,7 +252,8 @@ def throughput(kind: str, n: int, run: str) -> None:
         f"  {'hub: stored + mapped + committed, then ACK':<44} {h_rate:>8,.0f} "
         f"{percentile(h_lat, 50):>8.2f} {percentile(h_lat, 99):>8.2f}"
     )
-    print(f"  ratio hub / baseline: {h_rate / b_rate:.2f}×   hub RSS {min(rss):.0f}–{max(rss):.0f} MB")
+    memory = f"hub RSS {min(rss):.0f}–{max(rss):.0f} MB" if workers == 1 else "(RSS: one process only)"
+    print(f"  ratio hub / baseline: {h_rate / b_rate:.2f}×   {memory}")
 
 
 def memory(n: int, run: str) -> None:
@@ -274,12 +279,16 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--memory", type=int, default=0, help="also measure RSS over this many messages (SQLite)")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="`cgt-hub serve --workers` for the PostgreSQL run (SQLite: always 1)"
+    )
     args = ap.parse_args()
     print(f"MLLP ingest — {machine()}")
     run = os.urandom(2).hex()
     parse_times()
     for kind in args.backends.split(","):
-        throughput(kind.strip(), args.messages, run + kind[:1])
+        kind = kind.strip()
+        throughput(kind, args.messages, run + kind[:1], args.workers if kind == "postgres" else 1)
     if args.memory:
         memory(args.memory, run + "m")
 

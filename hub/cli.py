@@ -51,39 +51,24 @@ def _logging(settings: Settings) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=32, help="processes sharing the listeners (PostgreSQL only)")
+    ] = None,
 ) -> None:
     """Run the API, the committer, the outbox relay, the bus consumers and the adapters' listeners
-    (MLLP on CGTHUB_MLLP_HOST:CGTHUB_MLLP_PORT unless CGTHUB_MLLP_ENABLED=false) and senders."""
-    import uvicorn
-
-    from hub.api.app import create_app
-    from hub.runtime import build_runtime
+    (MLLP on CGTHUB_MLLP_HOST:CGTHUB_MLLP_PORT unless CGTHUB_MLLP_ENABLED=false) and senders.
+    With --workers N (CGTHUB_WORKERS), N processes share the listeners; see hub/serve.py."""
+    from hub.serve import WorkersRefused
+    from hub.serve import serve as run
 
     settings = _settings()
     _logging(settings)
-    runtime = build_runtime(settings, services=True)
-    application = create_app(runtime.ctx, runtime, settle_heap=True)
-    tls = settings.http_tls
-    kwargs: dict[str, object] = {}
-    if tls.enabled:
-        import ssl
-
-        kwargs = {
-            "ssl_certfile": str(tls.cert_file),
-            "ssl_keyfile": str(tls.key_file) if tls.key_file else None,
-            "ssl_ca_certs": str(tls.ca_file) if tls.ca_file else None,
-            "ssl_cert_reqs": {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}[
-                tls.client_auth
-            ],
-        }
-    uvicorn.run(
-        application,
-        host=host or settings.http_host,
-        port=port or settings.http_port,
-        access_log=False,
-        log_level=settings.log_level.lower(),
-        **kwargs,  # type: ignore[arg-type]
-    )
+    try:
+        code = run(settings, host or settings.http_host, port or settings.http_port, workers or settings.workers)
+    except WorkersRefused as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -112,11 +113,11 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-def all_services(ctx: HubContext) -> list[Service]:
-    """Adapters' listeners and senders, for `cgt-hub serve`."""
+def all_services(ctx: HubContext, *, edge: bool = False, mllp_socket: socket.socket | None = None) -> list[Service]:
+    """Adapters' listeners and senders, for `cgt-hub serve` (``edge``: listeners only)."""
     from adapters.hl7v2.service import services as hl7v2_services
 
-    return [*hl7v2_services(ctx)]
+    return [*hl7v2_services(ctx, edge=edge, mllp_socket=mllp_socket)]
 
 
 def background_workers(ctx: HubContext) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
@@ -151,8 +152,13 @@ class Runtime:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    # An edge process of `serve --workers`: listeners and the committer only; the relay, the
+    # consumers and the outbound workers run in the first worker.
+    edge: bool = False
 
     async def start(self, *, run_relay: bool = True, run_workers: bool | None = None) -> None:
+        if self.edge:
+            run_relay = run_workers = False
         self.ctx.store.start_committer()
         await self.bus.start()
         if run_relay:
@@ -175,9 +181,16 @@ class Runtime:
 
 
 def build_runtime(
-    settings: Settings, *, ctx: HubContext | None = None, consume: bool = True, services: bool = False
+    settings: Settings,
+    *,
+    ctx: HubContext | None = None,
+    consume: bool = True,
+    services: bool = False,
+    edge: bool = False,
+    mllp_socket: socket.socket | None = None,
 ) -> Runtime:
-    """``services=True`` also starts the adapters' listeners and senders (``cgt-hub serve``)."""
+    """``services=True`` also starts the adapters' listeners and senders (``cgt-hub serve``);
+    ``edge=True`` builds a listeners-only process of ``serve --workers`` (see hub/serve.py)."""
     ctx = ctx or build_context(settings)
     runner = ConsumerRunner(
         ctx.store,
@@ -186,13 +199,14 @@ def build_runtime(
         backoff_base_s=settings.consumer_backoff_base_s,
         backoff_max_s=settings.consumer_backoff_max_s,
     )
-    bus = make_bus(ctx, runner, consume=consume)
+    bus = make_bus(ctx, runner, consume=consume and not edge)
     relay = OutboxRelay(ctx.store, bus, batch=settings.relay_batch, poll_s=settings.relay_poll_s)
     return Runtime(
         ctx,
         runner,
         bus,
         relay,
-        background=background_workers(ctx),
-        services=all_services(ctx) if services else [],
+        background=[] if edge else background_workers(ctx),
+        services=all_services(ctx, edge=edge, mllp_socket=mllp_socket) if services else [],
+        edge=edge,
     )

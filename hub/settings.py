@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_tls: TLSSettings = Field(default_factory=TLSSettings)
+    # `cgt-hub serve` processes sharing the HTTP and MLLP listeners (PostgreSQL only; see hub/serve.py).
+    workers: int = Field(default=1, ge=1, le=32)
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
     mllp_tls: TLSSettings = Field(default_factory=TLSSettings)

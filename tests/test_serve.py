@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -29,14 +30,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(tmp_path: Path, **env: str) -> Iterator[int]:
+def launched(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`cgt-hub serve` started in ``tmp_path``; yields its HTTP port and process once it listens."""
     shutil.copytree(ROOT / "partner-profiles", tmp_path / "partner-profiles", dirs_exist_ok=True)
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
     environment.update(env)
     subprocess.run([str(CLI), "db", "upgrade"], cwd=tmp_path, env=environment, check=True, capture_output=True)
     proc = subprocess.Popen(
-        [str(CLI), "serve", "--port", str(port)],
+        [str(CLI), "serve", "--port", str(port), *args],
         cwd=tmp_path,
         env=environment,
         stdout=subprocess.PIPE,
@@ -50,11 +52,17 @@ def serving(tmp_path: Path, **env: str) -> Iterator[int]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield port
+        yield port, proc
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=60)
         assert b"Traceback" not in out, out.decode(errors="replace")
+
+
+@contextmanager
+def serving(tmp_path: Path, **env: str) -> Iterator[int]:
+    with launched(tmp_path, **env) as (port, _):
+        yield port
 
 
 def test_serve_plain_http(tmp_path: Path) -> None:
@@ -82,3 +90,93 @@ def test_serve_mutual_tls(tmp_path: Path) -> None:
             httpx.get(url, verify=no_cert)
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz")
+
+
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(c) for c in text.split()}
+
+
+def _serving(pid: int) -> bool:
+    """A live worker: not a zombie, not multiprocessing's resource tracker."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _workers(pid: int, n: int) -> set[int]:
+    """The server's worker processes, once there are ``n`` (multiprocessing also runs a resource
+    tracker child, which serves nothing)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        workers = {c for c in _children(pid) if _serving(c)}
+        if len(workers) == n:
+            return workers
+        time.sleep(0.2)
+    raise AssertionError(f"expected {n} workers, have {_children(pid)}")
+
+
+def _mllp(port: int, message: bytes) -> bytes:
+    from adapters.hl7v2.framer import frame
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(frame(message))
+        data = b""
+        while not data.endswith(b"\x1c\r"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+@pytest.mark.slow
+def test_serve_workers_share_the_listeners_and_are_replaced(tmp_path: Path) -> None:
+    from tests.adapters.hl7v2.messages import orm
+    from tests.conftest import new_pg_database
+
+    mllp_port = free_port()
+    with new_pg_database("serve_workers") as url:
+        env = {"CGTHUB_DATABASE_URL": url, "CGTHUB_MLLP_PORT": str(mllp_port)}
+        with launched(tmp_path, "--workers", "2", **env) as (port, proc):
+            first = _workers(proc.pid, 2)
+            for i in range(12):  # each on a new connection: the kernel deals them to both workers
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+                ack = _mllp(mllp_port, orm(f"PW{i:05d}", f"MW{i:05d}"))
+                assert b"MSA|AA|" in ack or b"MSA|CA|" in ack, ack
+            runtime_worker = min(first)  # started first: worker 0
+            os.kill(runtime_worker, signal.SIGSTOP)  # now only the edge worker can accept
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+                ack = _mllp(mllp_port, orm("PWEDGE", "MWEDGE"))
+                assert b"MSA|AA|" in ack or b"MSA|CA|" in ack, ack  # committed by the edge process
+            finally:
+                os.kill(runtime_worker, signal.SIGCONT)
+            victim = max(first)
+            os.kill(victim, signal.SIGKILL)  # a worker dies: the parent replaces it
+            deadline = time.monotonic() + 10
+            while _serving(victim) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            second = _workers(proc.pid, 2)
+            assert victim not in second
+            assert len(second - first) == 1
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            assert not any(Path(f"/proc/{w}").exists() for w in second)
+
+
+def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
+    done = subprocess.run(
+        [str(CLI), "serve", "--workers", "2", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "refused: 2 workers need PostgreSQL" in done.stderr

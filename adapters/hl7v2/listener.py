@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,8 +83,10 @@ class MllpListener:
         max_frame: int = DEFAULT_MAX_FRAME,
         idle_timeout_s: float = 600.0,
         mapping_root: Path | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.ctx = ctx
+        self.sock = sock  # a listening socket bound by `cgt-hub serve --workers` (host/port unused then)
         self.host = host
         self.requested_port = port
         self.tls = tls or TLSSettings()
@@ -104,9 +107,14 @@ class MllpListener:
 
     async def start(self) -> None:
         self.ctx.store.start_committer()
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.requested_port, ssl=server_ssl_context(self.tls), limit=READ_CHUNK
-        )
+        if self.sock is not None:
+            self._server = await asyncio.start_server(
+                self._serve, sock=self.sock, ssl=server_ssl_context(self.tls), limit=READ_CHUNK
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._serve, self.host, self.requested_port, ssl=server_ssl_context(self.tls), limit=READ_CHUNK
+            )
         log.info("MLLP listener on %s:%d (tls=%s)", self.host, self.port, self.tls.enabled)
 
     async def stop(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
 
 from adapters.hl7v2.listener import MllpListener
@@ -30,7 +31,7 @@ def sender_for(ctx: HubContext) -> OutboundSender:
     )
 
 
-def listener_for(ctx: HubContext) -> MllpListener:
+def listener_for(ctx: HubContext, sock: socket.socket | None = None) -> MllpListener:
     s = ctx.settings
     return MllpListener(
         ctx,
@@ -39,6 +40,7 @@ def listener_for(ctx: HubContext) -> MllpListener:
         tls=s.mllp_tls,
         max_frame=s.mllp_max_frame_bytes,
         idle_timeout_s=s.mllp_idle_timeout_s,
+        sock=sock,
     )
 
 
@@ -51,9 +53,10 @@ class Hl7v2Service:
     _task: asyncio.Task[None] | None = None
 
     @classmethod
-    def create(cls, ctx: HubContext) -> Hl7v2Service:
-        listener = listener_for(ctx) if ctx.settings.mllp_enabled else None
-        return cls(ctx, listener, sender_for(ctx))
+    def create(cls, ctx: HubContext, *, edge: bool = False, sock: socket.socket | None = None) -> Hl7v2Service:
+        """``edge``: a listener only (the outbound sender runs in `serve`'s first worker)."""
+        listener = listener_for(ctx, sock) if ctx.settings.mllp_enabled else None
+        return cls(ctx, listener, None if edge else sender_for(ctx))
 
     async def start(self) -> None:
         if self.listener is not None:
@@ -70,5 +73,5 @@ class Hl7v2Service:
                 await asyncio.wait_for(self._task, timeout=10)
 
 
-def services(ctx: HubContext) -> list[Hl7v2Service]:
-    return [Hl7v2Service.create(ctx)]
+def services(ctx: HubContext, *, edge: bool = False, mllp_socket: socket.socket | None = None) -> list[Hl7v2Service]:
+    return [Hl7v2Service.create(ctx, edge=edge, sock=mllp_socket)]
