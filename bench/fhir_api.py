@@ -2,6 +2,8 @@
 
 Setup, the same for the hub and its baseline: the server is a separate process (uvicorn, one
 worker, 127.0.0.1, ephemeral port); this process is the client (httpx, HTTP/1.1 keep-alive).
+``--workers K`` runs K server processes on one listening socket for the creates, as
+``cgt-hub serve --workers K`` does (hub/serve.py), for the baseline and the hub alike.
 
 * **creates**: ``POST /fhir/ServiceRequest`` with a SMART access token, 16 concurrent clients.
   Each is a therapy order: Idempotency-Key-capable inbox record, fhir.resources + profile
@@ -20,6 +22,7 @@ search reads) with fresh ids, CoIs, placer numbers and MRNs. Versions and audit 
 clones are not written (search does not read them).
 
     .venv/bin/python bench/fhir_api.py [--backend sqlite|postgres|both] [--creates 2000] [--orders 100000]
+        [--workers K]
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ SEARCH_SAMPLES = 400
 
 
 # --------------------------------------------------------------------------- servers (subprocess)
-def _serve(kind: str, db: str, jwks_file: str, port_file: str) -> None:
+def _serve(kind: str, db: str, jwks_file: str, fd: str) -> None:
     import uvicorn
 
     if kind == "baseline":
@@ -80,42 +83,50 @@ def _serve(kind: str, db: str, jwks_file: str, port_file: str) -> None:
         partners, _ = load_directory(settings.profiles_dir, channel_schemas())
         partners = with_demo_client(partners, json.loads(Path(jwks_file).read_text()))
         app = create_app(HubContext(settings, open_store(db), partners), settle_heap=True)  # as `cgt-hub serve`
-    sock = socket.socket()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    Path(port_file).write_text(str(sock.getsockname()[1]))
+    sock = socket.socket(fileno=int(fd))  # bound by the bench as `cgt-hub serve` binds it
     config = uvicorn.Config(app, log_level="error", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 
 class Server:
-    def __init__(self, kind: str, db: str, jwks_file: str) -> None:
-        self.port_file = tempfile.mktemp(prefix="cgthub-bench-port-")
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "serve", kind, db, jwks_file, self.port_file],
-            stdout=subprocess.DEVNULL,
-        )
+    def __init__(self, kind: str, db: str, jwks_file: str, workers: int = 1) -> None:
+        from hub.serve import listening_socket
+
+        sock = listening_socket("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.workers = workers
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "serve", kind, db, jwks_file, str(sock.fileno())],
+                stdout=subprocess.DEVNULL,
+                pass_fds=(sock.fileno(),),
+            )
+            for _ in range(workers)
+        ]
+        sock.close()
 
     def __enter__(self) -> str:
         deadline = time.time() + 60
-        while not (os.path.exists(self.port_file) and Path(self.port_file).read_text()):
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("bench server did not start")
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{Path(self.port_file).read_text()}"
+        base = f"http://127.0.0.1:{self.port}"
         while True:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("bench server did not start")
             try:
                 httpx.get(base + "/fhir/ServiceRequest", timeout=2)
-                return base
+                break
             except httpx.HTTPError:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
+        if self.workers > 1:
+            time.sleep(5)  # the first process answering does not mean all of them do
+        return base
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        os.unlink(self.port_file)
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=30)
 
 
 # --------------------------------------------------------------------------- client side
@@ -298,7 +309,7 @@ def _sample_cois(db: str, k: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main
-def run(backend: str, creates: int, orders: int) -> None:
+def run(backend: str, creates: int, orders: int, workers: int = 1) -> None:
     from hub.api.onboarding import generate_key, public_jwks
 
     key = generate_key("ES384")
@@ -306,16 +317,16 @@ def run(backend: str, creates: int, orders: int) -> None:
     Path(jwks_file).write_text(json.dumps(public_jwks(key, "ES384")))
     try:
         with fresh_database(backend) as db:
-            with Server("baseline", db, jwks_file) as base:
+            with Server("baseline", db, jwks_file, workers) as base:
                 rate_b, lat_b = asyncio.run(_creates(base, {"Content-Type": "application/fhir+json"}, creates))
                 search_b = _searches(base, {}, ["x"] * SEARCH_SAMPLES)
             print(
                 f"{backend:<9} {'baseline: bare FastAPI POST':<34} {rate_b:>8.0f}/s "
                 f"p50 {percentile(lat_b, 50) * 1e3:6.1f} p99 {percentile(lat_b, 99) * 1e3:6.1f} ms"
             )
-            with Server("hub", db, jwks_file) as base:
+            with Server("hub", db, jwks_file, workers) as base:
                 headers = _token(base, key)
-                asyncio.run(_creates(base, headers, 50))  # warm imports and caches
+                asyncio.run(_creates(base, headers, 50 * workers))  # warm imports and caches
                 rate, lat = asyncio.run(_creates(base, headers, creates))
             print(
                 f"{backend:<9} {'hub: POST ServiceRequest (order)':<34} {rate:>8.0f}/s "
@@ -326,6 +337,8 @@ def run(backend: str, creates: int, orders: int) -> None:
                 f"{backend:<9} {'baseline: bare FastAPI GET':<34} p50 {percentile(search_b, 50) * 1e3:6.2f} "
                 f"p99 {percentile(search_b, 99) * 1e3:6.2f} ms"
             )
+        if not orders:
+            return
         with fresh_database(backend) as db:
             t0 = time.perf_counter()
             _seed_core(db, 1000)
@@ -359,11 +372,13 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--creates", type=int, default=2000)
     parser.add_argument("--orders", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=1, help="server processes for the creates")
+    parser.add_argument("--skip-search", action="store_true", help="measure the creates only")
     args = parser.parse_args()
     print(f"fhir_api: {args.creates} creates, {CALLERS} concurrent clients; search at 1,000 and {args.orders:,} orders")
-    print(f"machine: {machine()}; server: a separate uvicorn process, client: this process")
+    print(f"machine: {machine()}; server: {args.workers} uvicorn process(es), client: this process")
     for backend in ["sqlite", "postgres"] if args.backend == "both" else [args.backend]:
-        run(backend, args.creates, args.orders)
+        run(backend, args.creates, 0 if args.skip_search else args.orders, args.workers)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@
 once and starts N worker processes (spawned, not forked) that share them; the kernel hands each
 new connection to one of them. Worker 0 runs everything; workers 1…N-1 are *edge* processes:
 their listeners and their committer only. The relay, the bus consumers, the outbound senders
-and the logistics dispatcher run once, in worker 0, because the relay publishes in outbox order
-per order and a second relay would race it. Every unit of work an edge process accepts is
-committed (inbox + outbox) before it answers, exactly as in one process; worker 0's relay picks
-the rows up from the database. The parent replaces a worker that dies (at most
+and the logistics dispatcher run once, in worker 0: the relay's lease lets one publisher work at
+a time anyway (hub/messaging/relay.py), with the in-process bus the consumers must live where
+the relay publishes, and the edge processes' CPU goes to the listeners. Every unit of work an
+edge process accepts is committed (inbox + outbox) before it answers, exactly as in one
+process; worker 0's relay picks the rows up from the database. The parent replaces a worker that dies (at most
 ``RESTARTS_PER_MINUTE`` times a minute, then it stops them all and exits non-zero, so the
 service manager sees the failure) and on SIGTERM or SIGINT stops them all and waits for each to
 finish its in-flight work.
