@@ -16,8 +16,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from hub.db.engine import normalise_url
-from hub.db.models import Base, Resource, SearchToken, table_of
-from hub.fhirstore.repository import ResourceRepository
+from hub.db.models import Base, Resource, SearchReference, SearchToken, table_of
+from hub.fhirstore.repository import ResourceRepository, SearchParam, search
 from tests.conftest import new_pg_database
 
 SYSTEM = "urn:oid:2.16.840.1.113883.3.8998.1"
@@ -40,7 +40,7 @@ def unanalysed_url(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[
         return
     with new_pg_database("cgthub_plan") as url:
         with psycopg.connect(url, autocommit=True) as conn:
-            for table in ("resource", "search_token"):
+            for table in ("resource", "search_token", "search_reference"):
                 conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         yield url
 
@@ -119,3 +119,72 @@ def test_an_identifier_lookup_has_one_plan_whatever_the_statistics(unanalysed_ur
     for plan in plans:
         assert "Seq Scan" not in plan, plan
         assert "SCAN " not in plan, plan  # SQLite's full scan
+
+
+@pytest.mark.parametrize("unanalysed_url", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("param", "value"), [("identifier", f"{SYSTEM}|C17"), ("patient", "p17"), ("subject", "Patient/p17")]
+)
+def test_a_search_has_one_plan_whatever_the_statistics(unanalysed_url: str, param: str, value: str) -> None:
+    """The FHIR search statement (conditions as subqueries on the search tables, ordered by
+    _lastUpdated, with a limit) on 3,000 never-analysed ServiceRequests: it starts from the search
+    table's lookup index and reaches the rows by primary key, never by reading every order."""
+    engine = sa.create_engine(normalise_url(unanalysed_url))
+    rows = 3000
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.insert(table_of(Resource)),
+                [
+                    {
+                        "resource_type": "ServiceRequest",
+                        "id": f"s{n}",
+                        "version_id": 1,
+                        "last_updated": now,
+                        "deleted": False,
+                        "content": "{}",
+                        "content_hash": "0" * 64,
+                    }
+                    for n in range(rows)
+                ],
+            )
+            conn.execute(
+                sa.insert(table_of(SearchToken)),
+                [
+                    {
+                        "resource_type": "ServiceRequest",
+                        "id": f"s{n}",
+                        "param": "identifier",
+                        "system": SYSTEM,
+                        "value": f"C{n}",
+                    }
+                    for n in range(rows)
+                ],
+            )
+            conn.execute(
+                sa.insert(table_of(SearchReference)),
+                [
+                    {"resource_type": "ServiceRequest", "id": f"s{n}", "param": "subject", "target": f"Patient/p{n}"}
+                    for n in range(rows)
+                ],
+            )
+        statements: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+            statements.append((statement, parameters))
+
+        with Session(engine) as session:
+            event.listen(engine, "before_cursor_execute", capture)
+            try:
+                found = search(session, "ServiceRequest", [SearchParam(param, value)], count=50)
+            finally:
+                event.remove(engine, "before_cursor_execute", capture)
+            assert [s.id for s in found] == ["s17"]
+            (plan,) = _plans(session.connection(), statements)
+    finally:
+        engine.dispose()
+    assert "ix_search_token_lookup" in plan or "ix_search_reference_lookup" in plan, plan
+    assert "pk_resource" in plan or "sqlite_autoindex_resource_1" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert "SCAN resource" not in plan, plan  # SQLite's full scan of the orders
