@@ -37,11 +37,13 @@ services:
 bench: $(STAMP)
 	$(BIN)/python bench/courier_webhooks.py --requests 6000
 	$(BIN)/python bench/courier_webhooks.py --requests 6000 --backend postgres
+	$(BIN)/python bench/courier_webhooks.py --requests 6000 --backend postgres --workers 2
 	$(BIN)/python bench/temperature_readings.py --readings 50000
 	$(BIN)/python bench/accept_orders.py --orders 3000
 	$(BIN)/python bench/audit_verify.py --entries 500000
 	$(BIN)/python bench/fhir_api.py --backend both --creates 1500 --orders 100000
 	$(BIN)/python bench/mllp_ingest.py --messages 10000 --memory 100000
+	$(BIN)/python bench/mllp_ingest.py --messages 10000 --backends postgres --workers 2
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
