@@ -62,9 +62,13 @@ def logistics_ports(ctx: HubContext, overrides: dict[str, str] | None = None) ->
 
     urls = overrides or {}
     customs: dict[str, CustomsClient | None] = {}
+    bookings: dict[str, BookingClient | None] = {}
 
     def book(partner_id: str) -> BookingClient | None:
-        return booking_client(ctx.partners, partner_id, base_url=urls.get(partner_id))
+        # One client per courier for the runtime's life: UPS's OAuth token is reused until it expires.
+        if partner_id not in bookings:
+            bookings[partner_id] = booking_client(ctx.partners, partner_id, base_url=urls.get(partner_id))
+        return bookings[partner_id]
 
     def soap(partner_id: str) -> CustomsClient | None:
         if partner_id not in customs:

@@ -31,9 +31,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +82,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     if workers <= 1:
         _run_worker(settings, index=0, edge=False, http=listening_socket(host, port), mllp=None)
         return 0
-    if not settings.database_url.startswith("postgresql"):
+    if settings.database_url.startswith("sqlite"):
         raise WorkersRefused(
             f"{workers} workers need PostgreSQL: SQLite has one writer at a time, and worker processes "
             "queue on its file lock (slower than one process, and with 0.9 s waits). Run one worker on "
@@ -112,6 +114,8 @@ class _Supervisor:
         code = 0
 
         def start(index: int) -> None:
+            # Inherited by the spawned child: `ps e` or /proc/<pid>/environ tell workers apart.
+            os.environ["CGTHUB_WORKER_INDEX"] = str(index)
             proc = context.Process(
                 target=_worker_main,
                 args=(self.settings, index, self.http, self.mllp),
@@ -127,9 +131,12 @@ class _Supervisor:
                 start(index)
             while not stopping:
                 multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=0.5)
-                for index, proc in list(procs.items()):
-                    if proc.is_alive() or stopping:
-                        continue
+                dead = [(i, p) for i, p in procs.items() if not p.is_alive()]
+                if dead and not stopping:
+                    time.sleep(0.5)  # Ctrl-C reaches the workers too: let our own handler run first
+                for index, proc in dead:
+                    if stopping:
+                        break
                     log.error("worker %d (pid %s) exited with %s; replacing it", index, proc.pid, proc.exitcode)
                     now = time.monotonic()
                     restarts = [t for t in restarts if now - t < 60] + [now]
@@ -139,6 +146,10 @@ class _Supervisor:
                         break
                     start(index)
         finally:
+            # New connections are refused from here on, not left in a backlog nobody will serve.
+            self.http.close()
+            if self.mllp is not None:
+                self.mllp.close()
             for proc in procs.values():
                 if proc.is_alive():
                     proc.terminate()  # SIGTERM: uvicorn finishes in-flight requests, the runtime stops
@@ -172,3 +183,5 @@ def _run_worker(settings: Settings, *, index: int, edge: bool, http: socket.sock
     server = uvicorn.Server(uvicorn.Config(application, **uvicorn_options(settings)))
     log.info("worker %d serving (%s)", index, "edge" if edge else "runtime")
     server.run(sockets=[http])
+    if not server.started:  # start-up failed (e.g. the database is down): say so to the service manager
+        sys.exit(3)

@@ -3,6 +3,9 @@ ephemeral port (run them with :class:`adapters.local_server.LocalServer`) that a
 the booking clients make, the way the real APIs document them, and keep what was booked so a test
 can count purchases.
 
+Like the real services, they offer or accept only services that exist between the two
+countries: a domestic service on a cross-border leg has no EasyPost rate and is refused by UPS.
+
 Fault knobs: ``fail_next`` answers that many calls with 503 before doing anything;
 ``lose_next_answer`` does the work of the next purchase or ship call, then answers 500 as if the
 answer had been lost on the way back.
@@ -36,10 +39,15 @@ def _basic(request: Request) -> tuple[str, str] | None:
 @dataclass
 class EasyPostSandbox:
     api_key: str
-    rates: tuple[tuple[str, str, str], ...] = (
+    domestic_rates: tuple[tuple[str, str, str], ...] = (
         ("FedEx", "FIRST_OVERNIGHT", "ca_fedex"),
         ("FedEx", "PRIORITY_OVERNIGHT", "ca_fedex"),
         ("UPS", "NextDayAirEarlyAM", "ca_ups"),
+    )
+    international_rates: tuple[tuple[str, str, str], ...] = (
+        ("FedEx", "INTERNATIONAL_FIRST", "ca_fedex"),
+        ("FedEx", "INTERNATIONAL_PRIORITY", "ca_fedex"),
+        ("UPS", "ExpressPlus", "ca_ups"),
     )
     transit: timedelta = timedelta(hours=18)
     fail_next: int = 0
@@ -92,7 +100,11 @@ class EasyPostSandbox:
                             "carrier_account_id": account,
                             "delivery_date": (label_date + self.transit).astimezone(UTC).isoformat(),
                         }
-                        for i, (carrier, service, account) in enumerate(self.rates)
+                        for i, (carrier, service, account) in enumerate(
+                            self.domestic_rates
+                            if body["from_address"].get("country") == body["to_address"].get("country")
+                            else self.international_rates
+                        )
                         if not body.get("carrier_accounts") or account in body["carrier_accounts"]
                     ],
                 }
@@ -154,6 +166,11 @@ def _ep_error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "errors": []}}, status_code=status)
 
 
+# UPS service codes for shipments within one country (Next Day Air, 2nd Day Air, Ground, 3 Day
+# Select, Next Day Air Saver, Next Day Air Early, 2nd Day Air A.M.).
+UPS_DOMESTIC_SERVICES = frozenset({"01", "02", "03", "12", "13", "14", "59"})
+
+
 @dataclass
 class UpsSandbox:
     client_id: str
@@ -212,8 +229,13 @@ class UpsSandbox:
                 account = shipment.get("PaymentInformation", {}).get("ShipmentCharge", {}).get("BillShipper", {})
                 if account.get("AccountNumber") != self.shipper_number:
                     return _ups_error(400, "120120", "Invalid or missing shipper number")
-                if not shipment.get("ShipTo", {}).get("Address", {}).get("CountryCode"):
+                to = shipment.get("ShipTo", {}).get("Address", {}).get("CountryCode")
+                if not to:
                     return _ups_error(400, "120201", "Missing or invalid ship to country code")
+                origin = shipment.get("ShipFrom", {}).get("Address", {}).get("CountryCode")
+                if origin != to and shipment.get("Service", {}).get("Code") in UPS_DOMESTIC_SERVICES:
+                    unavailable = "The requested service is unavailable between the selected locations."
+                    return _ups_error(400, "111210", unavailable)
                 number = f"1Z{self.shipper_number}{len(self.shipments) + 1:010d}"
                 self.shipments.append({"number": number, "version": version, "shipment": shipment})
                 if self.lose_next_answer:

@@ -3,15 +3,17 @@ addresses and the leg's parcel, then the rate for the profile's carrier and serv
 
 API (https://docs.easypost.com): HTTP Basic with the API key as user name;
 ``POST /shipments``, ``POST /shipments/{id}/buy`` with the rate's id, ``GET /shipments/{id}``,
-``GET /shipments?purchased=true&start_datetime=…`` (newest first, ``has_more`` + ``before_id``).
+``GET /shipments?start_datetime=…`` (newest first, ``has_more`` + ``before_id``).
 Errors are ``{"error": {"code", "message"}}``. Lengths are in inches and weights in ounces.
 
 **Why a repeat cannot buy twice.** EasyPost has no idempotency key, so the client makes its own:
 the shipment's ``reference`` is the hub's idempotency key for the leg, and every ``book`` first
-lists the shipments bought in the last ``lookback_hours`` and returns the one with that reference.
-A dispatcher retry after a crash or a lost answer therefore finds the earlier purchase. Creating a
-shipment costs nothing (an unbought one is a draft), and buying one that already has postage is
-refused by EasyPost, after which the client reads the shipment back: both are safe to repeat.
+lists the shipments created in the last ``lookback_hours`` and looks for that reference. One that
+was bought is returned; one that was not (an earlier attempt created it, then was cut off, maybe
+while its purchase was in flight) is bought, instead of creating another. So every attempt for a
+leg ends on the same EasyPost shipment, and buying a shipment that already has postage is
+refused by EasyPost, after which the client reads it back. A dispatcher retry after a crash or a
+lost answer therefore cannot buy a second label.
 """
 
 from __future__ import annotations
@@ -59,36 +61,39 @@ class EasyPostBooking:
             headers={"User-Agent": USER_AGENT},
             transport=self.transport,
         ) as client:
-            earlier = await self._bought(client, request.idempotency_key)
-            if earlier is not None:
-                return _result(earlier)
-            created = await self._json(
-                client, "POST", "/shipments", "create the EasyPost shipment", json={"shipment": body}
-            )
-            if created.get("tracking_code"):
-                return _result(created)  # bought in the same call (carrier account and service given)
-            rate = self._rate(created)
-            bought = await self._buy(client, str(created.get("id", "")), rate)
+            shipment = await self._earlier(client, request.idempotency_key)
+            if shipment is None:
+                shipment = await self._json(
+                    client, "POST", "/shipments", "create the EasyPost shipment", json={"shipment": body}
+                )
+            if shipment.get("tracking_code"):
+                return _result(shipment)  # bought before, or in the same call
+            rate = self._rate(shipment)
+            bought = await self._buy(client, str(shipment.get("id", "")), rate)
             return _result(bought)
 
     # ------------------------------------------------------------------ steps
 
-    async def _bought(self, client: httpx.AsyncClient, reference: str) -> dict[str, Any] | None:
+    async def _earlier(self, client: httpx.AsyncClient, reference: str) -> dict[str, Any] | None:
+        """The leg's shipment from an earlier attempt: a bought one if any, else the newest draft."""
         since = (datetime.now(UTC) - timedelta(hours=self.channel.lookback_hours)).isoformat()
-        params: dict[str, str] = {"purchased": "true", "start_datetime": since, "page_size": "100"}
+        params: dict[str, str] = {"start_datetime": since, "page_size": "100"}
+        draft: dict[str, Any] | None = None
         for _ in range(MAX_PAGES):
-            page = await self._json(client, "GET", "/shipments", "look for an earlier purchase", params=params)
+            page = await self._json(client, "GET", "/shipments", "look for an earlier attempt", params=params)
             shipments = page.get("shipments")
             if not isinstance(shipments, list):
-                raise unreadable("look for an earlier purchase")
+                raise unreadable("look for an earlier attempt")
             for shipment in shipments:
                 if isinstance(shipment, dict) and shipment.get("reference") == reference:
-                    return shipment
+                    if shipment.get("tracking_code"):
+                        return shipment
+                    draft = draft or shipment  # newest first
             if not page.get("has_more") or not shipments:
-                return None
+                return draft
             params["before_id"] = str(shipments[-1].get("id", ""))
         raise PartnerCallError(
-            f"more than {MAX_PAGES * 100} EasyPost purchases in {self.channel.lookback_hours} h: cannot rule out "
+            f"more than {MAX_PAGES * 100} EasyPost shipments in {self.channel.lookback_hours} h: cannot rule out "
             "an earlier purchase for this leg; lower lookback_hours",
             retryable=False,
             code="config",

@@ -58,7 +58,7 @@ async def call(
             last = PartnerCallError(
                 f"{what}: courier unreachable ({type(exc).__name__})", retryable=True, code="transport"
             )
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
+        except httpx.RequestError as exc:  # cut off after sending, or an answer that could not be read
             if not repeatable:
                 raise _ambiguous(what, type(exc).__name__) from None
             last = PartnerCallError(

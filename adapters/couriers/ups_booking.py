@@ -62,6 +62,14 @@ class UpsBooking:
         self._token: str | None = None
         self._token_until = 0.0
 
+    @property
+    def max_call_s(self) -> float:
+        """The longest a ``book`` can take (a token call and up to two ship calls, each retried
+        with capped backoff), so the dispatcher does not cut off a call this client would still
+        have ended itself, which it would have to treat as a possible booking."""
+        per_call = (self.policy.retries + 1) * (self.channel.timeout_s + self.policy.backoff_max_s)
+        return 3 * per_call + 5.0
+
     async def book(self, request: BookingRequest) -> BookingResult:
         body = self._ship_request(request)  # refuses an incomplete profile before any call
         async with httpx.AsyncClient(

@@ -176,7 +176,9 @@ class OutboundAttempt(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     duration_ms: Mapped[float] = mapped_column(Float)
-    outcome: Mapped[str] = mapped_column(String(16))  # ok | retry | failed
+    outcome: Mapped[str] = mapped_column(
+        String(16)
+    )  # ok | retry | failed | sent (a call that cannot be repeated is in flight, or was cut off)
     detail: Mapped[str] = mapped_column(Text)
 
 

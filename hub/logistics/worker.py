@@ -95,11 +95,18 @@ class OutboundDispatcher:
 
     async def _perform(self, item: OutboundWork) -> None:
         started = time.perf_counter()
+        call = _Call()
         try:
             if item.kind == "booking":
-                result = await self._book(item)
+                result = await self._book(item, call)
+                call.answer = f"booked {result.booking_reference} (tracking {result.tracking_number})"
                 await self._record(
-                    item, started, "ok", f"booked {result.booking_reference}", lambda w: self._booked(w, item, result)
+                    item,
+                    started,
+                    "ok",
+                    f"booked {result.booking_reference}",
+                    lambda w: self._booked(w, item, result),
+                    marker=call.marker,
                 )
             elif item.kind == "customs-submit":
                 client, submission = self._customs_submission(item)
@@ -123,26 +130,49 @@ class OutboundDispatcher:
             else:
                 raise PartnerCallError(f"unknown outbound work kind {item.kind}", retryable=False)
         except PartnerCallError as exc:
-            await self._failure(item, started, exc)
+            await self._failure(item, started, exc, marker=call.marker)
         except TimeoutError:
             await self._failure(
                 item, started, PartnerCallError("the partner did not answer in time", retryable=True, code="timeout")
             )
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry, never crash
             log.error("outbound %s %s failed: %s", item.kind, item.id, type(exc).__name__)
-            await self._failure(
-                item,
-                started,
-                PartnerCallError(f"internal error: {type(exc).__name__}", retryable=True, code="internal"),
-            )
+            failure = PartnerCallError(f"internal error: {type(exc).__name__}", retryable=True, code="internal")
+            if call.marker is not None:
+                # A call that cannot be repeated safely was sent: trying again could book twice.
+                failure = PartnerCallError(
+                    f"internal error ({type(exc).__name__}) after a call that cannot be repeated safely was sent"
+                    + (f"; the courier answered: {call.answer}" if call.answer else "")
+                    + ": check the courier, then register the shipment or book again",
+                    retryable=False,
+                    code="ambiguous",
+                )
+            await self._failure(item, started, failure, marker=call.marker)
 
     # ------------------------------------------------------------------ calls
-    async def _book(self, item: OutboundWork) -> BookingResult:
+    async def _book(self, item: OutboundWork, call: _Call) -> BookingResult:
         client = self.ports.booking(item.partner)
         if client is None:
             raise PartnerCallError(
                 f"no booking channel configured for courier {item.partner}", retryable=False, code="config"
             )
+        if not client.idempotent:
+            # A call that cannot be repeated is marked as sent, durably, before it is made. A marker
+            # still there at the next attempt means the hub stopped (crash, shutdown, lost
+            # database) while the courier may have acted: never call again blindly.
+            unanswered = self.store.read(
+                lambda s: [
+                    a.attempt for a in LogisticsRepository.from_session(s).attempts(item.id) if a.outcome == "sent"
+                ]
+            )
+            if unanswered:
+                raise PartnerCallError(
+                    f"attempt {unanswered[-1]} to book with {item.partner} was sent and never answered (the hub "
+                    "stopped during it); the courier may have booked: check it, then register the shipment or book "
+                    "again",
+                    retryable=False,
+                    code="ambiguous",
+                )
 
         def request(session: object) -> BookingRequest:
             from sqlalchemy.orm import Session
@@ -169,8 +199,13 @@ class OutboundDispatcher:
             )
 
         req = self.store.read(request)
+        if not client.idempotent:
+            call.marker = await self.store.run_async(_mark_sent(item.id), actor=f"outbound:{item.partner}")
+        # A client that bounds its own retries says how long that can take; the dispatcher's limit
+        # is then only a guard against a hung call.
+        limit = max(self.call_timeout_s, float(getattr(client, "max_call_s", 0.0)))
         try:
-            return await asyncio.wait_for(client.book(req), self.call_timeout_s)
+            return await asyncio.wait_for(client.book(req), limit)
         except TimeoutError:
             if client.idempotent:
                 raise
@@ -221,6 +256,7 @@ class OutboundDispatcher:
         effect: Callable[[Work], object],
         *,
         keep: bool = False,
+        marker: str | None = None,
     ) -> None:
         duration = (time.perf_counter() - started) * 1000
 
@@ -228,17 +264,7 @@ class OutboundDispatcher:
             row = LogisticsRepository.from_session(work.session).work(item.id)
             result = effect(work)
             finished = not keep or result is True
-            work.session.add(
-                OutboundAttempt(
-                    id=uuid7(),
-                    work_id=row.id,
-                    attempt=_attempt_no(work, row.id),
-                    at=work.now,
-                    duration_ms=duration,
-                    outcome=outcome,
-                    detail=detail[:1000],
-                )
-            )
+            _attempt(work, row.id, marker, duration, outcome, detail)
             row.attempts = 0
             row.claimed_until = None
             row.last_error = None
@@ -251,7 +277,9 @@ class OutboundDispatcher:
 
         await self.store.run_async(job, actor=f"outbound:{item.partner}")
 
-    async def _failure(self, item: OutboundWork, started: float, exc: PartnerCallError) -> None:
+    async def _failure(
+        self, item: OutboundWork, started: float, exc: PartnerCallError, *, marker: str | None = None
+    ) -> None:
         duration = (time.perf_counter() - started) * 1000
         log.warning(
             "outbound %s %s to %s failed (%s, retryable=%s)", item.kind, item.id, item.partner, exc.code, exc.retryable
@@ -261,17 +289,8 @@ class OutboundDispatcher:
             row = LogisticsRepository.from_session(work.session).work(item.id)
             row.attempts += 1
             final = not exc.retryable or row.attempts >= self.policy.outbound_max_attempts
-            work.session.add(
-                OutboundAttempt(
-                    id=uuid7(),
-                    work_id=row.id,
-                    attempt=_attempt_no(work, row.id),
-                    at=work.now,
-                    duration_ms=duration,
-                    outcome="failed" if final else "retry",
-                    detail=f"{exc.code or 'error'}: {exc.message}"[:1000],
-                )
-            )
+            outcome = "failed" if final else "retry"
+            _attempt(work, row.id, marker, duration, outcome, f"{exc.code or 'error'}: {exc.message}")
             row.last_error = f"{exc.code or 'error'}: {exc.message}"[:2000]
             row.claimed_until = None
             row.updated_at = work.now
@@ -298,3 +317,53 @@ def _claim(work_id: str) -> Callable[[Work], bool]:
 
 def _attempt_no(work: Work, work_id: str) -> int:
     return len(LogisticsRepository.from_session(work.session).attempts(work_id)) + 1
+
+
+@dataclass
+class _Call:
+    """One attempt's state: the in-flight marker of a call that cannot be repeated, and what the
+    partner answered (for the operator, if recording the answer fails)."""
+
+    marker: str | None = None
+    answer: str | None = None
+
+
+def _mark_sent(work_id: str) -> Callable[[Work], str]:
+    def job(work: Work) -> str:
+        marker = uuid7()
+        work.session.add(
+            OutboundAttempt(
+                id=marker,
+                work_id=work_id,
+                attempt=_attempt_no(work, work_id),
+                at=work.now,
+                duration_ms=0.0,
+                outcome="sent",
+                detail="sent; no answer recorded yet",
+            )
+        )
+        work.session.flush()
+        return marker
+
+    return job
+
+
+def _attempt(work: Work, work_id: str, marker: str | None, duration: float, outcome: str, detail: str) -> None:
+    """Record how an attempt ended: in its in-flight marker's row when it has one, else a new row."""
+    row = work.session.get(OutboundAttempt, marker) if marker else None
+    if row is None:
+        work.session.add(
+            OutboundAttempt(
+                id=uuid7(),
+                work_id=work_id,
+                attempt=_attempt_no(work, work_id),
+                at=work.now,
+                duration_ms=duration,
+                outcome=outcome,
+                detail=detail[:1000],
+            )
+        )
+        return
+    row.duration_ms = duration
+    row.outcome = outcome
+    row.detail = detail[:1000]

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +25,7 @@ from adapters.local_server import LocalServer
 from adapters.registry import CourierBooking, Parcel
 from hub.context import HubContext
 from hub.logistics.policy import Policy
-from hub.logistics.ports import BookingRequest, PartnerCallError
+from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.schemas import BookShipment
 from hub.logistics.service import ShipmentService
@@ -59,7 +61,7 @@ EP = CourierBooking(
     base_url="https://ep.test/v2",
     credential="api_key",
     carrier="FedEx",
-    service="FIRST_OVERNIGHT",
+    service="INTERNATIONAL_PRIORITY",
     parcel=PARCEL,
 )
 UPS = CourierBooking(
@@ -70,7 +72,7 @@ UPS = CourierBooking(
     credential="secret",
     client_id="id",
     account="A1B2C3",
-    service="14",
+    service="07",
     parcel=PARCEL,
 )
 TOKEN = {"access_token": "tok-1", "expires_in": "14399", "token_type": "Bearer"}
@@ -98,7 +100,7 @@ def _shipment(sid: str, **extra: object) -> dict[str, object]:
         {
             "id": "rate_fx",
             "carrier": "FedEx",
-            "service": "FIRST_OVERNIGHT",
+            "service": "INTERNATIONAL_PRIORITY",
             "carrier_account_id": "ca_fx",
             "delivery_date": "2026-11-26T08:00:00Z",
         },
@@ -120,7 +122,7 @@ def test_easypost_creates_then_buys_the_configured_rate() -> None:
     result = asyncio.run(_easypost().book(REQ))
     assert (result.booking_reference, result.tracking_number) == ("shp_1", "794600000001")
     assert result.eta == datetime(2026, 11, 26, 8, tzinfo=UTC)
-    assert listing.calls[0].request.url.params["purchased"] == "true"
+    assert "start_datetime" in listing.calls[0].request.url.params  # every shipment of the window
     sent = json.loads(create.calls[0].request.content)["shipment"]
     assert sent["reference"] == "leg-key-1"  # how a repeat finds this purchase
     assert sent["options"]["print_custom_1"] == REQ.reference
@@ -147,6 +149,20 @@ def test_easypost_returns_an_earlier_purchase_instead_of_buying_again() -> None:
     assert result.tracking_number == "794600000007"
     assert not create.called
     assert respx.calls[1].request.url.params["before_id"] == "shp_8"
+
+
+@respx.mock
+def test_easypost_buys_the_draft_an_earlier_attempt_left_instead_of_creating_another() -> None:
+    respx.get("https://ep.test/v2/shipments").mock(
+        return_value=httpx.Response(200, json={"shipments": [_shipment("shp_3")], "has_more": False})
+    )
+    create = respx.post("https://ep.test/v2/shipments")
+    buy = respx.post("https://ep.test/v2/shipments/shp_3/buy").mock(
+        return_value=httpx.Response(200, json=_shipment("shp_3", tracking_code="794600000003"))
+    )
+    assert asyncio.run(_easypost().book(REQ)).tracking_number == "794600000003"
+    assert not create.called
+    assert buy.call_count == 1
 
 
 @respx.mock
@@ -296,7 +312,7 @@ def test_easypost_booking_through_the_dispatcher_buys_once(ctx: HubContext) -> N
     assert s.tracking_number == bought["tracking_code"] == again.tracking_number
     assert s.eta is not None
     assert (bought["from_address"]["city"], bought["to_address"]["city"]) == ("Rochester", "Leiden")
-    assert bought["selected_rate"]["service"] == "FIRST_OVERNIGHT"
+    assert bought["selected_rate"]["service"] == "INTERNATIONAL_PRIORITY"
 
 
 @pytest.mark.slow
@@ -324,22 +340,97 @@ def test_a_ups_ship_whose_answer_is_lost_is_not_repeated_and_alerts(ctx: HubCont
     assert (work.last_error or "").startswith("ambiguous:")
 
 
-class _SlowCourier:
+class _Courier:
+    """A courier whose bookings cannot be repeated safely; ``delay`` before it answers."""
+
     idempotent = False
 
-    async def book(self, request: BookingRequest) -> object:
-        await asyncio.sleep(5)
-        raise AssertionError("not reached")
+    def __init__(self, delay: float = 0.0, max_call_s: float = 0.0) -> None:
+        self.delay = delay
+        self.max_call_s = max_call_s
+        self.calls = 0
+
+    async def book(self, request: BookingRequest) -> BookingResult:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return BookingResult(booking_reference="BK-1", tracking_number="1Z0000000001", eta=None)
+
+
+def _leg(ctx: HubContext, courier: _Courier, **dispatcher: Any) -> tuple[OutboundDispatcher, str]:
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    ports = logistics_ports(ctx)
+    ports.booking = lambda partner: courier
+    cmd = BookShipment(order_id=driver.order.id, courier="ups-track-alert", customs_partner="eu-customs-ics2")
+    view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+    return OutboundDispatcher(ctx.store, ctx.partners, ports, Policy(), **dispatcher), view.id
+
+
+def _work(ctx: HubContext, shipment_id: str) -> tuple[Any, list[str]]:
+    def read(s: Any) -> tuple[Any, list[str]]:
+        repo = LogisticsRepository.from_session(s)
+        (work,) = repo.work_for("booking", shipment_id)
+        return work, [a.outcome for a in repo.attempts(work.id)]
+
+    return ctx.store.read(read)
 
 
 def test_a_timeout_of_a_non_idempotent_courier_is_final(ctx: HubContext) -> None:
-    driver = order_at(ctx.store, ctx.partners, "collected")
-    ports = logistics_ports(ctx)
-    ports.booking = lambda partner: _SlowCourier()
-    dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, Policy(), call_timeout_s=0.05)
-    cmd = BookShipment(order_id=driver.order.id, courier="ups-track-alert", customs_partner="eu-customs-ics2")
-    view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+    dispatcher, shipment_id = _leg(ctx, _Courier(delay=5), call_timeout_s=0.05)
     asyncio.run(dispatcher.run_once())
-    (work,) = ctx.store.read(lambda x: LogisticsRepository.from_session(x).work_for("booking", view.id))
+    work, outcomes = _work(ctx, shipment_id)
     assert work.status == "failed"
     assert (work.last_error or "").startswith("ambiguous:")
+    assert outcomes == ["failed"]  # the in-flight marker, resolved in place
+
+
+def test_a_client_that_bounds_its_own_calls_is_not_cut_off_early(ctx: HubContext) -> None:
+    dispatcher, shipment_id = _leg(ctx, _Courier(delay=0.3, max_call_s=5), call_timeout_s=0.05)
+    asyncio.run(dispatcher.run_once())
+    work, outcomes = _work(ctx, shipment_id)
+    assert (work.status, outcomes) == ("done", ["ok"])
+
+
+def test_a_non_idempotent_call_cut_off_by_a_stop_is_never_repeated(ctx: HubContext) -> None:
+    courier = _Courier(delay=60)
+    dispatcher, shipment_id = _leg(ctx, courier)
+
+    async def stopped_mid_call() -> None:  # what Runtime.stop does to a dispatcher it waited for
+        task = asyncio.create_task(dispatcher.run_once())
+        while courier.calls == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stopped_mid_call())
+    work, outcomes = _work(ctx, shipment_id)
+    assert (work.status, outcomes) == ("pending", ["sent"])
+    ctx.store.run(lambda w: setattr(LogisticsRepository.from_session(w.session).work(work.id), "claimed_until", None))
+    courier.delay = 0  # the courier would answer now, but it may have booked already
+    asyncio.run(dispatcher.run_once())
+    work, outcomes = _work(ctx, shipment_id)
+    assert courier.calls == 1
+    assert work.status == "failed"
+    assert (work.last_error or "").startswith("ambiguous: attempt 1 ")
+    assert outcomes == ["sent", "failed"]
+    assert "shipment.booking-failed" in alert_kinds(ctx.store)
+
+
+def test_a_failure_after_a_non_idempotent_booking_is_final_and_names_it(
+    ctx: HubContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    courier = _Courier()
+    dispatcher, shipment_id = _leg(ctx, courier)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the booking could not be recorded")
+
+    monkeypatch.setattr(dispatcher, "_booked", broken)
+    asyncio.run(dispatcher.run_once())
+    asyncio.run(dispatcher.run_once())
+    work, outcomes = _work(ctx, shipment_id)
+    assert courier.calls == 1
+    assert work.status == "failed"
+    assert "ambiguous:" in (work.last_error or "")
+    assert "booked BK-1 (tracking 1Z0000000001)" in (work.last_error or "")
+    assert outcomes == ["failed"]
