@@ -19,9 +19,10 @@ from datetime import datetime
 import httpx
 
 from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused, unreadable
-from adapters.registry import CourierBooking
-from hub.logistics.ports import BookingClient, BookingRequest, BookingResult
+from adapters.registry import CourierBooking, Parcel
+from hub.logistics.ports import BookingClient, BookingRequest, BookingResult, PartnerCallError
 from hub.partners.loader import PartnerDirectory, resolve_secret
+from hub.partners.schemas import Address
 
 
 class PolarRestBooking:
@@ -86,6 +87,24 @@ class PolarRestBooking:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise unreadable("booking") from None
+
+
+def booking_inputs(
+    courier: str, request: BookingRequest, channel: CourierBooking, *fields: str
+) -> tuple[Address, Address, Parcel]:
+    """For couriers that book by address (EasyPost, UPS): both sites' addresses and the channel's
+    parcel, or a final error naming everything missing, the channel ``fields`` named too."""
+    origin, destination, parcel = request.origin_address, request.destination_address, channel.parcel
+    missing = [f"{request.origin}'s address"] if origin is None else []
+    missing += [f"{request.destination}'s address"] if destination is None else []
+    missing += [f"the channel's {name}" for name in ("parcel", *fields) if getattr(channel, name) is None]
+    if missing or origin is None or destination is None or parcel is None:
+        raise PartnerCallError(
+            f"cannot book with {courier} without {', '.join(missing)} (partner profiles)",
+            retryable=False,
+            code="config",
+        )
+    return origin, destination, parcel
 
 
 Secret = Callable[[str | None], str | None]

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from adapters.couriers.booking import booking_inputs
 from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused, unreadable
 from adapters.registry import CourierBooking
 from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
@@ -144,28 +145,12 @@ class EasyPostBooking:
     # ------------------------------------------------------------------ the request
 
     def _shipment(self, request: BookingRequest) -> dict[str, Any]:
-        parcel, service = self.channel.parcel, self.channel.service
-        missing = [
-            name
-            for name, value in (
-                (f"{request.origin}'s address", request.origin_address),
-                (f"{request.destination}'s address", request.destination_address),
-                ("the channel's parcel", parcel),
-                ("the channel's service", service),
-            )
-            if value is None
-        ]
-        if missing or parcel is None:
-            raise PartnerCallError(
-                f"cannot book through EasyPost without {', '.join(missing)} (partner profiles)",
-                retryable=False,
-                code="config",
-            )
+        origin, destination, parcel = booking_inputs("EasyPost", request, self.channel, "service")
         options: dict[str, Any] = {"print_custom_1": request.reference, "label_date": request.pickup_after.isoformat()}
         body: dict[str, Any] = {
             "reference": request.idempotency_key,
-            "from_address": _address(request.origin_name, request.origin_address),
-            "to_address": _address(request.destination_name, request.destination_address),
+            "from_address": _address(request.origin_name, origin),
+            "to_address": _address(request.destination_name, destination),
             "parcel": {
                 "length": round(parcel.length_cm / CM_PER_INCH, 1),
                 "width": round(parcel.width_cm / CM_PER_INCH, 1),
@@ -179,8 +164,7 @@ class EasyPostBooking:
         return body
 
 
-def _address(name: str, address: Address | None) -> dict[str, Any]:
-    assert address is not None
+def _address(name: str, address: Address) -> dict[str, Any]:
     out: dict[str, Any] = {
         "company": name,
         "street1": address.lines[0],

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from adapters.couriers.booking import booking_inputs
 from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused
 from adapters.registry import CourierBooking
 from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
@@ -129,23 +130,8 @@ class UpsBooking:
 
     def _ship_request(self, request: BookingRequest) -> dict[str, Any]:
         ch = self.channel
-        missing = [
-            name
-            for name, value in (
-                (f"{request.origin}'s address", request.origin_address),
-                (f"{request.destination}'s address", request.destination_address),
-                ("the channel's parcel", ch.parcel),
-                ("the channel's service", ch.service),
-                ("the channel's account (shipper number)", ch.account),
-            )
-            if value is None
-        ]
-        if missing or ch.parcel is None or request.origin_address is None:
-            raise PartnerCallError(
-                f"cannot book with UPS without {', '.join(missing)} (partner profiles)", retryable=False, code="config"
-            )
-        parcel = ch.parcel
-        if request.origin_address.country in IMPERIAL:
+        origin, destination, parcel = booking_inputs("UPS", request, ch, "service", "account")
+        if origin.country in IMPERIAL:
             length_unit, weight_unit = "IN", "LBS"
             dims = [parcel.length_cm / CM_PER_INCH, parcel.width_cm / CM_PER_INCH, parcel.height_cm / CM_PER_INCH]
             weight = parcel.weight_kg / KG_PER_LB
@@ -153,7 +139,7 @@ class UpsBooking:
             length_unit, weight_unit = "CM", "KGS"
             dims = [parcel.length_cm, parcel.width_cm, parcel.height_cm]
             weight = parcel.weight_kg
-        shipper = _party(request.origin_name, request.origin_address)
+        shipper = _party(request.origin_name, origin)
         shipper["ShipperNumber"] = ch.account
         return {
             "ShipmentRequest": {
@@ -164,8 +150,8 @@ class UpsBooking:
                 "Shipment": {
                     "Description": request.material[:50],
                     "Shipper": shipper,
-                    "ShipFrom": _party(request.origin_name, request.origin_address),
-                    "ShipTo": _party(request.destination_name, request.destination_address),
+                    "ShipFrom": _party(request.origin_name, origin),
+                    "ShipTo": _party(request.destination_name, destination),
                     "PaymentInformation": {
                         "ShipmentCharge": {"Type": "01", "BillShipper": {"AccountNumber": ch.account}}
                     },
@@ -186,8 +172,7 @@ class UpsBooking:
         }
 
 
-def _party(name: str, address: Address | None) -> dict[str, Any]:
-    assert address is not None
+def _party(name: str, address: Address) -> dict[str, Any]:
     party: dict[str, Any] = {
         "Name": name[:35],
         "Address": {

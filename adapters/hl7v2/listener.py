@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from adapters.hl7v2 import ack as acks
 from adapters.hl7v2.ack import AckContext, AckPolicy, Outcome, policy_for, render
@@ -107,14 +108,12 @@ class MllpListener:
 
     async def start(self) -> None:
         self.ctx.store.start_committer()
-        if self.sock is not None:
-            self._server = await asyncio.start_server(
-                self._serve, sock=self.sock, ssl=server_ssl_context(self.tls), limit=READ_CHUNK
-            )
-        else:
-            self._server = await asyncio.start_server(
-                self._serve, self.host, self.requested_port, ssl=server_ssl_context(self.tls), limit=READ_CHUNK
-            )
+        where: dict[str, Any] = (
+            {"sock": self.sock} if self.sock is not None else {"host": self.host, "port": self.requested_port}
+        )
+        self._server = await asyncio.start_server(
+            self._serve, ssl=server_ssl_context(self.tls), limit=READ_CHUNK, **where
+        )
         log.info("MLLP listener on %s:%d (tls=%s)", self.host, self.port, self.tls.enabled)
 
     async def stop(self) -> None:
