@@ -3,9 +3,9 @@ on planner statistics: a new database answers it through the lookup index and th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -21,6 +21,7 @@ from hub.fhirstore.repository import ResourceRepository, SearchParam, search
 from tests.conftest import new_pg_database
 
 SYSTEM = "urn:oid:2.16.840.1.113883.3.8998.1"
+T = TypeVar("T")
 
 
 def test_the_migrations_build_the_models_schema(db_url: str) -> None:
@@ -57,6 +58,68 @@ def _plans(conn: sa.Connection, statements: list[tuple[str, Any]]) -> list[str]:
     return out
 
 
+ROWS = 3000
+
+
+def _seed(engine: sa.Engine, rtype: str, id_prefix: str, value_prefix: str, *, references: bool = False) -> None:
+    """ROWS resources of one type with an identifier each (and a subject reference), no statistics."""
+    now = datetime.now(UTC)
+    ids = [f"{id_prefix}{n}" for n in range(ROWS)]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(table_of(Resource)),
+            [
+                {
+                    "resource_type": rtype,
+                    "id": rid,
+                    "version_id": 1,
+                    "last_updated": now,
+                    "deleted": False,
+                    "content": "{}",
+                    "content_hash": "0" * 64,
+                }
+                for rid in ids
+            ],
+        )
+        conn.execute(
+            sa.insert(table_of(SearchToken)),
+            [
+                {
+                    "resource_type": rtype,
+                    "id": rid,
+                    "param": "identifier",
+                    "system": SYSTEM,
+                    "value": f"{value_prefix}{n}",
+                }
+                for n, rid in enumerate(ids)
+            ],
+        )
+        if references:
+            conn.execute(
+                sa.insert(table_of(SearchReference)),
+                [
+                    {"resource_type": rtype, "id": rid, "param": "subject", "target": f"Patient/p{n}"}
+                    for n, rid in enumerate(ids)
+                ],
+            )
+
+
+def _planned(engine: sa.Engine, run: Callable[[Session], T]) -> tuple[T, list[str]]:
+    """What ``run`` returns, and the plan of each statement it sent."""
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        statements.append((statement, parameters))
+
+    with Session(engine) as session:
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            result = run(session)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        return result, _plans(session.connection(), statements)
+
+
 @pytest.mark.parametrize("unanalysed_url", ["sqlite", "postgres"], indirect=True)
 def test_an_identifier_lookup_has_one_plan_whatever_the_statistics(unanalysed_url: str) -> None:
     """3,000 Patients, never analysed. The lookup must go through the lookup index and the primary
@@ -64,54 +127,13 @@ def test_an_identifier_lookup_has_one_plan_whatever_the_statistics(unanalysed_ur
     leading with resource_type, migration 0003, and with the lookup as one statement with a
     subquery, planned from ``resource``. SQLite chose well in both cases.)"""
     engine = sa.create_engine(normalise_url(unanalysed_url))
-    rows = 3000
-    now = datetime.now(UTC)
     try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.insert(table_of(Resource)),
-                [
-                    {
-                        "resource_type": "Patient",
-                        "id": f"p{n}",
-                        "version_id": 1,
-                        "last_updated": now,
-                        "deleted": False,
-                        "content": "{}",
-                        "content_hash": "0" * 64,
-                    }
-                    for n in range(rows)
-                ],
-            )
-            conn.execute(
-                sa.insert(table_of(SearchToken)),
-                [
-                    {
-                        "resource_type": "Patient",
-                        "id": f"p{n}",
-                        "param": "identifier",
-                        "system": SYSTEM,
-                        "value": f"MRN{n}",
-                    }
-                    for n in range(rows)
-                ],
-            )
-        statements: list[tuple[str, Any]] = []
-
-        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-            statements.append((statement, parameters))
-
-        with Session(engine) as session:
-            event.listen(engine, "before_cursor_execute", capture)
-            try:
-                found = ResourceRepository(session).find_by_identifier("Patient", SYSTEM, "MRN17")
-            finally:
-                event.remove(engine, "before_cursor_execute", capture)
-            assert [s.id for s in found] == ["p17"]
-            plans = _plans(session.connection(), statements)
+        _seed(engine, "Patient", "p", "MRN")
+        found, plans = _planned(engine, lambda s: ResourceRepository(s).find_by_identifier("Patient", SYSTEM, "MRN17"))
     finally:
         engine.dispose()
-    assert len(plans) == 2, statements
+    assert [s.id for s in found] == ["p17"]
+    assert len(plans) == 2, plans
     token_plan, resource_plan = plans
     assert "ix_search_token_lookup" in token_plan, token_plan
     # the primary key: pk_resource on PostgreSQL, SQLite's automatic index for it
@@ -130,60 +152,12 @@ def test_a_search_has_one_plan_whatever_the_statistics(unanalysed_url: str, para
     _lastUpdated, with a limit) on 3,000 never-analysed ServiceRequests: it starts from the search
     table's lookup index and reaches the rows by primary key, never by reading every order."""
     engine = sa.create_engine(normalise_url(unanalysed_url))
-    rows = 3000
-    now = datetime.now(UTC)
     try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.insert(table_of(Resource)),
-                [
-                    {
-                        "resource_type": "ServiceRequest",
-                        "id": f"s{n}",
-                        "version_id": 1,
-                        "last_updated": now,
-                        "deleted": False,
-                        "content": "{}",
-                        "content_hash": "0" * 64,
-                    }
-                    for n in range(rows)
-                ],
-            )
-            conn.execute(
-                sa.insert(table_of(SearchToken)),
-                [
-                    {
-                        "resource_type": "ServiceRequest",
-                        "id": f"s{n}",
-                        "param": "identifier",
-                        "system": SYSTEM,
-                        "value": f"C{n}",
-                    }
-                    for n in range(rows)
-                ],
-            )
-            conn.execute(
-                sa.insert(table_of(SearchReference)),
-                [
-                    {"resource_type": "ServiceRequest", "id": f"s{n}", "param": "subject", "target": f"Patient/p{n}"}
-                    for n in range(rows)
-                ],
-            )
-        statements: list[tuple[str, Any]] = []
-
-        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-            statements.append((statement, parameters))
-
-        with Session(engine) as session:
-            event.listen(engine, "before_cursor_execute", capture)
-            try:
-                found = search(session, "ServiceRequest", [SearchParam(param, value)], count=50)
-            finally:
-                event.remove(engine, "before_cursor_execute", capture)
-            assert [s.id for s in found] == ["s17"]
-            (plan,) = _plans(session.connection(), statements)
+        _seed(engine, "ServiceRequest", "s", "C", references=True)
+        found, (plan,) = _planned(engine, lambda s: search(s, "ServiceRequest", [SearchParam(param, value)], count=50))
     finally:
         engine.dispose()
+    assert [s.id for s in found] == ["s17"]
     assert "ix_search_token_lookup" in plan or "ix_search_reference_lookup" in plan, plan
     assert "pk_resource" in plan or "sqlite_autoindex_resource_1" in plan, plan
     assert "Seq Scan" not in plan, plan
