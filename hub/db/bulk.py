@@ -50,7 +50,7 @@ def _sqlite_converter(sample: Any) -> Callable[[Any], Any] | None:
 
 
 @contextmanager
-def _as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
+def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     """Raise the driver's errors the way SQLAlchemy would have: the unit of work tells a partner's
     duplicate (``IntegrityError`` -> Conflict) and a lost database (``OperationalError`` -> retry)
     from a bug by SQLAlchemy's exception classes. (PostgreSQL's connection pool pings connections
@@ -73,7 +73,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     if conn.dialect.name == "postgresql":
         statement = f'COPY "{table.name}" ({quoted}) FROM STDIN'
         with (
-            _as_sqlalchemy_errors(conn, statement),
+            driver_errors(conn, statement),
             raw.cursor() as cur,
             cur.copy(statement) as copy,
         ):
@@ -96,12 +96,49 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         statement = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})'
         cur = raw.cursor()
         try:
-            with _as_sqlalchemy_errors(conn, statement):
+            with driver_errors(conn, statement):
                 cur.executemany(statement, values)
         finally:
             cur.close()
         return
     conn.execute(table.insert(), list(rows))
+
+
+def insert_unless_present(session: Session, table: Table, row: dict[str, Any], keys: Sequence[str]) -> bool:
+    """Insert one row unless a row with the same ``keys`` (a unique constraint) exists; True if
+    inserted. ``INSERT … ON CONFLICT (keys) DO NOTHING`` on both databases: the usual case (a new
+    message) costs one statement instead of a lookup and an insert, and a concurrent duplicate from
+    another process is skipped instead of failing the transaction."""
+    conn = session.connection()
+    columns = list(row)
+    if conn.dialect.name not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"insert_unless_present on {conn.dialect.name}")
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    values = [row[c] for c in columns]
+    if conn.dialect.name == "sqlite":
+        mark = "?"
+        for i, value in enumerate(values):
+            if (convert := _sqlite_converter(value)) is not None:
+                values[i] = convert(value)
+    else:
+        mark = "%s"
+    statement = _upsert_sql(table.name, tuple(columns), tuple(keys), mark)
+    cur = raw.cursor()
+    try:
+        with driver_errors(conn, statement):
+            cur.execute(statement, values)
+            return bool(cur.rowcount == 1)
+    finally:
+        cur.close()
+
+
+@lru_cache(maxsize=64)
+def _upsert_sql(table: str, columns: tuple[str, ...], keys: tuple[str, ...], mark: str) -> str:
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    marks = ", ".join(mark for _ in columns)
+    target = ", ".join(f'"{k}"' for k in keys)
+    return f'INSERT INTO "{table}" ({quoted}) VALUES ({marks}) ON CONFLICT ({target}) DO NOTHING'
 
 
 def insert_tables(session: Session, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
@@ -130,7 +167,7 @@ def insert_tables(session: Session, batches: Sequence[tuple[Table, Sequence[dict
             params.append([row[c] for row in rows])
     raw = conn.connection.driver_connection
     assert raw is not None
-    with _as_sqlalchemy_errors(conn, statement), raw.cursor() as cur:
+    with driver_errors(conn, statement), raw.cursor() as cur:
         cur.execute(statement, params)
 
 
@@ -176,7 +213,7 @@ def select_one(session: Session, table: Table, columns: Sequence[str], where: di
     statement = _select_sql(table.name, tuple(columns), tuple(where), mark)
     cur = raw.cursor()
     try:
-        with _as_sqlalchemy_errors(conn, statement):
+        with driver_errors(conn, statement):
             cur.execute(statement, tuple(where.values()))
             row = cur.fetchone()
     finally:

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from hub.db.bulk import driver_errors
+
 # How long a SQLite connection waits for a lock before it reports the database busy.
 SQLITE_BUSY_TIMEOUT_MS = 30000
 
@@ -87,21 +89,30 @@ def _fast_savepoints(engine: Engine) -> Engine:
     useful statement out of that cache: 0.35 ms per savepoint measured on this machine against
     0.004 ms for the same SQL sent to the driver. The group committer opens one savepoint per job,
     the inbox another one per message, so this was a large share of every write. The ORM's
-    savepoint bookkeeping (what to expunge on rollback) is untouched: only the SQL text changes."""
+    savepoint bookkeeping (what to expunge on rollback) is untouched: only the SQL text changes.
+
+    The statements go to the driver itself, not through ``exec_driver_sql``: SQLAlchemy's execution
+    context still cost ~13 µs per SAVEPOINT/RELEASE pair against ~1.3 µs (SQLite, 2026-12-03),
+    ~10 % of the committer's time on the webhook path. Driver errors are raised as SQLAlchemy's
+    exception classes, as the bulk writer does (``hub.db.bulk.driver_errors``)."""
 
     def checked(name: str) -> str:
         if not _SAVEPOINT_NAME.fullmatch(name):
             raise ValueError(f"unexpected savepoint name {name!r}")
         return name
 
+    def run(connection: Any, statement: str) -> None:
+        with driver_errors(connection, statement):
+            connection.connection.driver_connection.execute(statement)
+
     def do_savepoint(connection: Any, name: str) -> None:
-        connection.exec_driver_sql(f"SAVEPOINT {checked(name)}")
+        run(connection, f"SAVEPOINT {checked(name)}")
 
     def do_rollback_to_savepoint(connection: Any, name: str) -> None:
-        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {checked(name)}")
+        run(connection, f"ROLLBACK TO SAVEPOINT {checked(name)}")
 
     def do_release_savepoint(connection: Any, name: str) -> None:
-        connection.exec_driver_sql(f"RELEASE SAVEPOINT {checked(name)}")
+        run(connection, f"RELEASE SAVEPOINT {checked(name)}")
 
     dialect: Any = engine.dialect
     dialect.do_savepoint = do_savepoint

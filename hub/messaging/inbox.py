@@ -8,7 +8,8 @@ same external id with different content is stored under a derived id and answere
 
 Edges whose interpretation only emits events (courier webhooks: ``interpret_writes=False``) take a
 shorter path: the interpretation runs first and the message is inserted once, with its status, in
-the same transaction as the events. Nothing is acted on or acknowledged before that COMMIT, and a
+the same transaction as the events (unless its id is already stored: then the events are dropped
+and it is answered as a repeat). Nothing is acted on or acknowledged before that COMMIT, and a
 message whose interpretation fails is still stored (``rejected``/``failed``), so the rule holds:
 every message is on disk before anyone answers or acts on it.
 """
@@ -23,7 +24,7 @@ from enum import StrEnum
 from sqlalchemy import bindparam, update
 
 from hub import canonical
-from hub.db.bulk import insert_rows, select_one
+from hub.db.bulk import insert_rows, insert_unless_present, select_one
 from hub.db.models import InboxMessage, table_of
 from hub.db.uow import Work
 from hub.errors import HubError
@@ -81,9 +82,25 @@ def receive(
     ``interpret_writes=False`` is the fast path for edges whose interpretation only *emits* events
     or audit entries (the Work buffers them) and issues no statements of its own, such as courier
     webhooks acknowledged at receipt: no savepoint is needed to undo it, so the message is
-    interpreted first and inserted once, with its final status (one statement instead of four)."""
+    interpreted first and inserted once, with its final status, by ``INSERT … ON CONFLICT DO
+    NOTHING`` — one statement for a new message instead of a lookup, an insert, a savepoint and an
+    update. Only when that insert finds the id taken is the message looked up and answered as a
+    repeat or a conflict, exactly as on the general path."""
     digest = canonical.sha256_hex(raw)
     external_id = external_id[:255]
+    if not interpret_writes:
+        # Interpret, then insert unless the id is already stored: one statement for a new message.
+        # A stored id undoes what this interpretation buffered and is answered below, as before.
+        try:
+            with work.attempt(savepoint=False):
+                message_id = uuid7()
+                done = _interpret(work, message_id, interpret, render_error, partner, channel, message_type)
+                row = _row(work, partner, channel, external_id, digest, raw, message_id, done)
+                if not insert_unless_present(work.session, _T, row, _UNIQUE):
+                    raise _AlreadyStored
+            return InboxOutcome(message_id, done.status, done.response, error=done.error)
+        except _AlreadyStored:
+            pass
     existing = _find(work, partner, channel, external_id)
     if existing is not None:
         if existing.content_hash == digest:
@@ -105,44 +122,56 @@ def receive(
         )
         return InboxOutcome(message_id, InboxStatus.conflict, response)
 
-    message_id = (
-        uuid7() if not interpret_writes else _insert(work, partner, channel, external_id, digest, raw, message_type)
+    message_id = _insert(work, partner, channel, external_id, digest, raw, message_type)
+    done = _interpret(work, message_id, interpret, render_error, partner, channel, message_type, savepoint=True)
+    _settle(
+        work,
+        message_id,
+        done.status,
+        done.response,
+        error=done.failure,
+        order_id=done.order_id,
+        message_type=done.message_type,
     )
-    error: HubError | None = None
+    return InboxOutcome(message_id, done.status, done.response, error=done.error)
+
+
+class _AlreadyStored(Exception):
+    """Internal: the fast path found the external id already stored."""
+
+
+@dataclass(frozen=True)
+class _Done:
+    status: InboxStatus
+    response: bytes | None
+    message_type: str | None
     order_id: str | None = None
-    failure: str | None = None
+    error: HubError | None = None
+    failure: str | None = None  # what is recorded in the row's error column
+
+
+def _interpret(
+    work: Work,
+    message_id: str,
+    interpret: Interpret,
+    render_error: RenderError,
+    partner: str,
+    channel: str,
+    message_type: str | None,
+    *,
+    savepoint: bool = False,
+) -> _Done:
+    """Run the adapter's interpretation; a refusal or a crash becomes the message's status."""
     try:
-        with work.attempt(savepoint=interpret_writes):
+        with work.attempt(savepoint=savepoint):
             result = interpret(work, message_id)
-        status, response = result.status, result.response
-        order_id = result.order_id
-        message_type = result.message_type or message_type
+        return _Done(result.status, result.response, result.message_type or message_type, result.order_id)
     except HubError as exc:
-        error = exc
-        status, response = InboxStatus.rejected, render_error(exc, exc)
-        failure = exc.message[:2000]
+        return _Done(InboxStatus.rejected, render_error(exc, exc), message_type, error=exc, failure=exc.message[:2000])
     except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
         log.exception("inbox message %s from %s/%s failed: %s", message_id, partner, channel, type(exc).__name__)
-        status, response = InboxStatus.failed, render_error(None, exc)
         failure = f"internal error: {type(exc).__name__}"
-    if interpret_writes:
-        _settle(work, message_id, status, response, error=failure, order_id=order_id, message_type=message_type)
-    else:
-        _insert(
-            work,
-            partner,
-            channel,
-            external_id,
-            digest,
-            raw,
-            message_type,
-            message_id=message_id,
-            status=status,
-            response=response,
-            error=failure,
-            order_id=order_id,
-        )
-    return InboxOutcome(message_id, status, response, error=error)
+        return _Done(InboxStatus.failed, render_error(None, exc), message_type, failure=failure)
 
 
 @dataclass(frozen=True)
@@ -168,6 +197,7 @@ def _find(work: Work, partner: str, channel: str, external_id: str) -> _Stored |
 
 # Hot-path statements on the Core table (built once).
 _T = table_of(InboxMessage)
+_UNIQUE = ("partner", "channel", "external_id")
 _SETTLE = (
     _T.update()
     .where(_T.c.id == bindparam("i"))
@@ -183,44 +213,33 @@ _SETTLE = (
 
 
 def _insert(
-    work: Work,
-    partner: str,
-    channel: str,
-    external_id: str,
-    digest: str,
-    raw: bytes,
-    message_type: str | None,
-    *,
-    message_id: str | None = None,
-    status: InboxStatus = InboxStatus.received,
-    response: bytes | None = None,
-    error: str | None = None,
-    order_id: str | None = None,
+    work: Work, partner: str, channel: str, external_id: str, digest: str, raw: bytes, message_type: str | None
 ) -> str:
-    message_id = message_id or uuid7()
-    settled = status is not InboxStatus.received
-    insert_rows(
-        work.session,
-        _T,
-        [
-            {
-                "id": message_id,
-                "partner": partner,
-                "channel": channel,
-                "external_id": external_id,
-                "content_hash": digest,
-                "raw": raw,
-                "message_type": message_type[:64] if message_type else None,
-                "received_at": work.now,
-                "status": status.value,
-                "response": response,
-                "error": error,
-                "order_id": order_id,
-                "handled_at": work.now if settled else None,
-            }
-        ],
-    )
+    """Insert a message as ``received`` (its interpretation settles it)."""
+    message_id = uuid7()
+    done = _Done(InboxStatus.received, None, message_type)
+    insert_rows(work.session, _T, [_row(work, partner, channel, external_id, digest, raw, message_id, done)])
     return message_id
+
+
+def _row(
+    work: Work, partner: str, channel: str, external_id: str, digest: str, raw: bytes, message_id: str, done: _Done
+) -> dict[str, object]:
+    return {
+        "id": message_id,
+        "partner": partner,
+        "channel": channel,
+        "external_id": external_id,
+        "content_hash": digest,
+        "raw": raw,
+        "message_type": done.message_type[:64] if done.message_type else None,
+        "received_at": work.now,
+        "status": done.status.value,
+        "response": done.response,
+        "error": done.failure,
+        "order_id": done.order_id,
+        "handled_at": work.now if done.status is not InboxStatus.received else None,
+    }
 
 
 def _settle(

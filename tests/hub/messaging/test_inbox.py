@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from hub import canonical
 from hub.db.models import InboxMessage, TherapyOrder
 from hub.db.uow import Store, Work
 from hub.errors import GuardFailed, HubError
-from hub.messaging.inbox import InboxStatus, Interpretation, receive
+from hub.messaging.inbox import InboxOutcome, InboxStatus, Interpretation, receive
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
 from tests.builders import place_cmd
@@ -133,3 +134,45 @@ def test_driver_level_writes_report_duplicates_as_conflicts(store: Store) -> Non
     store.run(lambda w: insert_rows(w.session, table_of(InboxMessage), [{**row, "id": "a"}]))
     with pytest.raises(Conflict):
         store.run(lambda w: insert_rows(w.session, table_of(InboxMessage), [{**row, "id": "b"}]))
+
+
+def test_fast_path_repeat_and_conflict_inside_one_transaction(store: Store) -> None:
+    """The fast path inserts with ON CONFLICT DO NOTHING: a repeat in the same transaction (two
+    deliveries in one committer batch) is answered as the first and its event is dropped; other
+    content under the same id is stored apart as a conflict."""
+    from hub.db.models import OutboxEvent
+    from hub.events import EventType, InboundReceived
+
+    def accept(work: Work, message_id: str) -> Interpretation:
+        payload = InboundReceived(partner="polar-courier", channel="test-webhook", inbox_message_id=message_id)
+        work.emit(EventType.COURIER_WEBHOOK_RECEIVED, "polar-courier:T1", payload)
+        return Interpretation(InboxStatus.received, b"accepted " + message_id.encode())
+
+    def three(work: Work) -> list[InboxOutcome]:
+        return [
+            receive(
+                work,
+                partner="polar-courier",
+                channel="test-webhook",
+                external_id="EVT-9",
+                raw=raw,
+                interpret=accept,
+                render_error=_render,
+                render_conflict=lambda m: b"CONFLICT",
+                interpret_writes=False,
+            )
+            for raw in (b"body", b"body", b"other body")
+        ]
+
+    first, again, other = store.run(three)
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.message_id == first.message_id
+    assert again.response == first.response
+    assert other.status is InboxStatus.conflict
+    assert other.response == b"CONFLICT"
+    with store.reading() as s:
+        rows = s.scalars(select(InboxMessage)).all()
+        conflict_id = "EVT-9#conflict:" + canonical.sha256_hex(b"other body")[:16]
+        assert sorted(r.external_id for r in rows) == sorted(["EVT-9", conflict_id])
+        assert len(s.scalars(select(OutboxEvent)).all()) == 1
