@@ -22,6 +22,7 @@ from adapters.couriers.signatures import Verified, verify
 from adapters.registry import CourierWebhook
 from hub import canonical
 from hub.api.deps import app_context
+from hub.api.direct import direct
 from hub.api.outcomes import problem_for
 from hub.context import HubContext
 from hub.db.models import InboxMessage
@@ -107,9 +108,14 @@ async def verified_delivery(partner: str, request: Request, ctx: HubContext) -> 
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
         raise TooLarge()
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise TooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # a chunked body is refused as soon as it passes the cap
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TooLarge()
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     for name, value in channel.require_headers.items():
         if request.headers.get(name) != value:
             raise AuthenticationFailed(f"header {name} is missing or wrong")
@@ -192,6 +198,7 @@ class MappingMissing(HubError):
 
 
 @router.post("/{partner}", status_code=202, summary="Courier tracking webhook (signature verified first)")
+@direct
 async def courier_webhook(partner: str, request: Request) -> Response:
     ctx = app_context(request)
     delivery = await verified_delivery(partner, request, ctx)
@@ -226,6 +233,7 @@ async def courier_webhook(partner: str, request: Request) -> Response:
 
 
 @router.post("/{partner}/telemetry", status_code=202, summary="Batches of logger readings for a shipment")
+@direct
 async def courier_telemetry(partner: str, request: Request) -> Response:
     ctx = app_context(request)
     delivery = await verified_delivery(partner, request, ctx)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub import __version__, canonical, heap
 from hub.api import fhir, health, smart
 from hub.api.auth import TokenService
+from hub.api.direct import DirectRoutes, marked
 from hub.api.guard import RefuseNul
 from hub.api.idempotency import InFlight
 from hub.api.metrics import ObserveMiddleware
@@ -101,17 +102,21 @@ def create_app(ctx: HubContext, runtime: Any = None, *, settle_heap: bool = Fals
     app.state.tokens = TokenService(ctx.settings, ctx.store, ctx.partners)
     app.state.inflight = InFlight()
     install_error_handlers(app)
-    app.add_middleware(RefuseNul)
-    app.add_middleware(ObserveMiddleware)  # outermost: refused requests are counted too
 
     from hub.alerts.endpoints import router as alerts
     from hub.logistics.endpoints import router as logistics
     from hub.runtime import all_routers
 
+    adapters = all_routers()
+    # Innermost of the hub's middleware: marked partner endpoints skip the router (hub.api.direct).
+    app.add_middleware(DirectRoutes, routes=marked(adapters), handlers=app.exception_handlers)
+    app.add_middleware(RefuseNul)
+    app.add_middleware(ObserveMiddleware)  # outermost: refused requests are counted too
+
     # Routes are matched in order: the adapters' partner-facing endpoints (courier webhooks, the
     # highest-rate traffic) come first, so they are not matched against every FHIR route first
     # (measured: route matching was ~10 % of a webhook's server time when they came last).
-    for router in all_routers():
+    for router in adapters:
         app.include_router(router)
     app.include_router(health.router)
     app.include_router(smart.router)  # before fhir: /fhir/.well-known/… is not a resource type

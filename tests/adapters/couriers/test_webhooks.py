@@ -325,3 +325,35 @@ def test_fuzzed_signed_bodies_are_processed_without_crash(ctx: HubContext, clien
     statuses = sorted(m.status for m in _inbox(ctx))
     assert statuses == ["handled", "handled", "handled", "ignored"]
     assert "courier.unknown-code" in alert_kinds(ctx.store, driver.order.id)
+
+
+def test_direct_lane_keeps_metrics_errors_and_the_router_for_other_methods(ctx: HubContext, client: TestClient) -> None:
+    """Webhooks skip FastAPI's router (hub.api.direct) but are answered, counted and refused as
+    before; other methods on the same path still get the router's 405, and a chunked body larger
+    than the cap is refused while it arrives."""
+    from adapters.couriers.endpoints import MAX_BODY
+
+    body = event_body("PU", "PLR000000001", utcnow())
+    assert (
+        client.post(
+            "/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)
+        ).status_code
+        == 202
+    )
+    unknown = client.post("/webhooks/couriers/nobody", content=body)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/webhooks/couriers/polar-courier").status_code == 405
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b"x" * 65536
+
+    too_large = client.post(
+        "/webhooks/couriers/polar-courier", content=chunks(), headers=signed_headers(POLAR_SECRET, body)
+    )
+    assert too_large.status_code == 413
+    metrics = client.get("/metrics").text
+    assert 'route="/webhooks/couriers/{partner}",status="202"' in metrics
+    assert 'route="/webhooks/couriers/{partner}",status="404"' in metrics
+    assert len(_inbox(ctx)) == 1
