@@ -23,6 +23,7 @@ from adapters.registry import CourierBooking, Parcel
 from hub.logistics.ports import BookingClient, BookingRequest, BookingResult, PartnerCallError
 from hub.partners.loader import PartnerDirectory, resolve_secret
 from hub.partners.schemas import Address
+from hub.products.schemas import CustomsGoods
 
 
 class PolarRestBooking:
@@ -105,6 +106,22 @@ def booking_inputs(
             code="config",
         )
     return origin, destination, parcel
+
+
+def declared_goods(courier: str, request: BookingRequest, origin: Address, destination: Address) -> CustomsGoods | None:
+    """The goods for the carrier's customs paperwork when the leg crosses a border (None within one
+    country). A cross-border leg without them is refused before any call: the carrier would refuse
+    it, or worse, carry it without the papers customs will ask for."""
+    if origin.country == destination.country:
+        return None
+    if request.goods is None:
+        raise PartnerCallError(
+            f"cannot book a leg from {origin.country} to {destination.country} with {courier} without the "
+            "leg's customs goods (customs: in the product definition)",
+            retryable=False,
+            code="config",
+        )
+    return request.goods
 
 
 Secret = Callable[[str | None], str | None]

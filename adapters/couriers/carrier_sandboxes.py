@@ -76,6 +76,10 @@ class EasyPostSandbox:
                     return refusal
                 if not body.get("to_address") or not body.get("from_address") or not body.get("parcel"):
                     return _ep_error(422, "SHIPMENT.INVALID_PARAMS", "addresses and parcel are required")
+                if body["from_address"].get("country") != body["to_address"].get("country") and not _customs_ok(
+                    body.get("customs_info")
+                ):
+                    return _ep_error(422, "SHIPMENT.CUSTOMS_INFO.INVALID", "international shipments need customs_info")
                 shipment_id = f"shp_{next(self._ids):08d}"
                 try:
                     label_date = datetime.fromisoformat((body.get("options") or {}).get("label_date") or "")
@@ -89,6 +93,7 @@ class EasyPostSandbox:
                     "from_address": body["from_address"],
                     "to_address": body["to_address"],
                     "parcel": body["parcel"],
+                    "customs_info": body.get("customs_info"),
                     "options": body.get("options") or {},
                     "tracking_code": None,
                     "selected_rate": None,
@@ -236,6 +241,8 @@ class UpsSandbox:
                 if origin != to and shipment.get("Service", {}).get("Code") in UPS_DOMESTIC_SERVICES:
                     unavailable = "The requested service is unavailable between the selected locations."
                     return _ups_error(400, "111210", unavailable)
+                if origin != to and not _invoice_ok(shipment):
+                    return _ups_error(400, "120416", "International forms are required for this shipment.")
                 number = f"1Z{self.shipper_number}{len(self.shipments) + 1:010d}"
                 self.shipments.append({"number": number, "version": version, "shipment": shipment})
                 if self.lose_next_answer:
@@ -254,6 +261,40 @@ class UpsSandbox:
                 )
 
         return app
+
+
+def _customs_ok(info: Any) -> bool:
+    """What EasyPost asks of customs information: items with a description, a positive quantity,
+    value and weight, and an origin country; an explanation when the contents are "other"."""
+    if not isinstance(info, dict) or not isinstance(info.get("customs_items"), list) or not info["customs_items"]:
+        return False
+    if info.get("contents_type") == "other" and not info.get("contents_explanation"):
+        return False
+    return all(
+        isinstance(item, dict)
+        and item.get("description")
+        and item.get("origin_country")
+        and all(isinstance(item.get(k), int | float) and item[k] > 0 for k in ("quantity", "value", "weight"))
+        for item in info["customs_items"]
+    )
+
+
+def _invoice_ok(shipment: dict[str, Any]) -> bool:
+    """A UPS shipment between countries: a description of the goods and a commercial invoice
+    (form 01) with a sold-to party, a currency and products with a commodity code and a value."""
+    forms = (shipment.get("ShipmentServiceOptions") or {}).get("InternationalForms") or {}
+    products = forms.get("Product") or []
+    return bool(
+        shipment.get("Description")
+        and forms.get("FormType") == "01"
+        and forms.get("CurrencyCode")
+        and (forms.get("Contacts") or {}).get("SoldTo")
+        and products
+        and all(
+            p.get("CommodityCode") and p.get("OriginCountryCode") and (p.get("Unit") or {}).get("Value")
+            for p in products
+        )
+    )
 
 
 def _ups_error(status: int, code: str, message: str) -> JSONResponse:

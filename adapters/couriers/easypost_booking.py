@@ -3,7 +3,8 @@ addresses and the leg's parcel, then the rate for the profile's carrier and serv
 
 API (https://docs.easypost.com): HTTP Basic with the API key as user name;
 ``POST /shipments``, ``POST /shipments/{id}/buy`` with the rate's id, ``GET /shipments/{id}``,
-``GET /shipments?start_datetime=…`` (newest first, ``has_more`` + ``before_id``).
+``GET /shipments?start_datetime=…`` (newest first, ``has_more`` + ``before_id``). A leg between two
+countries carries ``customs_info`` built from the product's customs goods for the leg.
 Errors are ``{"error": {"code", "message"}}``. Lengths are in inches and weights in ounces.
 
 **Why a repeat cannot buy twice.** EasyPost has no idempotency key, so the client makes its own:
@@ -23,11 +24,12 @@ from typing import Any
 
 import httpx
 
-from adapters.couriers.booking import booking_inputs
+from adapters.couriers.booking import booking_inputs, declared_goods
 from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused, unreadable
 from adapters.registry import CourierBooking
 from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
 from hub.partners.schemas import Address
+from hub.products.schemas import CustomsGoods
 
 CM_PER_INCH = 2.54
 OUNCES_PER_KG = 35.27396195
@@ -159,9 +161,38 @@ class EasyPostBooking:
             },
             "options": options,
         }
+        goods = declared_goods("EasyPost", request, origin, destination)
+        if goods is not None:  # EasyPost needs customs information between any two countries
+            body["customs_info"] = _customs_info(goods, origin, body["parcel"]["weight"])
         if self.channel.account:
             body["carrier_accounts"] = [self.channel.account]
         return body
+
+
+def _customs_info(goods: CustomsGoods, origin: Address, weight_oz: float) -> dict[str, Any]:
+    """One customs item: the leg's goods, its declared value, the parcel's weight. The contents
+    are "other" (not merchandise: nothing is sold), explained by the goods' description."""
+    info: dict[str, Any] = {
+        "contents_type": "other",
+        "contents_explanation": goods.description[:255],
+        "non_delivery_option": "return",
+        "restriction_type": "none",
+        "customs_certify": False,
+        "customs_items": [
+            {
+                "description": goods.description,
+                "quantity": 1,
+                "value": goods.value,
+                "currency": goods.currency,
+                "weight": weight_oz,
+                "hs_tariff_number": goods.hs_code,
+                "origin_country": origin.country,
+            }
+        ],
+    }
+    if origin.country == "US":  # US exports under the EEI filing threshold
+        info["eel_pfc"] = "NOEEI 30.37(a)"
+    return info
 
 
 def _address(name: str, address: Address) -> dict[str, Any]:

@@ -21,17 +21,19 @@ Alert event.
 
 from __future__ import annotations
 
+import textwrap
 import time
 import uuid
 from typing import Any
 
 import httpx
 
-from adapters.couriers.booking import booking_inputs
+from adapters.couriers.booking import booking_inputs, declared_goods
 from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused
 from adapters.registry import CourierBooking
 from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
 from hub.partners.schemas import Address
+from hub.products.schemas import CustomsGoods
 
 API_VERSION = "v2409"
 TOKEN_MARGIN_S = 60.0  # fetch a new token this long before the old one expires
@@ -141,7 +143,8 @@ class UpsBooking:
             weight = parcel.weight_kg
         shipper = _party(request.origin_name, origin)
         shipper["ShipperNumber"] = ch.account
-        return {
+        goods = declared_goods("UPS", request, origin, destination)
+        body: dict[str, Any] = {
             "ShipmentRequest": {
                 "Request": {
                     "RequestOption": "nonvalidate",
@@ -170,6 +173,34 @@ class UpsBooking:
                 },
             }
         }
+        if goods is not None:
+            shipment = body["ShipmentRequest"]["Shipment"]
+            shipment["Description"] = goods.description[:50]  # UPS requires it across borders
+            shipment["ShipmentServiceOptions"] = {
+                "InternationalForms": _invoice(goods, request, origin, _party(request.destination_name, destination))
+            }
+        return body
+
+
+def _invoice(goods: CustomsGoods, request: BookingRequest, origin: Address, sold_to: dict[str, Any]) -> dict[str, Any]:
+    """A commercial invoice (form type 01) for the leg's goods: one product, one unit, the value
+    declared for customs purposes; the receiving site is the invoice's "sold to" party."""
+    return {
+        "FormType": "01",
+        "InvoiceNumber": request.reference[:35],
+        "InvoiceDate": request.pickup_after.strftime("%Y%m%d"),
+        "ReasonForExport": goods.export_reason.upper(),
+        "CurrencyCode": goods.currency,
+        "Contacts": {"SoldTo": sold_to},
+        "Product": [
+            {
+                "Description": textwrap.wrap(goods.description, 35)[:3],
+                "CommodityCode": goods.hs_code.replace(".", ""),
+                "OriginCountryCode": origin.country,
+                "Unit": {"Number": "1", "Value": f"{goods.value:.2f}", "UnitOfMeasurement": {"Code": "EA"}},
+            }
+        ],
+    }
 
 
 def _party(name: str, address: Address) -> dict[str, Any]:

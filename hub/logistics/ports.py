@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from hub.partners.schemas import Address
+from hub.products.schemas import CustomsGoods
 
 
 class PartnerCallError(Exception):
@@ -42,6 +43,8 @@ class BookingRequest:
     destination_name: str = ""
     origin_address: Address | None = None
     destination_address: Address | None = None
+    # The leg's goods as the product declares them, for a carrier's customs paperwork.
+    goods: CustomsGoods | None = None
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ class OutboundDispatcher:
                 destination_name=destination.name if destination else s.destination,
                 origin_address=origin.address if origin else None,
                 destination_address=destination.address if destination else None,
+                goods=leg.customs,
             )
 
         req = self.store.read(request)

@@ -64,12 +64,26 @@ class TemperatureRange(Strict):
         return self
 
 
+class CustomsGoods(Strict):
+    """What a leg carries, as a carrier's customs paperwork declares it when the leg crosses a
+    border (EasyPost ``customs_info``, UPS ``InternationalForms``: a commercial invoice). It belongs
+    to the product, not the order: no patient data goes on a customs form. ``value`` is the value
+    declared for customs purposes; autologous material is not sold, and carriers refuse zero."""
+
+    description: str = Field(min_length=3, max_length=105)  # UPS prints 3 lines of 35
+    hs_code: str = Field(pattern=r"^\d{4}\.?\d{2}(\.?\d{2,4})?$")  # Harmonized System, 6–10 digits
+    value: float = Field(gt=0)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    export_reason: str = Field(default="NOT FOR SALE", min_length=1, max_length=20)
+
+
 class Leg(Strict):
     code: str
     name: str
     departs: str  # stage code at which the leg starts (material handed to the courier)
     arrives: str  # stage code at which it ends (receipt)
     temperature: TemperatureRange
+    customs: CustomsGoods | None = None  # needed to book a leg between two countries by address
 
 
 class Viability(Strict):

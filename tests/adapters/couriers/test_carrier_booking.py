@@ -31,6 +31,7 @@ from hub.logistics.schemas import BookShipment
 from hub.logistics.service import ShipmentService
 from hub.logistics.worker import OutboundDispatcher
 from hub.partners.schemas import Address
+from hub.products.registry import get_product
 from hub.runtime import logistics_ports
 from tests.logistics_support import alert_kinds, context, order_at
 
@@ -52,6 +53,7 @@ REQ = BookingRequest(
     destination_name="Leiden Cell Factory",
     origin_address=ORIGIN,
     destination_address=DEST,
+    goods=get_product("car-t-fresh").legs[0].customs,
 )
 PARCEL = Parcel(length_cm=60, width_cm=45, height_cm=45, weight_kg=14)
 EP = CourierBooking(
@@ -132,6 +134,31 @@ def test_easypost_creates_then_buys_the_configured_rate() -> None:
     assert json.loads(buy.calls[0].request.content) == {"rate": {"id": "rate_fx"}}
     auth = create.calls[0].request.headers["authorization"]
     assert base64.b64decode(auth.removeprefix("Basic ")) == b"ep-key:"
+    customs = sent["customs_info"]  # US -> NL: the leg's goods from the product definition
+    assert (customs["contents_type"], customs["non_delivery_option"]) == ("other", "return")
+    assert customs["eel_pfc"] == "NOEEI 30.37(a)"
+    (item,) = customs["customs_items"]
+    assert (item["hs_tariff_number"], item["origin_country"], item["quantity"]) == ("3002.90", "US", 1)
+    assert (item["value"], item["currency"], item["weight"]) == (100, "EUR", 493.8)
+    assert "leukapheresis" in item["description"]
+
+
+@respx.mock
+def test_easypost_customs_only_across_a_border_and_never_without_the_goods() -> None:
+    respx.get("https://ep.test/v2/shipments").mock(
+        return_value=httpx.Response(200, json={"shipments": [], "has_more": False})
+    )
+    create = respx.post("https://ep.test/v2/shipments").mock(return_value=httpx.Response(201, json=_shipment("shp_1")))
+    bought = _shipment("shp_1", tracking_code="794600000001", selected_rate=_shipment("x")["rates"][1])  # type: ignore[index]
+    respx.post("https://ep.test/v2/shipments/shp_1/buy").mock(return_value=httpx.Response(200, json=bought))
+    domestic = replace(REQ, destination_address=DEST.model_copy(update={"country": "US", "state": "NY"}), goods=None)
+    asyncio.run(_easypost().book(domestic))
+    assert "customs_info" not in json.loads(create.calls[0].request.content)["shipment"]
+    with pytest.raises(PartnerCallError) as no_goods:
+        asyncio.run(_easypost().book(replace(REQ, goods=None)))
+    assert (no_goods.value.code, no_goods.value.retryable) == ("config", False)
+    assert "from US to NL" in no_goods.value.message
+    assert create.call_count == 1  # refused before any call
 
 
 @respx.mock
@@ -228,6 +255,19 @@ def test_ups_gets_a_token_once_and_ships_with_the_leg_reference() -> None:
     }  # from the US
     assert shipment["ShipTo"]["Address"]["CountryCode"] == "NL"
     assert shipment["PaymentInformation"]["ShipmentCharge"]["BillShipper"]["AccountNumber"] == "A1B2C3"
+    assert "leukapheresis" in shipment["Description"]
+    invoice = shipment["ShipmentServiceOptions"]["InternationalForms"]
+    assert (invoice["FormType"], invoice["CurrencyCode"], invoice["InvoiceDate"]) == ("01", "EUR", "20261125")
+    assert invoice["ReasonForExport"] == "NOT FOR SALE"
+    assert invoice["Contacts"]["SoldTo"]["Address"]["City"] == "Leiden"
+    (product,) = invoice["Product"]
+    assert (product["CommodityCode"], product["OriginCountryCode"]) == ("300290", "US")
+    assert product["Unit"] == {"Number": "1", "Value": "100.00", "UnitOfMeasurement": {"Code": "EA"}}
+    assert all(len(line) <= 35 for line in product["Description"])
+    with pytest.raises(PartnerCallError) as no_goods:
+        asyncio.run(client.book(replace(REQ, goods=None)))
+    assert no_goods.value.code == "config"
+    assert ship.call_count == 2  # refused before any call
 
 
 @respx.mock
@@ -313,6 +353,7 @@ def test_easypost_booking_through_the_dispatcher_buys_once(ctx: HubContext) -> N
     assert s.eta is not None
     assert (bought["from_address"]["city"], bought["to_address"]["city"]) == ("Rochester", "Leiden")
     assert bought["selected_rate"]["service"] == "INTERNATIONAL_PRIORITY"
+    assert bought["customs_info"]["customs_items"][0]["hs_tariff_number"] == "3002.90"  # the fresh product's leg
 
 
 @pytest.mark.slow
@@ -324,6 +365,8 @@ def test_ups_booking_through_the_dispatcher(ctx: HubContext) -> None:
     assert s.status == "booked"
     assert [x["number"] for x in ups.shipments] == [s.tracking_number]
     assert ups.shipments[0]["shipment"]["ShipFrom"]["Address"]["City"] == "Rochester"
+    forms = ups.shipments[0]["shipment"]["ShipmentServiceOptions"]["InternationalForms"]
+    assert forms["Product"][0]["CommodityCode"] == "300290"
 
 
 @pytest.mark.slow
