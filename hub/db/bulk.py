@@ -53,13 +53,18 @@ def _sqlite_converter(sample: Any) -> Callable[[Any], Any] | None:
 def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     """Raise the driver's errors the way SQLAlchemy would have: the unit of work tells a partner's
     duplicate (``IntegrityError`` -> Conflict) and a lost database (``OperationalError`` -> retry)
-    from a bug by SQLAlchemy's exception classes. (PostgreSQL's connection pool pings connections
-    before reuse, so one that died here is not handed out again.)"""
+    from a bug by SQLAlchemy's exception classes."""
     base = conn.dialect.loaded_dbapi.Error
     try:
         yield
     except base as exc:
-        raise DBAPIError.instance(statement, None, exc, base, dialect=conn.dialect) from exc
+        # As SQLAlchemy's own execution does: a lost connection is invalidated, so the pool does not
+        # hand it out again and the error says so.
+        lost = not conn.invalidated and conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(exc)
+        error = DBAPIError.instance(statement, None, exc, base, connection_invalidated=lost, dialect=conn.dialect)
+        raise error from exc
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -98,6 +98,7 @@ def receive(
                 row = _row(work, partner, channel, external_id, digest, raw, message_id, done)
                 if not insert_unless_present(work.session, _T, row, _UNIQUE):
                     raise _AlreadyStored
+            _report(done, message_id, partner, channel)
             return InboxOutcome(message_id, done.status, done.response, error=done.error)
         except _AlreadyStored:
             pass
@@ -133,6 +134,7 @@ def receive(
         order_id=done.order_id,
         message_type=done.message_type,
     )
+    _report(done, message_id, partner, channel)
     return InboxOutcome(message_id, done.status, done.response, error=done.error)
 
 
@@ -148,6 +150,7 @@ class _Done:
     order_id: str | None = None
     error: HubError | None = None
     failure: str | None = None  # what is recorded in the row's error column
+    crash: Exception | None = None  # a bug in a mapping or the core (logged once the message is stored)
 
 
 def _interpret(
@@ -169,9 +172,22 @@ def _interpret(
     except HubError as exc:
         return _Done(InboxStatus.rejected, render_error(exc, exc), message_type, error=exc, failure=exc.message[:2000])
     except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
-        log.exception("inbox message %s from %s/%s failed: %s", message_id, partner, channel, type(exc).__name__)
         failure = f"internal error: {type(exc).__name__}"
-        return _Done(InboxStatus.failed, render_error(None, exc), message_type, failure=failure)
+        return _Done(InboxStatus.failed, render_error(None, exc), message_type, failure=failure, crash=exc)
+
+
+def _report(done: _Done, message_id: str, partner: str, channel: str) -> None:
+    """Log a crash under the id of the message as stored (a repeat found by the fast path's insert
+    is answered from the stored message; its interpretation left nothing to report)."""
+    if done.crash is not None:
+        log.error(
+            "inbox message %s from %s/%s failed: %s",
+            message_id,
+            partner,
+            channel,
+            type(done.crash).__name__,
+            exc_info=done.crash,
+        )
 
 
 @dataclass(frozen=True)

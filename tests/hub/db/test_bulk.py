@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from hub.db.bulk import insert_tables
 from hub.db.models import Resource, ResourceVersion, SearchToken, table_of
@@ -71,3 +71,42 @@ def test_a_duplicate_in_any_table_fails_the_whole_call(store: Store) -> None:
     # Nothing of the failed call is left: not the token written before the duplicate, not p9.
     assert store.read(lambda s: s.execute(select(Resource.id)).scalars().all()) == ["p1"]
     assert store.read(lambda s: s.execute(select(SearchToken)).first()) is None
+
+
+def test_a_connection_lost_under_a_driver_level_savepoint_is_retryable_and_not_reused(pg_url: str) -> None:
+    """Savepoints and hot-path writes go straight to the driver (hub.db.engine, hub.db.bulk). A
+    connection that dies there is reported as the store being unavailable (the edge answers
+    "retry"), and it is invalidated as SQLAlchemy's own execution would: the next unit of work
+    gets a fresh connection."""
+    import time
+
+    import psycopg
+
+    from hub.db.uow import Work, open_store
+    from hub.errors import StoreUnavailable
+    from tests.conftest import truncate_postgres
+
+    truncate_postgres(pg_url)
+    store = open_store(pg_url)
+    invalidated: list[bool] = []
+    try:
+
+        def killed_mid_job(work: Work) -> None:
+            pid = work.session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            with psycopg.connect(pg_url, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                while other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                    time.sleep(0.01)  # the backend ends asynchronously
+            try:
+                with work.session.begin_nested():
+                    work.session.connection()  # the SAVEPOINT goes out, through the driver, on a dead connection
+            except DBAPIError as exc:
+                invalidated.append(exc.connection_invalidated)
+                raise
+
+        with pytest.raises(StoreUnavailable):
+            store.run(killed_mid_job)
+        assert invalidated == [True]
+        assert store.run(lambda w: w.session.connection().exec_driver_sql("SELECT 1").scalar_one()) == 1
+    finally:
+        store.dispose()

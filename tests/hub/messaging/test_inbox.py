@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
 from sqlalchemy import select
 
 from hub import canonical
@@ -176,3 +179,20 @@ def test_fast_path_repeat_and_conflict_inside_one_transaction(store: Store) -> N
         conflict_id = "EVT-9#conflict:" + canonical.sha256_hex(b"other body")[:16]
         assert sorted(r.external_id for r in rows) == sorted(["EVT-9", conflict_id])
         assert len(s.scalars(select(OutboxEvent)).all()) == 1
+
+
+def test_a_crash_is_logged_once_under_the_stored_message(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """The fast path interprets before it knows a delivery is a repeat: a repeat of a delivery
+    whose interpretation crashed is answered from the stored message and logs nothing more."""
+
+    def crash(work: Work, message_id: str) -> Interpretation:
+        raise KeyError("mapping bug")
+
+    with caplog.at_level(logging.ERROR, logger="hub.messaging.inbox"):
+        first = _receive_buffered(store, "EVT-C", b"body", crash)
+        again = _receive_buffered(store, "EVT-C", b"body", crash)
+    assert first.status is InboxStatus.failed
+    assert again.duplicate
+    assert [r.getMessage() for r in caplog.records] == [
+        f"inbox message {first.message_id} from polar-courier/test-webhook failed: KeyError"
+    ]
