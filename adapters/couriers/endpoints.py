@@ -10,8 +10,10 @@ Mapping the courier's codes and acting on them continues from the bus
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
@@ -110,11 +112,12 @@ async def verified_delivery(partner: str, request: Request, ctx: HubContext) -> 
         raise TooLarge()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():  # a chunked body is refused as soon as it passes the cap
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise TooLarge()
-        chunks.append(chunk)
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:  # a chunked body is refused as soon as it passes the cap
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise TooLarge()
+            chunks.append(chunk)
     raw = b"".join(chunks)
     for name, value in channel.require_headers.items():
         if request.headers.get(name) != value:
@@ -134,10 +137,21 @@ async def verified_delivery(partner: str, request: Request, ctx: HubContext) -> 
 
 def _answer(outcome: InboxOutcome) -> Response:
     status = outcome.error.status if outcome.error is not None else 202
+    if outcome.status is InboxStatus.rejected and outcome.error is None:
+        status = _stored_status(outcome.response)  # a repeat of a refused delivery: refused the same way
     if outcome.status is InboxStatus.failed:
         status = 503
     media = "application/problem+json" if status >= 400 else "application/json"
     return Response(outcome.response or b"{}", status_code=status, media_type=media)
+
+
+def _stored_status(response: bytes | None) -> int:
+    """The status of a stored refusal (its problem JSON carries it)."""
+    try:
+        status = json.loads(response or b"{}").get("status")
+    except (ValueError, AttributeError):
+        return 422
+    return status if isinstance(status, int) and 400 <= status < 500 else 422
 
 
 def _render_error(error: HubError | None, exc: Exception) -> bytes:

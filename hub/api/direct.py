@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -38,23 +38,30 @@ def direct(endpoint: E) -> E:
 
 
 def marked(routers: Iterable[Any]) -> list[APIRoute]:
-    return [
-        r
-        for router in routers
-        for r in router.routes
-        if isinstance(r, APIRoute) and getattr(r.endpoint, "direct_lane", False)
-    ]
+    routes = []
+    for router in routers:
+        for r in router.routes:
+            if isinstance(r, APIRoute) and getattr(r.endpoint, "direct_lane", False):
+                if router.dependencies:
+                    raise TypeError(f"{r.path}: its router's dependencies would be skipped by the direct lane")
+                routes.append(r)
+    return routes
 
 
 def eligible(route: APIRoute) -> None:
-    """Refuse a route whose endpoint needs anything FastAPI would have to resolve."""
+    """Refuse a route whose endpoint needs anything FastAPI would have to resolve or enforce: a
+    parameter other than ``request`` and ``str`` path parameters, a dependency, a body limit of its
+    own, a synchronous endpoint."""
     params = set(route.param_convertors)
+    hints = get_type_hints(route.endpoint)
     for name in inspect.signature(route.endpoint).parameters:
-        if name == "request" or name in params:
+        if name == "request" or (name in params and hints.get(name) is str):
             continue
         raise TypeError(f"{route.path}: parameter {name!r} needs FastAPI's resolution; it cannot take the direct lane")
-    if route.dependencies or not inspect.iscoroutinefunction(route.endpoint):
+    if route.dependencies or route.dependant.dependencies or not inspect.iscoroutinefunction(route.endpoint):
         raise TypeError(f"{route.path}: only async endpoints without dependencies can take the direct lane")
+    if getattr(route, "max_body_size", None) is not None:
+        raise TypeError(f"{route.path}: a route body limit is enforced by FastAPI's router, not the direct lane")
 
 
 class DirectRoutes:
@@ -66,7 +73,10 @@ class DirectRoutes:
         for route in self.routes:
             eligible(route)
         # As Starlette's ExceptionMiddleware: handlers by exception class; a handler for Exception
-        # (or 500) belongs to the server-error middleware outside.
+        # (or 500) belongs to the server-error middleware outside. Handlers keyed by a status code
+        # serve HTTPException, which these endpoints do not raise (they raise HubError). FastAPI's
+        # tracing (CGTHUB_OTEL_ENABLED) names the route in its router, so these spans carry no
+        # http.route; the hub's own metrics do (scope["route"] below).
         self.handlers = {k: v for k, v in handlers.items() if isinstance(k, type) and k is not Exception}
         prefixes = {route.path_format.split("{", 1)[0] for route in self.routes}
         self.prefixes = tuple(prefixes)

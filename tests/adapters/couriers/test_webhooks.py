@@ -327,19 +327,29 @@ def test_fuzzed_signed_bodies_are_processed_without_crash(ctx: HubContext, clien
     assert "courier.unknown-code" in alert_kinds(ctx.store, driver.order.id)
 
 
-def test_direct_lane_keeps_metrics_errors_and_the_router_for_other_methods(ctx: HubContext, client: TestClient) -> None:
+def test_direct_lane_keeps_metrics_errors_and_the_router_for_other_methods(
+    ctx: HubContext, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Webhooks skip FastAPI's router (hub.api.direct) but are answered, counted and refused as
     before; other methods on the same path still get the router's 405, and a chunked body larger
     than the cap is refused while it arrives."""
+    from fastapi.routing import APIRouter
+
     from adapters.couriers.endpoints import MAX_BODY
 
+    routed: list[str] = []
+    through_router = APIRouter.__call__
+
+    async def spy(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        routed.append(f"{scope['method']} {scope['path']}")
+        await through_router(self, scope, receive, send)
+
+    monkeypatch.setattr(APIRouter, "__call__", spy)
     body = event_body("PU", "PLR000000001", utcnow())
-    assert (
-        client.post(
-            "/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)
-        ).status_code
-        == 202
+    delivered = client.post(
+        "/webhooks/couriers/polar-courier", content=body, headers=signed_headers(POLAR_SECRET, body)
     )
+    assert delivered.status_code == 202
     unknown = client.post("/webhooks/couriers/nobody", content=body)
     assert unknown.status_code == 404
     assert unknown.headers["content-type"].startswith("application/problem+json")
@@ -353,7 +363,18 @@ def test_direct_lane_keeps_metrics_errors_and_the_router_for_other_methods(ctx: 
         "/webhooks/couriers/polar-courier", content=chunks(), headers=signed_headers(POLAR_SECRET, body)
     )
     assert too_large.status_code == 413
+    assert routed == ["GET /webhooks/couriers/polar-courier"]  # only the method the lane does not serve
     metrics = client.get("/metrics").text
     assert 'route="/webhooks/couriers/{partner}",status="202"' in metrics
     assert 'route="/webhooks/couriers/{partner}",status="404"' in metrics
+    assert len(_inbox(ctx)) == 1
+
+
+def test_a_repeat_of_a_refused_delivery_is_refused_the_same_way(ctx: HubContext, client: TestClient) -> None:
+    body = b'{"not": "a tracking event"'
+    headers = signed_headers(POLAR_SECRET, body)
+    first = client.post("/webhooks/couriers/polar-courier", content=body, headers=headers)
+    again = client.post("/webhooks/couriers/polar-courier", content=body, headers=headers)
+    assert 400 <= first.status_code < 500
+    assert (again.status_code, again.content) == (first.status_code, first.content)
     assert len(_inbox(ctx)) == 1
