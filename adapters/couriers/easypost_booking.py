@@ -65,6 +65,8 @@ class EasyPostBooking:
             transport=self.transport,
         ) as client:
             shipment = await self._earlier(client, request.idempotency_key)
+            if shipment is not None and not shipment.get("tracking_code") and _lacks_customs(shipment, body):
+                shipment = None  # a draft made without the customs information now required: not bought
             if shipment is None:
                 shipment = await self._json(
                     client, "POST", "/shipments", "create the EasyPost shipment", json={"shipment": body}
@@ -190,9 +192,31 @@ def _customs_info(goods: CustomsGoods, origin: Address, weight_oz: float) -> dic
             }
         ],
     }
-    if origin.country == "US":  # US exports under the EEI filing threshold
-        info["eel_pfc"] = "NOEEI 30.37(a)"
+    if origin.country == "US":
+        info["eel_pfc"] = _us_export_filing(goods)
     return info
+
+
+EEI_THRESHOLD_USD = 2500.0
+
+
+def _us_export_filing(goods: CustomsGoods) -> str:
+    """A US export names its EEI filing: the product's own (an AES ITN or another exemption), or
+    the low-value exemption when the value is plainly under the threshold; never a guess."""
+    if goods.eel_pfc:
+        return goods.eel_pfc
+    if goods.currency == "USD" and goods.value <= EEI_THRESHOLD_USD:
+        return "NOEEI 30.37(a)"
+    raise PartnerCallError(
+        f"a US export declared at {goods.value:g} {goods.currency} needs its EEI filing (eel_pfc: an AES ITN or "
+        f"exemption) in the product's customs goods: only up to {EEI_THRESHOLD_USD:g} USD is it exempt",
+        retryable=False,
+        code="config",
+    )
+
+
+def _lacks_customs(shipment: dict[str, Any], body: dict[str, Any]) -> bool:
+    return "customs_info" in body and not shipment.get("customs_info")
 
 
 def _address(name: str, address: Address) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused
 from adapters.registry import CourierBooking
 from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
 from hub.partners.schemas import Address
-from hub.products.schemas import CustomsGoods
+from hub.products.schemas import INVOICE_LINE, CustomsGoods
 
 API_VERSION = "v2409"
 TOKEN_MARGIN_S = 60.0  # fetch a new token this long before the old one expires
@@ -175,16 +175,25 @@ class UpsBooking:
         }
         if goods is not None:
             shipment = body["ShipmentRequest"]["Shipment"]
-            shipment["Description"] = goods.description[:50]  # UPS requires it across borders
-            shipment["ShipmentServiceOptions"] = {
-                "InternationalForms": _invoice(goods, request, origin, _party(request.destination_name, destination))
-            }
+            # UPS requires a description of the goods across borders (50 characters, cut at a word).
+            shipment["Description"] = textwrap.shorten(goods.description, 50, placeholder="")
+            sold_to = _party(request.destination_name, destination)
+            sold_to.setdefault("AttentionName", request.destination_name[:35])  # required on an invoice
+            shipment["ShipmentServiceOptions"] = {"InternationalForms": _invoice(goods, request, origin, sold_to)}
         return body
 
 
 def _invoice(goods: CustomsGoods, request: BookingRequest, origin: Address, sold_to: dict[str, Any]) -> dict[str, Any]:
     """A commercial invoice (form type 01) for the leg's goods: one product, one unit, the value
     declared for customs purposes; the receiving site is the invoice's "sold to" party."""
+    product: dict[str, Any] = {
+        "Description": textwrap.wrap(goods.description, INVOICE_LINE),  # fits: checked by the schema
+        "CommodityCode": goods.hs_code.replace(".", ""),
+        "OriginCountryCode": origin.country,
+        "Unit": {"Number": "1", "Value": f"{goods.value:.2f}", "UnitOfMeasurement": {"Code": "EA"}},
+    }
+    if goods.part_number:
+        product["PartNumber"] = goods.part_number
     return {
         "FormType": "01",
         "InvoiceNumber": request.reference[:35],
@@ -192,14 +201,7 @@ def _invoice(goods: CustomsGoods, request: BookingRequest, origin: Address, sold
         "ReasonForExport": goods.export_reason.upper(),
         "CurrencyCode": goods.currency,
         "Contacts": {"SoldTo": sold_to},
-        "Product": [
-            {
-                "Description": textwrap.wrap(goods.description, 35)[:3],
-                "CommodityCode": goods.hs_code.replace(".", ""),
-                "OriginCountryCode": origin.country,
-                "Unit": {"Number": "1", "Value": f"{goods.value:.2f}", "UnitOfMeasurement": {"Code": "EA"}},
-            }
-        ],
+        "Product": [product],
     }
 
 

@@ -6,6 +6,7 @@ stage requires what, in which order, with which windows and limits, is data.
 
 from __future__ import annotations
 
+import textwrap
 from enum import StrEnum
 from typing import Literal
 
@@ -64,6 +65,9 @@ class TemperatureRange(Strict):
         return self
 
 
+INVOICE_LINE, INVOICE_LINES = 35, 3  # a UPS commercial invoice prints a product in 3 lines of 35
+
+
 class CustomsGoods(Strict):
     """What a leg carries, as a carrier's customs paperwork declares it when the leg crosses a
     border (EasyPost ``customs_info``, UPS ``InternationalForms``: a commercial invoice). It belongs
@@ -73,8 +77,18 @@ class CustomsGoods(Strict):
     description: str = Field(min_length=3, max_length=105)  # UPS prints 3 lines of 35
     hs_code: str = Field(pattern=r"^\d{4}\.?\d{2}(\.?\d{2,4})?$")  # Harmonized System, 6–10 digits
     value: float = Field(gt=0)
-    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     export_reason: str = Field(default="NOT FOR SALE", min_length=1, max_length=20)
+    part_number: str | None = Field(default=None, min_length=1, max_length=10)  # the invoice line's reference
+    # US exports: the EEI exemption or the AES ITN. Without it, a US export is declared
+    # "NOEEI 30.37(a)" only when its value is at most 2,500 USD; otherwise the booking is refused.
+    eel_pfc: str | None = Field(default=None, min_length=1, max_length=40)
+
+    @model_validator(mode="after")
+    def _printable(self) -> CustomsGoods:
+        if len(textwrap.wrap(self.description, INVOICE_LINE)) > INVOICE_LINES:
+            raise ValueError(f"the description must fit {INVOICE_LINES} invoice lines of {INVOICE_LINE} characters")
+        return self
 
 
 class Leg(Strict):

@@ -139,7 +139,7 @@ def test_easypost_creates_then_buys_the_configured_rate() -> None:
     assert customs["eel_pfc"] == "NOEEI 30.37(a)"
     (item,) = customs["customs_items"]
     assert (item["hs_tariff_number"], item["origin_country"], item["quantity"]) == ("3002.90", "US", 1)
-    assert (item["value"], item["currency"], item["weight"]) == (100, "EUR", 493.8)
+    assert (item["value"], item["currency"], item["weight"]) == (100, "USD", 493.8)
     assert "leukapheresis" in item["description"]
 
 
@@ -180,8 +180,11 @@ def test_easypost_returns_an_earlier_purchase_instead_of_buying_again() -> None:
 
 @respx.mock
 def test_easypost_buys_the_draft_an_earlier_attempt_left_instead_of_creating_another() -> None:
+    customs = {"customs_items": [{"hs_tariff_number": "3002.90"}]}
     respx.get("https://ep.test/v2/shipments").mock(
-        return_value=httpx.Response(200, json={"shipments": [_shipment("shp_3")], "has_more": False})
+        return_value=httpx.Response(
+            200, json={"shipments": [_shipment("shp_3", customs_info=customs)], "has_more": False}
+        )
     )
     create = respx.post("https://ep.test/v2/shipments")
     buy = respx.post("https://ep.test/v2/shipments/shp_3/buy").mock(
@@ -190,6 +193,21 @@ def test_easypost_buys_the_draft_an_earlier_attempt_left_instead_of_creating_ano
     assert asyncio.run(_easypost().book(REQ)).tracking_number == "794600000003"
     assert not create.called
     assert buy.call_count == 1
+
+
+@respx.mock
+def test_easypost_does_not_buy_a_cross_border_draft_made_without_customs_information() -> None:
+    respx.get("https://ep.test/v2/shipments").mock(
+        return_value=httpx.Response(200, json={"shipments": [_shipment("shp_3")], "has_more": False})
+    )
+    create = respx.post("https://ep.test/v2/shipments").mock(return_value=httpx.Response(201, json=_shipment("shp_4")))
+    old_buy = respx.post("https://ep.test/v2/shipments/shp_3/buy")
+    respx.post("https://ep.test/v2/shipments/shp_4/buy").mock(
+        return_value=httpx.Response(200, json=_shipment("shp_4", tracking_code="794600000004"))
+    )
+    assert asyncio.run(_easypost().book(REQ)).tracking_number == "794600000004"
+    assert "customs_info" in json.loads(create.calls[0].request.content)["shipment"]
+    assert not old_buy.called
 
 
 @respx.mock
@@ -257,7 +275,7 @@ def test_ups_gets_a_token_once_and_ships_with_the_leg_reference() -> None:
     assert shipment["PaymentInformation"]["ShipmentCharge"]["BillShipper"]["AccountNumber"] == "A1B2C3"
     assert "leukapheresis" in shipment["Description"]
     invoice = shipment["ShipmentServiceOptions"]["InternationalForms"]
-    assert (invoice["FormType"], invoice["CurrencyCode"], invoice["InvoiceDate"]) == ("01", "EUR", "20261125")
+    assert (invoice["FormType"], invoice["CurrencyCode"], invoice["InvoiceDate"]) == ("01", "USD", "20261125")
     assert invoice["ReasonForExport"] == "NOT FOR SALE"
     assert invoice["Contacts"]["SoldTo"]["Address"]["City"] == "Leiden"
     (product,) = invoice["Product"]
@@ -477,3 +495,35 @@ def test_a_failure_after_a_non_idempotent_booking_is_final_and_names_it(
     assert "ambiguous:" in (work.last_error or "")
     assert "booked BK-1 (tracking 1Z0000000001)" in (work.last_error or "")
     assert outcomes == ["failed"]
+
+
+def test_customs_goods_fit_an_invoice_and_us_exports_name_their_filing() -> None:
+    from pydantic import ValidationError
+
+    from adapters.couriers.easypost_booking import _customs_info
+    from hub.products.schemas import CustomsGoods
+
+    assert REQ.goods is not None
+    with pytest.raises(ValidationError, match="3 invoice lines"):  # 105 characters, 4 lines once wrapped
+        CustomsGoods(
+            description="Cryopreserved autologous leukapheresis material " * 2 + "nitrogen", hs_code="3002.90", value=1
+        )
+    assert _customs_info(REQ.goods, ORIGIN, 10)["eel_pfc"] == "NOEEI 30.37(a)"  # 100 USD
+    assert "eel_pfc" not in _customs_info(REQ.goods, DEST, 10)  # not a US export
+    costly = REQ.goods.model_copy(update={"value": 5000})
+    with pytest.raises(PartnerCallError, match="EEI filing") as refused:
+        _customs_info(costly, ORIGIN, 10)
+    assert refused.value.code == "config"
+    filed = costly.model_copy(update={"eel_pfc": "AES X20261125123456"})
+    assert _customs_info(filed, ORIGIN, 10)["eel_pfc"] == "AES X20261125123456"
+
+
+@respx.mock
+def test_ups_sends_no_invoice_within_one_country() -> None:
+    respx.post("https://ups.test/security/v1/oauth/token").mock(return_value=httpx.Response(200, json=TOKEN))
+    ship = respx.post("https://ups.test/api/shipments/v2409/ship").mock(return_value=httpx.Response(200, json=SHIPPED))
+    domestic = replace(REQ, destination_address=DEST.model_copy(update={"country": "US", "state": "NY"}), goods=None)
+    asyncio.run(_ups().book(domestic))
+    shipment = json.loads(ship.calls[0].request.content)["ShipmentRequest"]["Shipment"]
+    assert "ShipmentServiceOptions" not in shipment
+    assert shipment["Description"] == "apheresis"
