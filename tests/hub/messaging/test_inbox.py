@@ -196,3 +196,62 @@ def test_a_crash_is_logged_once_under_the_stored_message(store: Store, caplog: p
     assert [r.getMessage() for r in caplog.records] == [
         f"inbox message {first.message_id} from polar-courier/test-webhook failed: KeyError"
     ]
+
+
+def test_fast_path_two_writers_racing_on_one_id_store_it_once(db_url: str) -> None:
+    """Two processes (``serve --workers``) take the same delivery at once: the second insert waits
+    for the first transaction (PostgreSQL: on the unique index; SQLite: on the write lock), finds
+    the id taken and answers as a repeat. One message, one event."""
+    import threading
+    import time
+
+    from hub.db.models import OutboxEvent
+    from hub.db.uow import open_store
+    from hub.events import EventType, InboundReceived
+
+    def accept(work: Work, message_id: str) -> Interpretation:
+        payload = InboundReceived(partner="polar-courier", channel="test-webhook", inbox_message_id=message_id)
+        work.emit(EventType.COURIER_WEBHOOK_RECEIVED, "polar-courier:T1", payload)
+        return Interpretation(InboxStatus.received, b"accepted " + message_id.encode())
+
+    def deliver(work: Work) -> InboxOutcome:
+        return receive(
+            work,
+            partner="polar-courier",
+            channel="test-webhook",
+            external_id="EVT-RACE",
+            raw=b"body",
+            interpret=accept,
+            render_error=_render,
+            interpret_writes=False,
+        )
+
+    first_store, second_store = open_store(db_url), open_store(db_url)
+    inserted = threading.Event()
+    outcomes: dict[str, InboxOutcome] = {}
+
+    def first(work: Work) -> InboxOutcome:
+        out = deliver(work)
+        inserted.set()
+        time.sleep(0.3)  # the transaction stays open while the second writer arrives
+        return out
+
+    def second() -> None:
+        inserted.wait(5)
+        outcomes["second"] = second_store.run(deliver)
+
+    try:
+        racer = threading.Thread(target=second)
+        racer.start()
+        outcomes["first"] = first_store.run(first)
+        racer.join(10)
+        with first_store.reading() as s:
+            assert len(s.scalars(select(InboxMessage)).all()) == 1
+            assert len(s.scalars(select(OutboxEvent)).all()) == 1
+    finally:
+        first_store.dispose()
+        second_store.dispose()
+    assert not outcomes["first"].duplicate
+    assert outcomes["second"].duplicate
+    assert outcomes["second"].message_id == outcomes["first"].message_id
+    assert outcomes["second"].response == outcomes["first"].response
