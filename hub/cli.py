@@ -58,14 +58,14 @@ def serve(
     """Run the API, the committer, the outbox relay, the bus consumers and the adapters' listeners
     (MLLP on CGTHUB_MLLP_HOST:CGTHUB_MLLP_PORT unless CGTHUB_MLLP_ENABLED=false) and senders.
     With --workers N (CGTHUB_WORKERS), N processes share the listeners; see hub/serve.py."""
-    from hub.serve import WorkersRefused
+    from hub.serve import ServeRefused
     from hub.serve import serve as run
 
     settings = _settings()
     _logging(settings)
     try:
         code = run(settings, host or settings.http_host, port or settings.http_port, workers or settings.workers)
-    except WorkersRefused as exc:
+    except ServeRefused as exc:
         typer.echo(f"refused: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

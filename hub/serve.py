@@ -48,11 +48,30 @@ RESTARTS_PER_MINUTE = 5
 STOP_GRACE_S = 30.0
 
 
-class WorkersRefused(Exception):
+class ServeRefused(Exception):
+    """``serve`` cannot start as asked; the message says why and what to do (exit 2)."""
+
+
+class WorkersRefused(ServeRefused):
     """Several workers were asked for where they cannot work (SQLite)."""
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+_HINTS = {
+    "HTTP": "CGTHUB_HTTP_HOST / CGTHUB_HTTP_PORT, or --host / --port",
+    "MLLP": "CGTHUB_MLLP_HOST / CGTHUB_MLLP_PORT, or CGTHUB_MLLP_ENABLED=false",
+}
+
+
+def listening_socket(host: str, port: int, what: str = "HTTP") -> socket.socket:
+    try:
+        return _listening_socket(host, port)
+    except OSError as exc:
+        raise ServeRefused(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc} (choose another with {_HINTS[what]})"
+        ) from None
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,19 +97,37 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Run until stopped; the process exit code."""
-    if workers <= 1:
-        _run_worker(settings, index=0, edge=False, http=listening_socket(host, port), mllp=None)
-        return 0
-    if settings.database_url.startswith("sqlite"):
+    """Run until stopped; the process exit code. The listening sockets are bound here, before any
+    worker starts, so a port in use is refused with its name rather than a traceback."""
+    if workers > 1 and settings.database_url.startswith("sqlite"):
         raise WorkersRefused(
             f"{workers} workers need PostgreSQL: SQLite has one writer at a time, and worker processes "
             "queue on its file lock (slower than one process, and with 0.9 s waits). Run one worker on "
             "SQLite (CGTHUB_WORKERS=1)."
         )
+    _check_schema(settings)
     http = listening_socket(host, port)
-    mllp = listening_socket(settings.mllp_host, settings.mllp_port) if settings.mllp_enabled else None
+    mllp = listening_socket(settings.mllp_host, settings.mllp_port, "MLLP") if settings.mllp_enabled else None
+    scheme = "https" if settings.http_tls.enabled else "http"
+    log.info("HTTP on %s://%s:%d", scheme, host, port)
+    if workers <= 1:
+        _run_worker(settings, index=0, edge=False, http=http, mllp=mllp)
+        return 0
     return _Supervisor(settings, workers, http, mllp).run()
+
+
+def _check_schema(settings: Settings) -> None:
+    from hub.db.engine import make_engines
+    from hub.db.migrate import SchemaNotReady, check_schema
+
+    write, read = make_engines(settings.database_url)
+    try:
+        check_schema(write, settings.database_url)
+    except SchemaNotReady as exc:
+        raise ServeRefused(str(exc)) from None
+    finally:
+        write.dispose()
+        read.dispose()
 
 
 @dataclass

@@ -69,7 +69,7 @@ def test_serve_plain_http(tmp_path: Path) -> None:
     with serving(tmp_path) as port:
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
-        assert ready["checks"] == {"database": "ok", "bus": "ok"}
+        assert ready["checks"] == {"database": "ok", "schema": "ok", "bus": "ok"}
 
 
 def test_serve_mutual_tls(tmp_path: Path) -> None:
@@ -184,3 +184,34 @@ def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "refused: 2 workers need PostgreSQL" in done.stderr
+
+
+def _refused(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
+    return subprocess.run(
+        [str(CLI), "serve", *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_refuses_a_database_without_the_schema(tmp_path: Path) -> None:
+    """A new database, never upgraded: refused with what to run, instead of answering /readyz and
+    failing every request."""
+    (tmp_path / "var").mkdir()
+    done = _refused(tmp_path, "--port", str(free_port()))
+    assert done.returncode == 2
+    assert "has no hub schema: run `cgt-hub db upgrade` first" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
+    subprocess.run([str(CLI), "db", "upgrade"], cwd=tmp_path, env=environment, check=True, capture_output=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _refused(tmp_path, "--port", str(port))
+    assert done.returncode == 2
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}" in done.stderr
+    assert "CGTHUB_HTTP_PORT" in done.stderr
+    assert "Traceback" not in done.stderr

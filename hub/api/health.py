@@ -8,11 +8,12 @@ import logging
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hub.api.deps import CtxDep
 from hub.api.metrics import AUDIT_ENTRIES, DEAD_LETTERS, OUTBOX_PENDING, REGISTRY
+from hub.db.migrate import applied_revisions, current_heads
 from hub.db.models import AuditHead, DeadLetter, OutboxEvent
 
 router = APIRouter()
@@ -28,8 +29,9 @@ def healthz() -> dict[str, str]:
 async def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        await asyncio.to_thread(ctx.store.read, lambda s: s.execute(text("SELECT 1")).scalar_one())
+        applied = await asyncio.to_thread(ctx.store.read, lambda s: applied_revisions(s.connection()))
         checks["database"] = "ok"
+        checks["schema"] = "ok" if set(applied) == set(current_heads()) else "not at this code's revision"
     except Exception as exc:
         checks["database"] = f"down: {type(exc).__name__}"
     runtime = getattr(request.app.state, "runtime", None)
@@ -40,7 +42,11 @@ async def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
             checks["bus"] = "ok" if await runtime.bus.ping() else "down"
         except Exception as exc:
             checks["bus"] = f"down: {type(exc).__name__}"
-    ready = checks["database"] == "ok" and checks["bus"] in ("ok", "not running in this process")
+    ready = (
+        checks["database"] == "ok"
+        and checks.get("schema") == "ok"
+        and checks["bus"] in ("ok", "not running in this process")
+    )
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 
 from hub.db.engine import normalise_url
@@ -28,7 +30,44 @@ def upgrade(database_url: str, revision: str = "heads") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def current_heads(database_url: str) -> tuple[str, ...]:
+def current_heads(database_url: str = "sqlite://") -> tuple[str, ...]:
+    """This code's migration heads (they do not depend on the database; the URL only builds the
+    configuration)."""
+    return _heads()
+
+
+@lru_cache(maxsize=1)
+def _heads() -> tuple[str, ...]:
     from alembic.script import ScriptDirectory
 
-    return tuple(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    return tuple(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+class SchemaNotReady(Exception):
+    """The database does not carry the schema this code expects."""
+
+
+def applied_revisions(connection: Connection) -> tuple[str, ...]:
+    """The revisions recorded in the database (none on an empty one)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
+def check_schema(engine: Engine, database_url: str) -> None:
+    """Refuse a database that is not at this code's migration heads: an empty database (never
+    upgraded) or one migrated by older or newer code. The server would otherwise start, answer
+    /readyz, and fail every request and background loop."""
+    with engine.connect() as conn:
+        applied = set(applied_revisions(conn))
+        conn.rollback()
+    expected = set(current_heads(database_url))
+    if applied == expected:
+        return
+    where = make_url(normalise_url(database_url)).render_as_string(hide_password=True)
+    if not applied:
+        raise SchemaNotReady(f"the database {where} has no hub schema: run `cgt-hub db upgrade` first")
+    raise SchemaNotReady(
+        f"the database {where} is at revision {', '.join(sorted(applied))}, this code expects "
+        f"{', '.join(sorted(expected))}: run `cgt-hub db upgrade` (or run the code that matches the database)"
+    )

@@ -32,6 +32,7 @@ def test_health_ready_metrics(client: TestClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["schema"] == "ok"
     metrics = client.get("/metrics")
     assert "cgthub_outbox_pending" in metrics.text
     assert "cgthub_http_requests_total" in metrics.text
@@ -109,3 +110,17 @@ def test_fastapi_opentelemetry_is_opt_in_and_never_logs(
     assert config["tracing"] is enabled
     assert config["metrics"] is enabled
     assert config["logs"] is False
+
+
+def test_not_ready_on_a_database_migrated_by_other_code(client: TestClient) -> None:
+    from sqlalchemy import text
+
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    (current,) = ctx.store.read(lambda s: s.execute(text("SELECT version_num FROM alembic_version")).scalars().all())
+    ctx.store.run(lambda w: w.session.execute(text("UPDATE alembic_version SET version_num = 'older'")))
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["schema"] == "not at this code's revision"
+    finally:
+        ctx.store.run(lambda w: w.session.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": current}))
