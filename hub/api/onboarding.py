@@ -46,6 +46,20 @@ def generate_key(alg: str) -> Any:
     raise ValueError("alg must be ES384 or RS384")
 
 
+def load_key(path: Path, alg: str) -> Any:
+    """An existing private key (PEM) for ``alg``; refused, naming the file, if it is not one."""
+    kind: Any = {"ES384": ECKey, "RS384": RSAKey}.get(alg)
+    if kind is None:
+        raise ValueError("alg must be ES384 or RS384")
+    try:
+        key = kind.import_key(path.read_bytes())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} exists but is not an {alg} private key ({exc}); pass --replace-key") from None
+    if not key.is_private:
+        raise ValueError(f"{path} holds a public key only; pass --replace-key to generate a pair")
+    return key
+
+
 def public_jwks(key: Any, alg: str) -> dict[str, Any]:
     """The public half; ``kid`` is the RFC 7638 thumbprint, so it can be recomputed from the PEM."""
     return {"keys": [{**key.as_dict(private=False), "kid": key.thumbprint(), "alg": alg, "use": "sig"}]}
@@ -96,13 +110,15 @@ def register_client(
         if profiles_dir.resolve() in resolved.parents:
             raise ValueError("refusing to write a private key into the profiles directory")
         if resolved.exists() and not replace_key:
-            # A running client may be signing with it: a silent new pair would lock it out.
-            raise ValueError(f"{resolved} exists; to generate a new key pair there, pass --replace-key")
-        key = generate_key(alg)
-        resolved.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(resolved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key.as_pem(private=True))
+            # A running client may be signing with it: a silent new pair would lock it out. The
+            # existing key is kept and its public half registered (running the command again).
+            key = load_key(resolved, alg)
+        else:
+            key = generate_key(alg)
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(resolved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key.as_pem(private=True))
         jwks = public_jwks(key, alg)
         key_path = resolved
     channels = [c for c in data.get("channels") or [] if not (isinstance(c, dict) and c.get("adapter") == "fhir-rest")]

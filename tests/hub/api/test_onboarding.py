@@ -59,13 +59,20 @@ def test_new_hospital_from_nothing_to_first_order(tmp_path: Path, store: Store, 
     # a key inside the profiles directory is refused
     bad = cli(["fhir", "register-client", "harbor-view", "--generate-key", "partner-profiles/k.pem"], tmp_path)
     assert bad.returncode == 1
-    # running step 1 again does not silently replace the key a client may be signing with
+    # running step 1 again keeps the key a client may be signing with, and registers it again
     pem, profile_text = key.read_bytes(), (tmp_path / "partner-profiles" / "harbor-view.yaml").read_text()
     again = cli(["fhir", "register-client", "harbor-view", "--generate-key", "var/keys/harbor-view.pem"], tmp_path)
-    assert again.returncode == 1
-    assert "--replace-key" in again.stderr
+    assert again.returncode == 0, again.stderr
     assert key.read_bytes() == pem
-    assert (tmp_path / "partner-profiles" / "harbor-view.yaml").read_text() == profile_text
+    assert yaml.safe_load((tmp_path / "partner-profiles" / "harbor-view.yaml").read_text()) == yaml.safe_load(
+        profile_text
+    )
+    # a file there that is not a private key is refused, and left alone
+    (tmp_path / "var" / "keys" / "other.pem").write_text("not a key")
+    odd = cli(["fhir", "register-client", "harbor-view", "--generate-key", "var/keys/other.pem"], tmp_path)
+    assert odd.returncode == 1
+    assert "--replace-key" in odd.stderr
+    assert (tmp_path / "var" / "keys" / "other.pem").read_text() == "not a key"
 
     partners, errors = load_directory(tmp_path / "partner-profiles", channel_schemas())
     assert not errors
