@@ -161,7 +161,9 @@ def place(
         sites=sites,
     )
     return ctx.store.run(
-        lambda w: OrderService(w, ctx.partners, fin=ctx.settings.coi_fin).place(cmd), actor="hl7v2:st-marys"
+        # Placed through the core directly, for St Mary's: the actor says so (the HL7 order is step 1).
+        lambda w: OrderService(w, ctx.partners, fin=ctx.settings.coi_fin).place(cmd),
+        actor="demo:st-marys",
     )
 
 

@@ -155,9 +155,10 @@ def deliver_to_hospital(ctx: HubContext, order_id: str) -> bool:
         )
     )
     mine = [r for r in rows if r.status == "delivered"]
+    coi = ctx.store.read(lambda s: s.get(TherapyOrder, order_id))
     _say(
         f"\n7. The hub delivered {delivered} HL7 v2 message(s) to St Mary's MLLP endpoint 127.0.0.1:{port}{note}, "
-        f"each acknowledged AA; {len(mine)} of them about order {order_id[:8]}…"
+        f"each acknowledged AA; {len(mine)} of them about order {coi.coi if coi else order_id}"
     )
     if not mine:
         return False

@@ -46,3 +46,21 @@ def test_mllp_send_framed_file(listener: MllpListener, store: Store, tmp_path: P
     )
     acks = [line for line in out.stdout.split(b"\r") if line.startswith(b"MSA")]
     assert [a.split(b"|")[1] for a in acks] == [b"AE", b"AE"]  # Lakeside (original mode); no such order
+
+
+def test_the_readme_example_order_is_accepted(listener: MllpListener, store: Store) -> None:
+    """conformance/examples/orm-o01.hl7, sent as the README says: a commit ACK, then the
+    application ACK; the order is placed."""
+    from hub.db.models import TherapyOrder
+
+    example = Path(__file__).resolve().parents[3] / "conformance" / "examples" / "orm-o01.hl7"
+    out = subprocess.run(
+        [str(MLLP_SEND), "--loose", "-p", str(listener.port), "-f", str(example), "127.0.0.1"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    acks = [line.split(b"|")[1] for line in out.stdout.split(b"\r") if line.startswith(b"MSA")]
+    assert acks[0] == b"CA"
+    placed = store.read(lambda s: list(s.scalars(select(TherapyOrder.placer_number))))
+    assert placed == ["EXAMPLE-ORDER-1"]
