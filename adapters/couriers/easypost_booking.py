@@ -203,13 +203,13 @@ EEI_THRESHOLD_USD = 2500.0
 def _us_export_filing(goods: CustomsGoods) -> str:
     """A US export names its EEI filing: the product's own (an AES ITN or another exemption), or
     the low-value exemption when the value is plainly under the threshold; never a guess."""
-    if goods.eel_pfc:
-        return goods.eel_pfc
+    if goods.us_export_filing:
+        return goods.us_export_filing
     if goods.currency == "USD" and goods.value <= EEI_THRESHOLD_USD:
         return "NOEEI 30.37(a)"
     raise PartnerCallError(
-        f"a US export declared at {goods.value:g} {goods.currency} needs its EEI filing (eel_pfc: an AES ITN or "
-        f"exemption) in the product's customs goods: only up to {EEI_THRESHOLD_USD:g} USD is it exempt",
+        f"a US export declared at {goods.value:g} {goods.currency} needs its EEI filing (us_export_filing: an "
+        f"AES ITN or exemption) in the product's customs goods: only up to {EEI_THRESHOLD_USD:g} USD is it exempt",
         retryable=False,
         code="config",
     )

@@ -54,12 +54,10 @@ async def call(
         wait = policy.backoff_s * (2**attempt)
         try:
             response = await client.request(method, url, **kwargs)
-        except _NOT_SENT as exc:
-            last = PartnerCallError(
-                f"{what}: courier unreachable ({type(exc).__name__})", retryable=True, code="transport"
-            )
-        except httpx.RequestError as exc:  # cut off after sending, or an answer that could not be read
-            if not repeatable:
+        except httpx.RequestError as exc:
+            # Not sent at all is always safe to repeat; cut off after sending, or an answer that
+            # could not be read, only when the call is repeatable.
+            if not repeatable and not isinstance(exc, _NOT_SENT):
                 raise _ambiguous(what, type(exc).__name__) from None
             last = PartnerCallError(
                 f"{what}: courier unreachable ({type(exc).__name__})", retryable=True, code="transport"

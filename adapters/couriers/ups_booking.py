@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from adapters.couriers.booking import booking_inputs, declared_goods
-from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused
+from adapters.couriers.http import USER_AGENT, RetryPolicy, call, refused, unreadable
 from adapters.registry import CourierBooking
 from hub.logistics.ports import BookingRequest, BookingResult, PartnerCallError
 from hub.partners.schemas import Address
@@ -125,7 +125,7 @@ class UpsBooking:
             token = str(data["access_token"])
             lifetime = float(data.get("expires_in") or 0)
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise PartnerCallError("UPS OAuth token: unreadable answer", retryable=True, code="malformed") from None
+            raise unreadable("UPS OAuth token") from None
         self._token = token
         self._token_until = time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN_S)
         return token

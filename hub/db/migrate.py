@@ -30,14 +30,9 @@ def upgrade(database_url: str, revision: str = "heads") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def current_heads(database_url: str = "sqlite://") -> tuple[str, ...]:
-    """This code's migration heads (they do not depend on the database; the URL only builds the
-    configuration)."""
-    return _heads()
-
-
 @lru_cache(maxsize=1)
-def _heads() -> tuple[str, ...]:
+def current_heads() -> tuple[str, ...]:
+    """This code's migration heads (read once: they do not depend on the database)."""
     from alembic.script import ScriptDirectory
 
     return tuple(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
@@ -61,7 +56,7 @@ def check_schema(engine: Engine, database_url: str) -> None:
     with engine.connect() as conn:
         applied = set(applied_revisions(conn))
         conn.rollback()
-    expected = set(current_heads(database_url))
+    expected = set(current_heads())
     if applied == expected:
         return
     where = make_url(normalise_url(database_url)).render_as_string(hide_password=True)

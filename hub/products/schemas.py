@@ -82,7 +82,7 @@ class CustomsGoods(Strict):
     part_number: str | None = Field(default=None, min_length=1, max_length=10)  # the invoice line's reference
     # US exports: the EEI exemption or the AES ITN. Without it, a US export is declared
     # "NOEEI 30.37(a)" only when its value is at most 2,500 USD; otherwise the booking is refused.
-    eel_pfc: str | None = Field(default=None, min_length=1, max_length=40)
+    us_export_filing: str | None = Field(default=None, min_length=1, max_length=40)
 
     @model_validator(mode="after")
     def _printable(self) -> CustomsGoods:

@@ -514,7 +514,7 @@ def test_customs_goods_fit_an_invoice_and_us_exports_name_their_filing() -> None
     with pytest.raises(PartnerCallError, match="EEI filing") as refused:
         _customs_info(costly, ORIGIN, 10)
     assert refused.value.code == "config"
-    filed = costly.model_copy(update={"eel_pfc": "AES X20261125123456"})
+    filed = costly.model_copy(update={"us_export_filing": "AES X20261125123456"})
     assert _customs_info(filed, ORIGIN, 10)["eel_pfc"] == "AES X20261125123456"
 
 
