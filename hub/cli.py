@@ -8,11 +8,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hub.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from hub.db.uow import Store
 
 # Pretty tracebacks with locals could print PHI: plain tracebacks only.
 app = typer.Typer(
@@ -41,6 +44,13 @@ app.add_typer(fhir_app, name="fhir")
 
 def _settings() -> Settings:
     return get_settings()
+
+
+def _open_store(*, check: bool = True) -> Store:
+    from hub.db.uow import open_store
+
+    settings = _settings()
+    return open_store(settings.database_url, check=check, limits=settings.lock_limits)
 
 
 def _logging(settings: Settings) -> None:
@@ -100,9 +110,8 @@ def audit_verify(
 ) -> None:
     """Recompute the chain; name the first broken entry and exit 1 if there is one."""
     from hub.audit.service import load_checkpoint, verify_chain
-    from hub.db.uow import open_store
 
-    store = open_store(_settings().database_url, check=False)
+    store = _open_store(check=False)
     try:
         cp = load_checkpoint(checkpoint) if checkpoint else None
         result = verify_chain(store, cp, workers=workers)
@@ -122,9 +131,8 @@ def audit_checkpoint(
     from datetime import UTC, datetime
 
     from hub.audit.service import take_checkpoint
-    from hub.db.uow import open_store
 
-    store = open_store(_settings().database_url, check=False)
+    store = _open_store(check=False)
     try:
         cp = take_checkpoint(store)
     finally:
@@ -160,10 +168,9 @@ def partners_check(
 @orders_app.command("show")
 def orders_show(key: Annotated[str, typer.Argument(help="order id or CoI (barcode, eye-readable or data)")]) -> None:
     """The order's journey as a timeline."""
-    from hub.db.uow import open_store
     from hub.orders import timeline
 
-    store = open_store(_settings().database_url, check=False)
+    store = _open_store(check=False)
     try:
         tl = store.read(lambda s: timeline.build(s, key))
     finally:
@@ -180,9 +187,8 @@ def orders_list(limit: int = 20) -> None:
     from sqlalchemy import select
 
     from hub.db.models import TherapyOrder
-    from hub.db.uow import open_store
 
-    store = open_store(_settings().database_url, check=False)
+    store = _open_store(check=False)
     try:
         rows = store.read(
             lambda s: list(s.scalars(select(TherapyOrder).order_by(TherapyOrder.created_at.desc()).limit(limit)))
@@ -200,13 +206,12 @@ def users_add(
     role: Annotated[list[str], typer.Option(help="operator, qa or admin (repeatable)")],
 ) -> None:
     """Add a person who can sign. The password is read from CGTHUB_NEW_USER_PASSWORD or prompted."""
-    from hub.db.uow import open_store
     from hub.signatures.service import add_user
 
     password = os.environ.get("CGTHUB_NEW_USER_PASSWORD") or typer.prompt(
         "password", hide_input=True, confirmation_prompt=True
     )
-    store = open_store(_settings().database_url)
+    store = _open_store()
     try:
         store.run(lambda w: add_user(w, username, name, set(role), password), actor="cli")
     finally:
@@ -240,9 +245,8 @@ def events_dead() -> None:
     from sqlalchemy import select
 
     from hub.db.models import DeadLetter
-    from hub.db.uow import open_store
 
-    store = open_store(_settings().database_url, check=False)
+    store = _open_store(check=False)
     try:
         rows = store.read(lambda s: list(s.scalars(select(DeadLetter).where(DeadLetter.replayed_at.is_(None)))))
     finally:
@@ -438,9 +442,8 @@ def fhir_deliveries(
     from sqlalchemy import select
 
     from hub.db.models_fhirapi import SubscriptionDelivery
-    from hub.db.uow import open_store
 
-    store = open_store(_settings().database_url, check=False)
+    store = _open_store(check=False)
     try:
         stmt = select(SubscriptionDelivery).order_by(SubscriptionDelivery.created_at.desc()).limit(limit)
         if status:
@@ -461,9 +464,8 @@ def fhir_deliveries(
 def fhir_replay(delivery_id: str) -> None:
     """Queue a subscription notification again (e.g. after the partner fixed its endpoint)."""
     from adapters.fhir.notify import replay
-    from hub.db.uow import open_store
 
-    store = open_store(_settings().database_url)
+    store = _open_store()
     try:
         replay(store, delivery_id, actor="cli")
     finally:

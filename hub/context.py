@@ -33,5 +33,6 @@ def build_context(settings: Settings, *, check_store: bool = True) -> HubContext
         batch_max=settings.commit_batch_max,
         writer_threads=settings.writer_threads,
         check=check_store,
+        limits=settings.lock_limits,
     )
     return HubContext(settings=settings, store=store, partners=partners)

@@ -120,7 +120,7 @@ def _check_schema(settings: Settings) -> None:
     from hub.db.engine import make_engines
     from hub.db.migrate import SchemaNotReady, check_schema
 
-    write, read = make_engines(settings.database_url)
+    write, read = make_engines(settings.database_url, settings.lock_limits)
     try:
         check_schema(write, settings.database_url)
     except SchemaNotReady as exc:

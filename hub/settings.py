@@ -10,10 +10,13 @@ import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from hub.db.engine import LockLimits
 
 # Known development defaults: never acceptable in production mode.
 DEV_SECRET_KEY = "dev-only-secret-key-change-me"  # noqa: S105 - a sentinel, refused in production
@@ -100,6 +103,11 @@ class Settings(BaseSettings):
     commit_batch_max: int = 256
     # PostgreSQL only: transactions in flight at once from this process (SQLite has one writer).
     writer_threads: int = 2
+    # PostgreSQL only (hub/db/engine.py, LockLimits): a statement waiting this long for a lock fails
+    # and the partner is told to retry; a hub session idle inside a transaction this long (a stalled
+    # process) is ended by PostgreSQL, so it cannot hold the others up.
+    db_lock_timeout_s: float = Field(default=15.0, gt=0)
+    db_idle_in_transaction_timeout_s: float = Field(default=60.0, gt=0)
     # Messaging
     consumer_max_attempts: int = 5
     consumer_backoff_base_s: float = 0.2
@@ -129,6 +137,12 @@ class Settings(BaseSettings):
 
     # Logistics (issue 5): CGTHUB_LOGISTICS__SWEEP_S=… and so on.
     logistics: LogisticsSettings = Field(default_factory=LogisticsSettings)
+
+    @property
+    def lock_limits(self) -> LockLimits:
+        from hub.db.engine import LockLimits
+
+        return LockLimits(self.db_lock_timeout_s, self.db_idle_in_transaction_timeout_s)
 
     @property
     def is_sqlite(self) -> bool:

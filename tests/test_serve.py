@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,13 @@ def launched(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[int, subp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    # Read the server's log as it comes: a full pipe would block the server's logging, and with
+    # it every thread that logs (seen: a worker stuck in StreamHandler.emit mid-transaction).
+    output = bytearray()
+    stream = proc.stdout
+    assert stream is not None
+    reader = threading.Thread(target=lambda: output.extend(stream.read()))  # read() drains until EOF
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -55,8 +63,9 @@ def launched(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[int, subp
         yield port, proc
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=60)
-        assert b"Traceback" not in out, out.decode(errors="replace")
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        assert b"Traceback" not in output, output.decode(errors="replace")
 
 
 @contextmanager
@@ -143,7 +152,13 @@ def test_serve_workers_share_the_listeners_and_are_replaced(tmp_path: Path) -> N
 
     mllp_port = free_port()
     with new_pg_database("serve_workers") as url:
-        env = {"CGTHUB_DATABASE_URL": url, "CGTHUB_MLLP_PORT": str(mllp_port)}
+        env = {
+            "CGTHUB_DATABASE_URL": url,
+            "CGTHUB_MLLP_PORT": str(mllp_port),
+            # Worker 0 may be stopped while it holds the audit head's row lock (CI caught it once):
+            # PostgreSQL ends its session after this, and the edge worker's ORM goes through.
+            "CGTHUB_DB_IDLE_IN_TRANSACTION_TIMEOUT_S": "2",
+        }
         with launched(tmp_path, "--workers", "2", **env) as (port, proc):
             first = _workers(proc.pid, 2)
             for i in range(12):  # each on a new connection, to whichever worker accepts it

@@ -6,12 +6,15 @@ LIBRARIES.md). Reads use a second engine whose transactions are deferred, so the
 write lock.
 
 PostgreSQL: psycopg 3. The hub refuses to start when ``fsync`` or ``synchronous_commit`` is off,
-because then an acknowledged message could vanish in a crash.
+because then an acknowledged message could vanish in a crash. Every connection also gets a
+``lock_timeout`` and an ``idle_in_transaction_session_timeout`` (``LockLimits``): one stalled hub
+process must not stall the others.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,41 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
-def _postgres_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class LockLimits:
+    """PostgreSQL session limits that keep one stalled process from stalling every other one.
+
+    Every writer meets at the audit head's row lock right before COMMIT. A hub process that stops
+    while it holds that lock (a SIGSTOP, a frozen VM, a debugger, a swap storm) would otherwise
+    hold it forever, and every other process would wait with it: CI once caught an edge worker
+    waiting behind a stopped worker 0 with no answer for its HL7 sender.
+
+    - ``idle_in_transaction_s``: PostgreSQL ends a hub session that sits inside a transaction
+      without sending anything for this long. The hub's own transactions never wait on anything
+      but the database (network calls to partners happen between transactions), so only a
+      stalled process reaches it; its transaction rolls back and it retries when it wakes.
+    - ``lock_timeout_s``: a statement that waits this long for a lock fails, so a message caught
+      behind a lock held by someone else gets "store unavailable, retry" (HL7 AE/CE, HTTP 503)
+      instead of no answer. Kept below the 30 s that interface engines commonly wait for an ACK.
+    """
+
+    lock_timeout_s: float = 15.0
+    idle_in_transaction_s: float = 60.0
+
+    def statements(self) -> list[str]:
+        return [
+            f"SET lock_timeout = {_milliseconds(self.lock_timeout_s)}",
+            f"SET idle_in_transaction_session_timeout = {_milliseconds(self.idle_in_transaction_s)}",
+        ]
+
+
+def _milliseconds(seconds: float) -> int:
+    if seconds <= 0:
+        raise ValueError("a PostgreSQL lock limit must be positive (0 would mean: wait forever)")
+    return max(1, round(seconds * 1000))
+
+
+def _postgres_engine(url: str, limits: LockLimits) -> Engine:
     # prepare_threshold=None: psycopg's automatic server-side prepares made the hub's identifier
     # lookups ~5x slower here (generic plans). Multi-row INSERTs go out as one statement
     # (insertmanyvalues) instead of one execution per row: ~2x faster measured on this machine.
@@ -75,6 +112,17 @@ def _postgres_engine(url: str) -> Engine:
         url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"prepare_threshold": None}
     )
     engine.dialect.use_insertmanyvalues_wo_returning = True
+    statements = limits.statements()
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Session settings, once per new connection; autocommit so the SETs are not left inside
+        # a transaction SQLAlchemy does not know about.
+        dbapi_conn.autocommit = True
+        for statement in statements:
+            dbapi_conn.execute(statement)
+        dbapi_conn.autocommit = False
+
     return engine
 
 
@@ -121,13 +169,13 @@ def _fast_savepoints(engine: Engine) -> Engine:
     return engine
 
 
-def make_engines(database_url: str) -> tuple[Engine, Engine]:
+def make_engines(database_url: str, limits: LockLimits | None = None) -> tuple[Engine, Engine]:
     """Return ``(write_engine, read_engine)``. On PostgreSQL both are the same engine."""
     url = normalise_url(database_url)
     if url.startswith("sqlite"):
         return _fast_savepoints(_sqlite_engine(url, immediate=True)), _sqlite_engine(url, immediate=False)
     if url.startswith("postgresql"):
-        engine = _fast_savepoints(_postgres_engine(url))
+        engine = _fast_savepoints(_postgres_engine(url, limits or LockLimits()))
         return engine, engine
     raise ValueError(f"unsupported database URL scheme: {make_url(url).drivername}")
 

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub import canonical
 from hub.audit.repository import AuditRepository, PendingAudit
 from hub.db.bulk import insert_rows
-from hub.db.engine import SQLITE_BUSY_TIMEOUT_MS, check_durability, make_engines
+from hub.db.engine import SQLITE_BUSY_TIMEOUT_MS, LockLimits, check_durability, make_engines
 from hub.db.models import OutboxEvent, table_of
 from hub.db.types import iso_utc, utcnow
 from hub.errors import Conflict, HubError, StoreUnavailable
@@ -172,10 +172,16 @@ class Store:
     """Engines, sessions and transactions for one database."""
 
     def __init__(
-        self, database_url: str, *, partitions: int = 4, batch_max: int = 256, writer_threads: int = 2
+        self,
+        database_url: str,
+        *,
+        partitions: int = 4,
+        batch_max: int = 256,
+        writer_threads: int = 2,
+        limits: LockLimits | None = None,
     ) -> None:
         self.database_url = database_url
-        self.write_engine, self.read_engine = make_engines(database_url)
+        self.write_engine, self.read_engine = make_engines(database_url, limits)
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False, autoflush=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
         self.partitions = partitions
@@ -534,9 +540,17 @@ class Committer:
 
 
 def open_store(
-    database_url: str, *, partitions: int = 4, batch_max: int = 256, writer_threads: int = 2, check: bool = True
+    database_url: str,
+    *,
+    partitions: int = 4,
+    batch_max: int = 256,
+    writer_threads: int = 2,
+    check: bool = True,
+    limits: LockLimits | None = None,
 ) -> Store:
-    store = Store(database_url, partitions=partitions, batch_max=batch_max, writer_threads=writer_threads)
+    store = Store(
+        database_url, partitions=partitions, batch_max=batch_max, writer_threads=writer_threads, limits=limits
+    )
     if check:
         store.check()
     return store
