@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import bindparam, update
+from sqlalchemy.exc import IntegrityError
 
 from hub import canonical
 from hub.db.bulk import insert_rows, insert_unless_present, select_one
 from hub.db.models import InboxMessage, table_of
 from hub.db.uow import Work
-from hub.errors import HubError
+from hub.errors import Conflict, HubError
 from hub.ids import uuid7
 
 log = logging.getLogger(__name__)
@@ -164,16 +165,36 @@ def _interpret(
     *,
     savepoint: bool = False,
 ) -> _Done:
-    """Run the adapter's interpretation; a refusal or a crash becomes the message's status."""
-    try:
-        with work.attempt(savepoint=savepoint):
-            result = interpret(work, message_id)
-        return _Done(result.status, result.response, result.message_type or message_type, result.order_id)
-    except HubError as exc:
-        return _Done(InboxStatus.rejected, render_error(exc, exc), message_type, error=exc, failure=exc.message[:2000])
-    except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
-        failure = f"internal error: {type(exc).__name__}"
-        return _Done(InboxStatus.failed, render_error(None, exc), message_type, failure=failure, crash=exc)
+    """Run the adapter's interpretation; a refusal or a crash becomes the message's status.
+
+    A uniqueness violation is not a crash: another transaction (another writer thread or process)
+    created the same identity (a placer number, a patient identifier) between this one's look and
+    its insert. The interpretation runs once more in a fresh savepoint; on PostgreSQL each statement
+    of a READ COMMITTED transaction sees what has committed since, so the second run finds the other
+    record and answers as it would have had the messages come one after the other. A second
+    violation is answered as a conflict."""
+    retries = 1 if savepoint else 0
+    while True:
+        try:
+            with work.attempt(savepoint=savepoint):
+                result = interpret(work, message_id)
+            return _Done(result.status, result.response, result.message_type or message_type, result.order_id)
+        except HubError as exc:
+            return _rejected(exc, render_error, message_type)
+        except IntegrityError as exc:
+            if retries > 0:
+                retries -= 1
+                continue
+            conflict = Conflict("a record with the same identity was created at the same time by another message")
+            conflict.__cause__ = exc
+            return _rejected(conflict, render_error, message_type)
+        except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
+            failure = f"internal error: {type(exc).__name__}"
+            return _Done(InboxStatus.failed, render_error(None, exc), message_type, failure=failure, crash=exc)
+
+
+def _rejected(exc: HubError, render_error: RenderError, message_type: str | None) -> _Done:
+    return _Done(InboxStatus.rejected, render_error(exc, exc), message_type, error=exc, failure=exc.message[:2000])
 
 
 def _report(done: _Done, message_id: str, partner: str, channel: str) -> None:

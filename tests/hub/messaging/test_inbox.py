@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from hub import canonical
 from hub.db.models import InboxMessage, TherapyOrder
-from hub.db.uow import Store, Work
+from hub.db.uow import Store, Work, open_store
 from hub.errors import GuardFailed, HubError
 from hub.messaging.inbox import InboxOutcome, InboxStatus, Interpretation, receive
 from hub.orders.service import OrderService
@@ -255,3 +255,74 @@ def test_fast_path_two_writers_racing_on_one_id_store_it_once(db_url: str) -> No
     assert outcomes["second"].duplicate
     assert outcomes["second"].message_id == outcomes["first"].message_id
     assert outcomes["second"].response == outcomes["first"].response
+
+
+@pytest.mark.postgres
+def test_a_concurrent_duplicate_order_is_answered_as_if_it_came_second(pg_url: str, partners: PartnerDirectory) -> None:
+    """Two messages (different ids) carry the same placer number and arrive on two processes at
+    once: the second's insert waits for the first's COMMIT and then violates the unique constraint.
+    It is answered as it would have been one after the other (the order already exists), not as
+    an internal error."""
+    import threading
+    import time
+
+    from tests.conftest import truncate_postgres
+
+    truncate_postgres(pg_url)
+    first_store, second_store = open_store(pg_url), open_store(pg_url)
+    inserted, looked = threading.Event(), threading.Event()
+    outcomes: dict[str, InboxOutcome] = {}
+
+    def place(work: Work, message_id: str) -> Interpretation:
+        view = OrderService(work, partners).place(place_cmd(placer="RACE-1"))
+        return Interpretation(InboxStatus.handled, b"ACK " + view.coi.encode(), view.id)
+
+    def first(work: Work) -> InboxOutcome:
+        out = receive(
+            work,
+            partner="st-marys",
+            channel="test",
+            external_id="MSG-A",
+            raw=b"a",
+            interpret=place,
+            render_error=_render,
+        )
+        inserted.set()
+        looked.wait(5)
+        time.sleep(0.3)  # the second has looked, found nothing, and now waits on the unique index
+        return out
+
+    def second_place(work: Work, message_id: str) -> Interpretation:
+        looked.set()
+        return place(work, message_id)
+
+    def second() -> None:
+        inserted.wait(5)
+        outcomes["second"] = second_store.run(
+            lambda w: receive(
+                w,
+                partner="st-marys",
+                channel="test",
+                external_id="MSG-B",
+                raw=b"b",
+                interpret=second_place,
+                render_error=_render,
+            )
+        )
+
+    try:
+        racer = threading.Thread(target=second)
+        racer.start()
+        outcomes["first"] = first_store.run(first)
+        racer.join(10)
+        with first_store.reading() as s:
+            assert len(s.scalars(select(TherapyOrder)).all()) == 1
+            rows = {r.external_id: r for r in s.scalars(select(InboxMessage))}
+    finally:
+        first_store.dispose()
+        second_store.dispose()
+    assert outcomes["first"].status is InboxStatus.handled
+    assert outcomes["second"].status is InboxStatus.rejected
+    assert outcomes["second"].response is not None
+    assert b"already exists" in outcomes["second"].response
+    assert rows["MSG-B"].status == "rejected"
