@@ -316,10 +316,15 @@ def _as_hub_error(exc: Exception) -> Exception:
     """A uniqueness violation is the partner's duplicate, not our crash: report it as a Conflict
     (the database constraint is what makes concurrent duplicates safe)."""
     if isinstance(exc, IntegrityError) and not isinstance(exc, HubError):
-        conflict = Conflict("a record with the same identity already exists (concurrent duplicate)")
-        conflict.__cause__ = exc
-        return conflict
+        return duplicate_conflict(exc)
     return exc
+
+
+def duplicate_conflict(exc: IntegrityError) -> Conflict:
+    """A uniqueness violation as the Conflict the partner is answered with."""
+    conflict = Conflict("a record with the same identity already exists (concurrent duplicate)")
+    conflict.__cause__ = exc
+    return conflict
 
 
 class _AbortBatch(Exception):
@@ -556,4 +561,4 @@ def open_store(
     return store
 
 
-__all__ = ["Engine", "Job", "Store", "Work", "open_store"]
+__all__ = ["Engine", "Job", "Store", "Work", "duplicate_conflict", "open_store"]

@@ -27,8 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from hub import canonical
 from hub.db.bulk import insert_rows, insert_unless_present, select_one
 from hub.db.models import InboxMessage, table_of
-from hub.db.uow import Work
-from hub.errors import Conflict, HubError
+from hub.db.uow import Work, duplicate_conflict
+from hub.errors import HubError
 from hub.ids import uuid7
 
 log = logging.getLogger(__name__)
@@ -185,9 +185,7 @@ def _interpret(
             if retries > 0:
                 retries -= 1
                 continue
-            conflict = Conflict("a record with the same identity was created at the same time by another message")
-            conflict.__cause__ = exc
-            return _rejected(conflict, render_error, message_type)
+            return _rejected(duplicate_conflict(exc), render_error, message_type)
         except Exception as exc:  # a bug in a mapping or the core: keep the message, answer "retry later"
             failure = f"internal error: {type(exc).__name__}"
             return _Done(InboxStatus.failed, render_error(None, exc), message_type, failure=failure, crash=exc)

@@ -1,18 +1,25 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hub import canonical
-from hub.db.models import InboxMessage, TherapyOrder
+from hub.db.models import InboxMessage, OutboxEvent, TherapyOrder
 from hub.db.uow import Store, Work, open_store
 from hub.errors import GuardFailed, HubError
 from hub.messaging.inbox import InboxOutcome, InboxStatus, Interpretation, receive
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
 from tests.builders import place_cmd
+
+R = TypeVar("R")
 
 
 def _render(err: HubError | None, exc: Exception) -> bytes:
@@ -24,6 +31,35 @@ def _receive(store: Store, external_id: str, raw: bytes, interpret, **kw) -> obj
     return store.run(
         lambda w: receive(w, external_id=external_id, raw=raw, interpret=interpret, render_error=_render, **options)
     )
+
+
+def _race(
+    url: str,
+    first: Callable[[Work], InboxOutcome],
+    second: Callable[[Work], InboxOutcome],
+    started: threading.Event,
+    check: Callable[[Session], R],
+) -> tuple[InboxOutcome, InboxOutcome, R]:
+    """``first`` and ``second`` on two stores (two processes' connections); ``second`` starts once
+    ``first`` sets ``started``. Returns both outcomes and what ``check`` reads afterwards."""
+    first_store, second_store = open_store(url), open_store(url)
+    outcomes: dict[str, InboxOutcome] = {}
+
+    def run_second() -> None:
+        started.wait(5)
+        outcomes["second"] = second_store.run(second)
+
+    try:
+        racer = threading.Thread(target=run_second)
+        racer.start()
+        outcomes["first"] = first_store.run(first)
+        racer.join(10)
+        with first_store.reading() as session:
+            checked = check(session)
+    finally:
+        first_store.dispose()
+        second_store.dispose()
+    return outcomes["first"], outcomes["second"], checked
 
 
 def test_stored_before_interpretation_and_duplicates_answered_the_same(
@@ -86,7 +122,6 @@ def _receive_buffered(store: Store, external_id: str, raw: bytes, interpret) -> 
 def test_fast_path_stores_once_with_its_status_and_its_event(store: Store) -> None:
     """``interpret_writes=False``: the interpretation only emits; the message is inserted once,
     already settled, in the same transaction as the event; a refusal drops what it emitted."""
-    from hub.db.models import OutboxEvent
     from hub.events import EventType, InboundReceived
 
     def accept(work: Work, message_id: str) -> Interpretation:
@@ -143,7 +178,6 @@ def test_fast_path_repeat_and_conflict_inside_one_transaction(store: Store) -> N
     """The fast path inserts with ON CONFLICT DO NOTHING: a repeat in the same transaction (two
     deliveries in one committer batch) is answered as the first and its event is dropped; other
     content under the same id is stored apart as a conflict."""
-    from hub.db.models import OutboxEvent
     from hub.events import EventType, InboundReceived
 
     def accept(work: Work, message_id: str) -> Interpretation:
@@ -202,11 +236,6 @@ def test_fast_path_two_writers_racing_on_one_id_store_it_once(db_url: str) -> No
     """Two processes (``serve --workers``) take the same delivery at once: the second insert waits
     for the first transaction (PostgreSQL: on the unique index; SQLite: on the write lock), finds
     the id taken and answers as a repeat. One message, one event."""
-    import threading
-    import time
-
-    from hub.db.models import OutboxEvent
-    from hub.db.uow import open_store
     from hub.events import EventType, InboundReceived
 
     def accept(work: Work, message_id: str) -> Interpretation:
@@ -226,9 +255,7 @@ def test_fast_path_two_writers_racing_on_one_id_store_it_once(db_url: str) -> No
             interpret_writes=False,
         )
 
-    first_store, second_store = open_store(db_url), open_store(db_url)
     inserted = threading.Event()
-    outcomes: dict[str, InboxOutcome] = {}
 
     def first(work: Work) -> InboxOutcome:
         out = deliver(work)
@@ -236,25 +263,15 @@ def test_fast_path_two_writers_racing_on_one_id_store_it_once(db_url: str) -> No
         time.sleep(0.3)  # the transaction stays open while the second writer arrives
         return out
 
-    def second() -> None:
-        inserted.wait(5)
-        outcomes["second"] = second_store.run(deliver)
+    def counts(s: Session) -> tuple[int, int]:
+        return len(s.scalars(select(InboxMessage)).all()), len(s.scalars(select(OutboxEvent)).all())
 
-    try:
-        racer = threading.Thread(target=second)
-        racer.start()
-        outcomes["first"] = first_store.run(first)
-        racer.join(10)
-        with first_store.reading() as s:
-            assert len(s.scalars(select(InboxMessage)).all()) == 1
-            assert len(s.scalars(select(OutboxEvent)).all()) == 1
-    finally:
-        first_store.dispose()
-        second_store.dispose()
-    assert not outcomes["first"].duplicate
-    assert outcomes["second"].duplicate
-    assert outcomes["second"].message_id == outcomes["first"].message_id
-    assert outcomes["second"].response == outcomes["first"].response
+    one, two, stored = _race(db_url, first, deliver, inserted, counts)
+    assert stored == (1, 1)
+    assert not one.duplicate
+    assert two.duplicate
+    assert two.message_id == one.message_id
+    assert two.response == one.response
 
 
 @pytest.mark.postgres
@@ -263,66 +280,50 @@ def test_a_concurrent_duplicate_order_is_answered_as_if_it_came_second(pg_url: s
     once: the second's insert waits for the first's COMMIT and then violates the unique constraint.
     It is answered as it would have been one after the other (the order already exists), not as
     an internal error."""
-    import threading
-    import time
-
     from tests.conftest import truncate_postgres
 
     truncate_postgres(pg_url)
-    first_store, second_store = open_store(pg_url), open_store(pg_url)
     inserted, looked = threading.Event(), threading.Event()
-    outcomes: dict[str, InboxOutcome] = {}
 
     def place(work: Work, message_id: str) -> Interpretation:
         view = OrderService(work, partners).place(place_cmd(placer="RACE-1"))
         return Interpretation(InboxStatus.handled, b"ACK " + view.coi.encode(), view.id)
 
+    def second_place(work: Work, message_id: str) -> Interpretation:
+        looked.set()
+        return place(work, message_id)
+
+    def deliver(
+        external_id: str, raw: bytes, interpret: Callable[[Work, str], Interpretation]
+    ) -> Callable[[Work], InboxOutcome]:
+        def job(work: Work) -> InboxOutcome:
+            return receive(
+                work,
+                partner="st-marys",
+                channel="test",
+                external_id=external_id,
+                raw=raw,
+                interpret=interpret,
+                render_error=_render,
+            )
+
+        return job
+
     def first(work: Work) -> InboxOutcome:
-        out = receive(
-            work,
-            partner="st-marys",
-            channel="test",
-            external_id="MSG-A",
-            raw=b"a",
-            interpret=place,
-            render_error=_render,
-        )
+        out = deliver("MSG-A", b"a", place)(work)
         inserted.set()
         looked.wait(5)
         time.sleep(0.3)  # the second has looked, found nothing, and now waits on the unique index
         return out
 
-    def second_place(work: Work, message_id: str) -> Interpretation:
-        looked.set()
-        return place(work, message_id)
+    def stored(s: Session) -> tuple[int, dict[str, str]]:
+        rows = s.scalars(select(InboxMessage))
+        return len(s.scalars(select(TherapyOrder)).all()), {r.external_id: r.status for r in rows}
 
-    def second() -> None:
-        inserted.wait(5)
-        outcomes["second"] = second_store.run(
-            lambda w: receive(
-                w,
-                partner="st-marys",
-                channel="test",
-                external_id="MSG-B",
-                raw=b"b",
-                interpret=second_place,
-                render_error=_render,
-            )
-        )
-
-    try:
-        racer = threading.Thread(target=second)
-        racer.start()
-        outcomes["first"] = first_store.run(first)
-        racer.join(10)
-        with first_store.reading() as s:
-            assert len(s.scalars(select(TherapyOrder)).all()) == 1
-            rows = {r.external_id: r for r in s.scalars(select(InboxMessage))}
-    finally:
-        first_store.dispose()
-        second_store.dispose()
-    assert outcomes["first"].status is InboxStatus.handled
-    assert outcomes["second"].status is InboxStatus.rejected
-    assert outcomes["second"].response is not None
-    assert b"already exists" in outcomes["second"].response
-    assert rows["MSG-B"].status == "rejected"
+    one, two, (orders, statuses) = _race(pg_url, first, deliver("MSG-B", b"b", second_place), inserted, stored)
+    assert orders == 1
+    assert one.status is InboxStatus.handled
+    assert two.status is InboxStatus.rejected
+    assert two.response is not None
+    assert b"already exists" in two.response
+    assert statuses["MSG-B"] == "rejected"
