@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
+from hub.db.bulk import insert_tables
 from hub.db.models import (
     CoiSequence,
     CustodyHandoff,
@@ -26,6 +27,8 @@ _BY_PLACER = select(_ORDERS.c.id).where(
     _ORDERS.c.ordering_partner == bindparam("p"), _ORDERS.c.placer_number == bindparam("n")
 )
 _COI = table_of(CoiSequence)
+_PARTICIPANTS = table_of(OrderParticipant)
+_TRANSITIONS = table_of(StageTransition)
 _ENSURE_COI = text(
     "INSERT INTO coi_sequence (fin, year, next_value) VALUES (:f, :y, 1) ON CONFLICT (fin, year) DO NOTHING"
 )
@@ -100,22 +103,30 @@ class OrderRepository:
         """The id of the order this partner placed under this number, if any."""
         return self.session.connection().execute(_BY_PLACER, {"p": partner, "n": placer_number}).scalar_one_or_none()
 
-    def add(self, order: TherapyOrder) -> None:
-        """Insert a new order (Core insert: the object stays transient, used only to build views)."""
-        table = table_of(TherapyOrder)
-        self.session.connection().execute(table.insert(), [{c.name: getattr(order, c.name) for c in table.columns}])
+    def add_new(
+        self, order: TherapyOrder, participants: set[tuple[str, str]], first_transition: dict[str, Any]
+    ) -> None:
+        """Insert a new order with its participants and its first stage transition.
+
+        One statement on PostgreSQL (bulk.insert_tables: data-modifying CTEs), the driver's
+        executemany on SQLite, instead of three SQLAlchemy executions: ~0.1–0.2 ms of Python per
+        execution saved on every order placed (see bench/README.md). The rows are written now, not
+        at the end of the job, so the rest of the job reads them like any other row; the order
+        object stays transient and is used only to build views."""
+        insert_tables(
+            self.session,
+            [
+                (_ORDERS, [{c.name: getattr(order, c.name) for c in _ORDERS.columns}]),
+                (_PARTICIPANTS, [{"order_id": order.id, "partner_id": p, "role": r} for p, r in sorted(participants)]),
+                (_TRANSITIONS, [first_transition]),
+            ],
+        )
 
     def participants(self, order_id: str) -> list[tuple[str, str]]:
         rows = self.session.execute(
             select(OrderParticipant.partner_id, OrderParticipant.role).where(OrderParticipant.order_id == order_id)
         )
         return [(r.partner_id, r.role) for r in rows]
-
-    def add_participants(self, order_id: str, pairs: set[tuple[str, str]]) -> None:
-        self.session.connection().execute(
-            table_of(OrderParticipant).insert(),
-            [{"order_id": order_id, "partner_id": p, "role": r} for p, r in sorted(pairs)],
-        )
 
     def order_ids_for_partner(self, partner_id: str) -> list[str]:
         return list(
@@ -143,7 +154,7 @@ class OrderRepository:
 
     # ------------------------------------------------------------------ journey
     def add_transition(self, **values: Any) -> None:
-        self.session.connection().execute(table_of(StageTransition).insert(), [values])
+        self.session.connection().execute(_TRANSITIONS.insert(), [values])
 
     def transitions(self, order_id: str) -> list[StageTransition]:
         return list(

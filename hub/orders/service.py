@@ -192,19 +192,21 @@ class OrderService:
             created_at=work.now,
             updated_at=work.now,
         )
-        self.orders.add(order)
         participants = {(cmd.ordering_partner, "ordering")} | {(pid, ROLE_FOR_SITE[role]) for role, pid in sites}
-        self.orders.add_participants(order_id, participants)
-        self.orders.add_transition(
-            id=uuid7(),
-            order_id=order_id,
-            seq=1,
-            from_stage=None,
-            to_stage=order.stage,
-            at=work.now,
-            actor=work.actor,
-            reason="order accepted",
-            verification_id=None,
+        self.orders.add_new(
+            order,
+            participants,
+            {
+                "id": uuid7(),
+                "order_id": order_id,
+                "seq": 1,
+                "from_stage": None,
+                "to_stage": order.stage,
+                "at": work.now,
+                "actor": work.actor,
+                "reason": "order accepted",
+                "verification_id": None,
+            },
         )
         work.audit(
             "create",
