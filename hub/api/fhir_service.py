@@ -484,6 +484,7 @@ class FhirService:
 
     def transaction(self, bundle: dict[str, Any], read: Callable[[str], dict[str, Any]], prefer: str) -> dict[str, Any]:
         entries = _entries(bundle)
+        _require_unique_full_urls(entries)
         ids: dict[str, str] = {}
         orders: set[int] = set()
         for i, entry in enumerate(entries):
@@ -643,6 +644,24 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise BadRequest("Bundle.entry must be a list of entries")
     return entries
+
+
+def _require_unique_full_urls(entries: list[dict[str, Any]]) -> None:
+    """bdl-7: a fullUrl names one entry. Two entries under one fullUrl would let a POST take the id
+    that a PUT entry names (the id map is keyed by fullUrl), i.e. a client-chosen id for a new
+    resource, such as a partner's ``org-<partner>`` Organization that the hub reuses on every
+    order naming that partner."""
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        full = entry.get("fullUrl")
+        if not isinstance(full, str) or not full:
+            continue
+        if full in first:
+            raise BadRequest(
+                f"entries {first[full]} and {i} share the fullUrl {full!r}; each entry needs its own",
+                [Issue("duplicate fullUrl (bdl-7)", f"Bundle.entry[{i}].fullUrl")],
+            )
+        first[full] = i
 
 
 def _request(entry: dict[str, Any], index: int) -> tuple[str, str, str | None]:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from hub.api.auth import Principal
 from hub.db.models import OrderParticipant, Resource, SearchReference, TherapyOrder
 from hub.db.models_fhirapi import ResourceOwner
-from hub.errors import NotFound
+from hub.errors import Issue, NotFound, ValidationFailed
 from hub.fhirstore.validation import SUPPORTED_TYPES
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,16 @@ log = logging.getLogger(__name__)
 # search_reference.param values (element names) that put a resource in an order's compartment.
 ORDER_LINKS = ("basedOn", "request", "target", "focus")
 PARTNER_ROLE = "cgthub_partner"
-_REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+_REF_ANY_CASE = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+_TYPES_BY_LOWER = {t.lower(): t for t in SUPPORTED_TYPES}
+
+
+def _starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
+    """A case-sensitive prefix test. Not LIKE: SQLite's LIKE ignores ASCII case, so a stored
+    ``servicerequest/<id>`` reference would pass ``LIKE 'ServiceRequest/%'`` and put a resource
+    into another partner's order. (PostgreSQL's LIKE is case-sensitive; the row-level security
+    policies of migration 0003 rely on that.)"""
+    return func.substr(column, 1, len(prefix)) == prefix
 
 
 def _takes_part(partner_id: str, order_id: Any) -> Any:
@@ -76,7 +85,7 @@ def visible(partner_id: str, rtype: str, type_col: Any, id_col: Any) -> ColumnEl
             .select_from(other)
             .join(OrderParticipant, OrderParticipant.order_id == other.c.order_id)
             .where(
-                id_col.like("org-%"),
+                _starts_with(id_col, "org-"),
                 other.c.partner_id == func.substr(id_col, 5),
                 OrderParticipant.partner_id == partner_id,
             )
@@ -103,7 +112,7 @@ def visible(partner_id: str, rtype: str, type_col: Any, id_col: Any) -> ColumnEl
                 SearchReference.resource_type == type_col,
                 SearchReference.id == id_col,
                 SearchReference.param == "patient",
-                SearchReference.target.like("Patient/%"),
+                _starts_with(SearchReference.target, "Patient/"),
                 OrderParticipant.partner_id == partner_id,
             )
         )
@@ -119,7 +128,7 @@ def visible(partner_id: str, rtype: str, type_col: Any, id_col: Any) -> ColumnEl
                 SearchReference.resource_type == type_col,
                 SearchReference.id == id_col,
                 SearchReference.param.in_(ORDER_LINKS),
-                SearchReference.target.like("ServiceRequest/%"),
+                _starts_with(SearchReference.target, "ServiceRequest/"),
                 OrderParticipant.partner_id == partner_id,
             )
         )
@@ -177,22 +186,34 @@ def references(value: Any) -> Iterator[str]:
 
 
 def literal_refs(resource: dict[str, Any]) -> dict[str, set[str]]:
-    """Relative literal references ``Type/id`` to types this hub stores, grouped by type."""
+    """Relative literal references ``Type/id`` to types this hub stores, grouped by type.
+
+    A reference whose type is one of those in other letter case (``servicerequest/…``) is refused:
+    FHIR resource type names are case-sensitive, so it names no resource, and a database that
+    compares text without case could still link it to the resource it spells."""
     out: dict[str, set[str]] = {}
     for ref in references(resource):
-        m = _REF.match(ref)
-        if m and m.group(1) in SUPPORTED_TYPES:
-            out.setdefault(m.group(1), set()).add(m.group(2))
+        m = _REF_ANY_CASE.match(ref)
+        if m is None:
+            continue
+        rtype = m.group(1)
+        if rtype in SUPPORTED_TYPES:
+            out.setdefault(rtype, set()).add(m.group(2))
+        elif (proper := _TYPES_BY_LOWER.get(rtype.lower())) is not None:
+            message = f"reference {ref!r}: resource type names are case-sensitive; did you mean {proper}?"
+            raise ValidationFailed(message, [Issue(message, "reference")])
     return out
 
 
 def require_references_visible(
     session: Session, principal: Principal, resource: dict[str, Any], pending: set[tuple[str, str]] | None = None
 ) -> None:
-    """A partner may reference only what it can see (or what the same request creates)."""
+    """A partner may reference only what it can see (or what the same request creates). The
+    letter case of every reference's type is checked for operators too (see literal_refs)."""
+    refs = literal_refs(resource)
     if principal.is_operator:
         return
-    for rtype, ids in literal_refs(resource).items():
+    for rtype, ids in refs.items():
         wanted = [i for i in ids if not pending or (rtype, i) not in pending]
         missing = set(wanted) - visible_ids(session, principal, rtype, wanted)
         if missing:

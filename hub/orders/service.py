@@ -137,7 +137,7 @@ class OrderService:
             raise Conflict(f"order {cmd.placer_number} from {cmd.ordering_partner} already exists as {existing}")
         work = self.work
         patient = self._patient(cmd.patient, cmd.ordering_partner)
-        practitioner = self._practitioner(cmd.requester)
+        practitioner = self._practitioner(cmd.requester, cmd.ordering_partner)
         sites = self._site_pairs(cmd)
         site_orgs = self._organizations(dict(sites))
 
@@ -313,18 +313,27 @@ class OrderService:
         mine = scope.patients_of(self.work.session, partner_id, [m.id for m in matches])
         return [m for m in matches if m.id in mine]
 
-    def _practitioner(self, practitioner: dict[str, Any]) -> Stored:
+    def _practitioner(self, practitioner: dict[str, Any], partner_id: str) -> Stored:
+        """Find the requester by identifier among the ordering partner's own practitioners
+        (hub/patients/scope.py), else record it."""
         for ident in practitioner.get("identifier", []):
             if ident.get("system") and ident.get("value"):
-                found = self.resources.find_by_identifier("Practitioner", ident["system"], str(ident["value"]))
+                found = self._partners_practitioners(partner_id, ident["system"], str(ident["value"]))
                 if not found:
                     lock_identity(self.work.session, f"Practitioner|{ident['system']}|{ident['value']}")
-                    found = self.resources.find_by_identifier("Practitioner", ident["system"], str(ident["value"]))
+                    found = self._partners_practitioners(partner_id, ident["system"], str(ident["value"]))
                 if found:
                     return found[0]
         body = {k: v for k, v in practitioner.items() if k not in ("id", "meta")}
         # Validated at the start of place().
         return self.resources.create(self.work, body, reason="ordering practitioner", shape_validated=True)
+
+    def _partners_practitioners(self, partner_id: str, system: str, value: str) -> list[Stored]:
+        matches = self.resources.find_by_identifier("Practitioner", system, value)
+        if not matches:
+            return matches
+        mine = scope.practitioners_of(self.work.session, partner_id, [m.id for m in matches])
+        return [m for m in matches if m.id in mine]
 
     def _organizations(self, roles: dict[str, str]) -> dict[str, str]:
         """role -> Organization reference for each site, creating the partners' Organizations once."""

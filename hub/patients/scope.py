@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import insert, select, union
+from sqlalchemy import func, insert, select, union
 from sqlalchemy.orm import Session
 
-from hub.db.models import OrderParticipant, TherapyOrder, table_of
+from hub.db.models import OrderParticipant, SearchReference, TherapyOrder, table_of
 from hub.db.models_fhirapi import ResourceOwner
 
 
@@ -37,6 +37,36 @@ def patients_of(session: Session, partner_id: str, candidate_ids: Collection[str
         .where(OrderParticipant.partner_id == partner_id, TherapyOrder.patient_id.in_(ids))
     )
     return set(session.execute(union(owned, via_orders)).scalars())
+
+
+def practitioners_of(session: Session, partner_id: str, candidate_ids: Collection[str]) -> set[str]:
+    """The subset of ``candidate_ids`` that are the partner's practitioners: those it registered
+    through the API, and the requesters of orders it placed.
+
+    The same rule as for patients, for the same reasons: an order's requester found by
+    identifier among every partner's Practitioners could be a record another partner registered
+    and may still change (its name and telephone would then appear on this partner's orders), and
+    matching would show one partner what another sent about its clinicians."""
+    if not candidate_ids:
+        return set()
+    ids = sorted(set(candidate_ids))
+    owned = select(ResourceOwner.resource_id).where(
+        ResourceOwner.resource_type == "Practitioner",
+        ResourceOwner.partner_id == partner_id,
+        ResourceOwner.resource_id.in_(ids),
+    )
+    requested = (
+        select(func.substr(SearchReference.target, len("Practitioner/") + 1))
+        .join(OrderParticipant, OrderParticipant.order_id == SearchReference.id)
+        .where(
+            SearchReference.resource_type == "ServiceRequest",
+            SearchReference.param == "requester",
+            SearchReference.target.in_([f"Practitioner/{i}" for i in ids]),
+            OrderParticipant.partner_id == partner_id,
+            OrderParticipant.role == "ordering",
+        )
+    )
+    return {str(i) for i in session.execute(union(owned, requested)).scalars()}
 
 
 # A prebuilt Core statement on the connection: the ORM-enabled ``session.execute(insert(...))``

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from hub.db.uow import Store
+from hub.fhirstore.repository import ResourceRepository
 from tests.hub.api.conftest import OPERATOR, ClientKey, bearer
 from tests.hub.api.fhir_data import order, patient
 
@@ -243,3 +245,87 @@ def test_an_mrn_is_matched_only_among_the_partners_own_patients(
     assert same.status_code == 201, same.text
     assert same.json()["subject"]["reference"] == a_patient
     assert api.get(f"/fhir/{a_patient}", headers=ha).json()["meta"]["versionId"] == "1"
+
+
+def test_a_requester_is_matched_only_among_the_partners_own_practitioners(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """Hospital A registers a Practitioner under the NPI hospital B's clinician has. Matched across
+    partners, B's order would name A's record as its requester, and A, which may update what it
+    registered, could change the name and telephone B's order shows."""
+    ha, hb = bearer(api, client_keys["lakeside-hospital"]), bearer(api, client_keys["st-marys"])
+    npi = {"system": "http://hl7.org/fhir/sid/us-npi", "value": f"9{uuid.uuid4().int % 10**9:09d}"}
+    theirs = api.post(
+        "/fhir/Practitioner",
+        json={"resourceType": "Practitioner", "identifier": [npi], "name": [{"family": "Mallory"}]},
+        headers=ha,
+    )
+    assert theirs.status_code == 201, theirs.text
+    mine = order()
+    for c in mine["contained"]:
+        if c["resourceType"] == "Practitioner":
+            c["identifier"] = [npi]
+    first = api.post("/fhir/ServiceRequest", json=mine, headers=hb)
+    assert first.status_code == 201, first.text
+    requester = first.json()["requester"]["reference"]
+    assert requester != f"Practitioner/{theirs.json()['id']}"
+    # B's next order under the same NPI reuses B's own record of the clinician.
+    second = api.post("/fhir/ServiceRequest", json={**mine, "identifier": order()["identifier"]}, headers=hb)
+    assert second.status_code == 201, second.text
+    assert second.json()["requester"]["reference"] == requester
+    # A's record stays A's: B does not see it, A cannot see B's.
+    assert api.get(f"/fhir/Practitioner/{theirs.json()['id']}", headers=hb).status_code == 404
+    assert api.get(f"/fhir/{requester}", headers=ha).status_code == 404
+
+
+def test_a_transaction_cannot_give_two_entries_one_full_url(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """A POST sharing its fullUrl with a PUT took the PUT's id: a client-chosen id for a new
+    resource, e.g. another partner's ``org-<partner>`` Organization, which the hub reuses on every
+    order naming that partner as a site."""
+    ha = bearer(api, client_keys["lakeside-hospital"])
+    url = f"urn:uuid:{uuid.uuid4()}"
+    target = "org-riverside-cancer-center"
+    spoof = {"resourceType": "Organization", "name": "Riverside (spoofed)"}
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": url, "resource": spoof, "request": {"method": "POST", "url": "Organization"}},
+            {
+                "fullUrl": url,
+                "resource": {**spoof, "id": target},
+                "request": {"method": "PUT", "url": f"Organization/{target}"},
+            },
+        ],
+    }
+    r = api.post("/fhir", json=tx, headers=ha)
+    assert r.status_code == 400, r.text
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["Bundle.entry[1].fullUrl"]
+    assert api.get(f"/fhir/Organization/{target}", headers=OPERATOR).status_code == 404
+
+
+def test_a_reference_type_in_the_wrong_letter_case_reaches_no_order(
+    api: TestClient, client_keys: dict[str, ClientKey], store: Store
+) -> None:
+    """``servicerequest/<id>`` names no resource (type names are case-sensitive), but SQLite's
+    LIKE ignores case: such a reference linked a partner's Observation into another's order."""
+    ha, hb = bearer(api, client_keys["lakeside-hospital"]), bearer(api, client_keys["st-marys"])
+    oid = api.post("/fhir/ServiceRequest", json=order(), headers=hb).json()["id"]
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "injected"}}
+    for headers in (ha, OPERATOR):
+        r = api.post(
+            "/fhir/Observation", json={**obs, "basedOn": [{"reference": f"servicerequest/{oid}"}]}, headers=headers
+        )
+        assert r.status_code == 422, r.text
+        assert "case-sensitive" in r.json()["issue"][0]["diagnostics"]
+    # One stored before this check (or by another path) still reaches no order: the read rule
+    # compares the type case-sensitively on both databases.
+    stored = store.run(
+        lambda w: ResourceRepository.for_work(w).create(
+            w, {**obs, "basedOn": [{"reference": f"servicerequest/{oid}"}]}, reason="test: stored before the check"
+        )
+    )
+    assert api.get(f"/fhir/Observation/{stored.id}", headers=hb).status_code == 404
+    assert api.get(f"/fhir/Observation/{stored.id}", headers=OPERATOR).status_code == 200
