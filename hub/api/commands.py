@@ -15,9 +15,15 @@ from hub.errors import Issue, ValidationFailed
 C = TypeVar("C", bound=BaseModel)
 
 
-def command(model: type[C], **data: Any) -> C:
+def command(model: type[C], *, where: dict[str, str] | None = None, **data: Any) -> C:
+    """``where`` names, per top-level field, where the caller put the value (a FHIRPath for FHIR
+    callers); other issues are located by the command's field path."""
     try:
         return model(**data)
     except ValidationError as exc:
-        issues = [Issue(str(e["msg"]), ".".join(str(p) for p in e["loc"]) or None) for e in exc.errors()]
+        issues = []
+        for e in exc.errors():
+            path = ".".join(str(p) for p in e["loc"])
+            top = str(e["loc"][0]) if e["loc"] else ""
+            issues.append(Issue(str(e["msg"]), (where or {}).get(top, path) or None))
         raise ValidationFailed(f"the request is not a valid {model.__name__}", issues) from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hub.api.commands import command
 from hub.api.conformance import SITE_EXTENSION
 from hub.api.smart_schemas import SmartClientSettings
 from hub.errors import Issue, ValidationFailed
@@ -157,7 +158,11 @@ def place_command(
     if not body["contained"]:
         body.pop("contained")
     body.pop("performer", None)
-    return PlaceOrder(
+    # Through command(): a value out of the command's bounds (a placer number over 128 characters)
+    # is the partner's mistake, a 422 naming it, never a 500.
+    return command(
+        PlaceOrder,
+        where={"placer_number": "ServiceRequest.identifier", "product_code": "ServiceRequest.code"},
         ordering_partner=ordering,
         placer_number=placer,
         product_code=product,

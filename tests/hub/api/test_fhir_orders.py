@@ -90,3 +90,18 @@ def test_operator_token_still_reads(api: TestClient, client_keys: dict[str, Clie
     h = bearer(api, client_keys["st-marys"])
     sr = api.post("/fhir/ServiceRequest", json=order(), headers=h).json()
     assert api.get(f"/fhir/ServiceRequest/{sr['id']}", headers=OPERATOR).status_code == 200
+
+
+def test_a_value_out_of_the_commands_bounds_is_a_422_not_a_crash(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """A placer number over 128 characters passed the FHIR checks and failed building the core's
+    command: a 500, and a logged traceback quoting the value (which may be PHI)."""
+    hb = bearer(api, client_keys["st-marys"])
+    o = order()
+    o["identifier"] = [placer("P" * 129)]
+    r = api.post("/fhir/ServiceRequest", json=o, headers=hb)
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["ServiceRequest.identifier"]
+    assert "128" in issue["diagnostics"]
