@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hub.logs import configure
 from hub.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def _open_store(*, check: bool = True) -> Store:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure(settings.log_level)
 
 
 @app.command()
@@ -87,7 +88,7 @@ def demo() -> None:
     from hub.demo import run_demo
 
     settings = _settings()
-    logging.basicConfig(level=logging.ERROR)
+    configure(logging.ERROR)
     raise typer.Exit(run_demo(settings))
 
 

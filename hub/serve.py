@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from hub.logs import configure
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {"access_log": False, "log_level": settings.log_level.lower()}
+    # log_config=None: uvicorn's loggers go to the hub's handler (hub/logs.py), whose tracebacks
+    # carry no exception messages; uvicorn's default config would print them.
+    options: dict[str, Any] = {"access_log": False, "log_level": settings.log_level.lower(), "log_config": None}
     tls = settings.http_tls
     if tls.enabled:
         options |= {
@@ -203,9 +206,7 @@ class _Supervisor:
 
 
 def _worker_main(settings: Settings, index: int, http: socket.socket, mllp: socket.socket | None) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s %(message)s"
-    )
+    configure(settings.log_level, f"%(asctime)s %(levelname)s worker-{index} %(name)s %(message)s")
     _run_worker(settings, index=index, edge=index > 0, http=http, mllp=mllp)
 
 

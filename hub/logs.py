@@ -1,0 +1,67 @@
+"""Logging that cannot print PHI through an exception.
+
+An exception's message often quotes what a partner sent: pydantic repeats the input value
+(``input_value='Rivera-Ana-1971-…'``), SQLAlchemy prints a statement's parameters (a patient's
+name, MRN, birth date), a parser quotes the offending field. A plain ``logging`` traceback ends
+with that message. So the hub's log formatter prints a traceback as its frames (file, line,
+function, the source line: code, never data) and, for each exception in the chain, only its type.
+The message stays in the inbox row, the answer to the partner and the audit trail, where access is
+controlled; the log gets enough to find the code path.
+
+Every process the hub runs configures logging through :func:`configure` (the CLI, ``serve`` and
+its workers), and uvicorn's own loggers are routed to the same handler (``log_config=None`` in
+``hub.serve.uvicorn_options``): uvicorn logs an unhandled request error with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from types import TracebackType
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of its causes and contexts, every message left out."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        name = f"{type(current).__module__}.{type(current).__qualname__}"
+        parts.append(f"Traceback (most recent call last):\n{frames}{name}: (message withheld: may carry PHI)")
+        if current.__cause__ is not None:
+            parts.append("The above exception was the direct cause of the following exception:")
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            parts.append("During handling of the above exception, another exception occurred:")
+            current = current.__context__
+        else:
+            current = None
+    # Python prints the root cause first.
+    ordered: list[str] = []
+    for i in range(len(parts) - 1, -1, -2):
+        ordered.append(parts[i])
+        if i >= 1:
+            ordered.append(parts[i - 1])
+    return "\n\n".join(ordered)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose tracebacks carry no exception messages (see the module's docstring)."""
+
+    def formatException(self, ei: ExcInfo) -> str:
+        exc = ei[1]
+        if exc is None:
+            return ""
+        return redacted_traceback(exc)
+
+
+def configure(level: str | int, fmt: str = "%(asctime)s %(levelname)s %(name)s %(message)s") -> None:
+    """The root handler, with the redacting formatter. As ``logging.basicConfig``: nothing changes
+    if the root logger already has a handler (a host application's, or pytest's)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
