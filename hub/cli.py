@@ -384,7 +384,10 @@ def fhir_register_client(
     name: Annotated[str | None, typer.Option(help="creates the profile if it does not exist")] = None,
     kind: Annotated[str, typer.Option(help="partner kind for a new profile")] = "hospital",
     timezone: Annotated[str, typer.Option(help="IANA zone for a new profile")] = "UTC",
-    notify_url: Annotated[list[str] | None, typer.Option(help="allowed Subscription endpoint prefix")] = None,
+    notify_url: Annotated[
+        list[str] | None,
+        typer.Option(help="a Subscription endpoint base URL (scheme, host, port, path prefix; host:* for any port)"),
+    ] = None,
     manufacturing: Annotated[str | None, typer.Option(help="default manufacturing site for its orders")] = None,
     replace_key: Annotated[bool, typer.Option(help="with --generate-key: overwrite an existing key file")] = False,
 ) -> None:

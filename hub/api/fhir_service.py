@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -434,7 +434,7 @@ class FhirService:
         allowed = smart.notify_urls if smart else ()
         if not endpoint.startswith(("https://", "http://")):
             issues.append(Issue("the endpoint must be an http(s) URL", "Subscription.channel.endpoint"))
-        elif not any(endpoint.startswith(prefix) for prefix in allowed):
+        elif not any(endpoint_registered(endpoint, url) for url in allowed):
             issues.append(
                 Issue(
                     "the endpoint is not among the notification URLs registered in the partner profile "
@@ -644,6 +644,36 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise BadRequest("Bundle.entry must be a list of entries")
     return entries
+
+
+def endpoint_registered(endpoint: str, registered: str) -> bool:
+    """Is ``endpoint`` at or under a notification URL registered in the partner's profile?
+
+    Compared parsed, not as text: the same scheme, host and port, and the registered path as a
+    whole-segment prefix. A text prefix let ``http://127.0.0.1.evil.example/`` pass for
+    ``http://127.0.0.1``, and ``https://hospital.example/hooks-of-someone-else`` pass for
+    ``https://hospital.example/hooks``. Userinfo is refused (``https://a.example@b.example/``).
+    A registered URL without a port means the scheme's default port; ``host:*`` allows any port
+    (for a development endpoint on an ephemeral port)."""
+    r_split = urlsplit(registered)
+    any_port = r_split.netloc.endswith(":*")
+    if any_port:
+        r_split = r_split._replace(netloc=r_split.netloc[:-2])
+    try:
+        e = urlsplit(endpoint)
+        e_port, r_port = e.port, r_split.port
+    except ValueError:
+        return False
+    if e.username is not None or e.password is not None or e.scheme not in ("http", "https"):
+        return False
+    if (e.scheme, (e.hostname or "").lower()) != (r_split.scheme, (r_split.hostname or "").lower()):
+        return False
+    default = {"http": 80, "https": 443}
+    if not any_port and (e_port or default[e.scheme]) != (r_port or default.get(r_split.scheme)):
+        return False
+    r = r_split
+    base = r.path.rstrip("/")
+    return not base or e.path == base or e.path.startswith(base + "/")
 
 
 def _require_unique_full_urls(entries: list[dict[str, Any]]) -> None:

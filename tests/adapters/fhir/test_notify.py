@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 
 from adapters.fhir.notify import DeliveryWorker, backoff, replay
 from adapters.fhir.webhooks import sign
+from hub.api.fhir_service import endpoint_registered
 from hub.context import HubContext
 from hub.db.models import OutboxEvent
 from hub.db.models_fhirapi import SubscriptionAttempt, SubscriptionDelivery
@@ -234,3 +235,25 @@ def test_subscription_rules(api: TestClient, client_keys: dict[str, ClientKey]) 
     assert r.status_code == 422
     where = {e for i in r.json()["issue"] for e in i.get("expression", [])}
     assert {"Subscription.channel.type", "Subscription.channel.endpoint", "Subscription.criteria"} <= where
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "registered", "allowed"),
+    [
+        ("http://127.0.0.1:8080/hook", "http://127.0.0.1", False),  # another port
+        ("http://127.0.0.1/hook", "http://127.0.0.1", True),
+        ("http://127.0.0.1:80/hook", "http://127.0.0.1", True),
+        ("http://127.0.0.1.evil.example/hook", "http://127.0.0.1", False),
+        ("http://127.0.0.1@evil.example/hook", "http://127.0.0.1", False),
+        ("http://evil.example@127.0.0.1/hook", "http://127.0.0.1", False),  # userinfo, even to the host
+        ("https://127.0.0.1/hook", "http://127.0.0.1", False),  # another scheme
+        ("https://Hospital.example/hooks/cgt", "https://hospital.example/hooks", True),
+        ("https://hospital.example/hooks", "https://hospital.example/hooks/", True),
+        ("https://hospital.example/hooks-of-someone-else", "https://hospital.example/hooks", False),
+        ("https://hospital.example:notaport/hooks", "https://hospital.example/hooks", False),
+        ("http://127.0.0.1:8080/hook", "http://127.0.0.1:*", True),  # a development endpoint
+        ("http://127.0.0.1.evil.example:8080/hook", "http://127.0.0.1:*", False),
+    ],
+)
+def test_an_endpoint_must_be_under_a_registered_url(endpoint: str, registered: str, allowed: bool) -> None:
+    assert endpoint_registered(endpoint, registered) is allowed

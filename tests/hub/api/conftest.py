@@ -33,7 +33,7 @@ OPERATOR_TOKEN = "test-operator-token-0123456789abcdef"
 SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
 WEBHOOK_ENV = "CGTHUB_TEST_FHIR_WEBHOOK_SECRET"
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-NOTIFY = "http://127.0.0.1"
+NOTIFY = "http://127.0.0.1:*"
 ALL_SCOPES = [
     "system/ServiceRequest.cruds",
     "system/Patient.cruds",
