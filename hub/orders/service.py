@@ -12,7 +12,7 @@ from typing import Any
 from hub.db.locks import lock_identity
 from hub.db.models import OrderHold, QaDecision, TherapyOrder
 from hub.db.uow import Work
-from hub.errors import Conflict, GuardFailed, Issue, NotFound, ValidationFailed
+from hub.errors import Conflict, Forbidden, GuardFailed, Issue, NotFound, ValidationFailed
 from hub.events import (
     AlertRaised,
     EventType,
@@ -53,6 +53,11 @@ ROLE_FOR_SITE = {
     "lab": "lab",
     "courier": "courier",
 }
+
+# Release results gate the product's release: only the order's testing lab or its manufacturing
+# site (whose QC laboratory tests the product) may report them. A hospital or a courier taking part
+# in the order could otherwise send an ORU^R01 with in-spec values for the release panel.
+RESULT_ROLES = {"lab", "manufacturing"}
 
 
 def coi_of(order: TherapyOrder) -> CoI:
@@ -670,6 +675,13 @@ class OrderService:
         product = get_product(order.product_code)
         if order.status in ("revoked", "completed"):
             raise GuardFailed(f"order {order.id} is {order.status}")
+        if cmd.performer is not None:
+            roles = {r for p, r in self.orders.participants(order.id) if p == cmd.performer}
+            if not roles & RESULT_ROLES:
+                raise Forbidden(
+                    f"partner {cmd.performer} is not the lab or manufacturing site of order {order.id}; "
+                    "release results come only from them"
+                )
         if product.index(order.stage) < product.index("in-manufacturing") or product.index(
             order.stage
         ) >= product.index("released"):

@@ -12,6 +12,7 @@ from hub.errors import AuthenticationFailed, Conflict, Forbidden, GuardFailed, I
 from hub.fhirstore.repository import ResourceRepository, SearchParam, search
 from hub.fhirstore.validation import validate
 from hub.orders.fhir import COI_SYSTEM, SITE_EXTENSION, task_id
+from hub.orders.repository import OrderRepository
 from hub.orders.schemas import Advance, Cancel, PlaceHold, RecordResult, ReleaseHold, SignerCredentials
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
@@ -269,3 +270,28 @@ def test_concurrent_orders_for_one_new_patient_create_one_patient(store: Store, 
         assert len(search(s, "Patient", [SearchParam("identifier", "MRN-RACE")])) == 1
         assert len(search(s, "Organization", [], count=100)) == 4
     assert verify_chain(store).ok
+
+
+def test_release_results_come_only_from_the_orders_lab_or_manufacturing_site(
+    store: Store, partners: PartnerDirectory
+) -> None:
+    """Results gate release: the ordering hospital or the courier, though they take part in the
+    order, must not be able to report an in-spec release panel."""
+    d = Driver.place(store, partners)
+    d.walk_to("qc-testing")
+
+    def report(performer: str) -> None:
+        d.run(
+            lambda w: OrderService(w, partners).record_result(
+                RecordResult(order_id=d.order.id, test_code="viability", value="90", performer=performer)
+            )
+        )
+
+    for outsider in ("st-marys", "polar-courier", "riverside-cancer-center"):
+        with pytest.raises(Forbidden, match="lab or manufacturing site"):
+            report(outsider)
+    assert store.read(lambda s: OrderRepository.from_session(s).current_results(d.order.id)) == []
+    report("northlab-analytics")
+    report("leiden-cell-factory")
+    results = store.read(lambda s: OrderRepository.from_session(s).current_results(d.order.id))
+    assert [(r.test_code, r.value) for r in results] == [("viability", "90")]
