@@ -24,6 +24,10 @@ class ChannelSettings(BaseModel):
 
 class Hl7v2Mllp(ChannelSettings):
     allow_from: tuple[str, ...] = ()  # CIDR blocks for inbound
+    # Inbound over mutual TLS: names (subject CN or DNS subjectAltName) of the client certificates
+    # this partner's interface engine presents. When set, a connection reaches this partner only
+    # with such a certificate, whatever MSH-4 says (adapters/hl7v2/routing.py).
+    tls_client_names: tuple[str, ...] = ()
     ack_mode: Literal["original", "enhanced"] = "original"
     mappings: tuple[str, ...] = ()
     endpoint: str | None = Field(default=None, pattern=r"^mllp(\+tls)?://[^\s/]+:\d+$")

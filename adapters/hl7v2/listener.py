@@ -11,7 +11,8 @@ Failure modes, all without an AA:
 * a bug in a mapping or the core → the message is kept (status ``failed``) and answered AE 207;
 * a frame larger than ``max_frame`` → the connection is closed at once (nothing buffered past the
   cap); an idle connection is closed after ``idle_timeout_s``;
-* an address outside every partner's ``allow_from`` → the connection is closed before reading.
+* an address outside every partner's ``allow_from`` (or without a certificate a partner's
+  ``tls_client_names`` asks for) → the connection is closed before reading.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from adapters.hl7v2.errors import Rejected
 from adapters.hl7v2.framer import DEFAULT_MAX_FRAME, Deframer, FrameTooLarge, frame
 from adapters.hl7v2.interpret import Interpreter
 from adapters.hl7v2.mapping import mapping_root as resolve_mapping_root
-from adapters.hl7v2.routing import ADAPTER, UNIDENTIFIED, Route, Router
+from adapters.hl7v2.routing import ADAPTER, UNIDENTIFIED, Peer, Route, Router, certificate_names
 from adapters.hl7v2.tokenizer import Message, ParseError, Transmission, parse_all
 from hub import canonical
 from hub.context import HubContext
@@ -96,6 +97,15 @@ class MllpListener:
         self.router = Router(
             ctx.partners, mapping_root.resolve() if mapping_root else resolve_mapping_root(ctx.settings.mappings_dir)
         )
+        if not self.tls.enabled or self.tls.client_auth == "none":
+            for route in self.router.routes:
+                if route.client_names:
+                    log.warning(
+                        "MLLP partner %s accepts only client certificates named %s, but this listener "
+                        "does not ask for client certificates (CGTHUB_MLLP_TLS__CLIENT_AUTH): it cannot send",
+                        route.partner,
+                        ", ".join(sorted(route.client_names)),
+                    )
         self.stats = Stats()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -130,12 +140,15 @@ class MllpListener:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        peername = writer.get_extra_info("peername")
+        address = str(peername[0]) if isinstance(peername, tuple) and peername else None
+        peer = Peer(address, certificate_names(writer.get_extra_info("peercert")))
         try:
-            if not self.router.admits(address):
+            if not self.router.admits(peer):
                 self.stats.refused_connections += 1
-                log.warning("MLLP connection from %s refused: not in any partner's allow_from", address)
+                log.warning(
+                    "MLLP connection from %s refused: no partner admits it (allow_from, tls_client_names)", address
+                )
                 return
             self.stats.connections += 1
             deframer = Deframer(self.max_frame)
@@ -155,7 +168,7 @@ class MllpListener:
                     return
                 for payload in payloads:
                     self.stats.frames += 1
-                    responses = await self.handle_frame(payload, address)
+                    responses = await self.handle_frame(payload, peer)
                     if responses is None:
                         return
                     if responses:
@@ -173,23 +186,23 @@ class MllpListener:
                 await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
     # ------------------------------------------------------------------ frames
-    async def handle_frame(self, payload: bytes, address: str | None) -> list[bytes] | None:
+    async def handle_frame(self, payload: bytes, peer: Peer) -> list[bytes] | None:
         """The response frames (payloads) for one received frame; None closes the connection."""
         try:
             tx = parse_all(payload)
         except ParseError as exc:
-            return await self._unparsable(payload, address, exc)
+            return await self._unparsable(payload, peer, exc)
         if not tx.batch and len(tx.messages) == 1:
-            response = await self.handle_message(tx.messages[0], address)
+            response = await self.handle_message(tx.messages[0], peer)
             if response is None:
                 return None
             return acks.split_acks(response)
-        responses = await asyncio.gather(*(self.handle_message(m, address) for m in tx.messages))
+        responses = await asyncio.gather(*(self.handle_message(m, peer) for m in tx.messages))
         if any(r is None for r in responses):
             return None
         flat = [a for r in responses for a in acks.split_acks(r or b"")]
         if tx.junk or (not tx.messages and tx.batch):
-            extra = await self._batch_leftovers(payload, address, tx)
+            extra = await self._batch_leftovers(payload, peer, tx)
             if extra is None:
                 return None
             flat += extra
@@ -197,17 +210,17 @@ class MllpListener:
             return flat
         return [_batch_response(tx, flat)]
 
-    async def handle_message(self, msg: Message, address: str | None) -> bytes | None:
+    async def handle_message(self, msg: Message, peer: Peer) -> bytes | None:
         """Store, interpret and answer one message. Returns the ACK bytes (possibly empty when the
         sender asked for none) or None to close the connection."""
         self.stats.messages += 1
         route: Route | None
         refusal: Rejected | None = None
         try:
-            route = self.router.route(address, msg)
+            route = self.router.route(peer, msg)
         except Rejected as exc:
             route, refusal = None, exc
-        policy = policy_for(msg, route.ack_mode if route else self.router.default_mode(address))
+        policy = policy_for(msg, route.ack_mode if route else self.router.default_mode(peer))
         context = AckContext.of(msg)
         partner = route.partner if route else UNIDENTIFIED
         job = self._job(msg, route, refusal, policy, context)
@@ -280,11 +293,11 @@ class MllpListener:
 
         return job
 
-    async def _store_refusal(self, raw: bytes, address: str | None, error: Rejected) -> bytes | None:
+    async def _store_refusal(self, raw: bytes, peer: Peer, error: Rejected) -> bytes | None:
         """Keep bytes that are not a message (so nothing is lost) and answer AR/CR."""
-        candidates = self.router.candidates(address)
+        candidates = self.router.candidates(peer)
         partner = candidates[0].partner if len(candidates) == 1 else UNIDENTIFIED
-        policy = policy_for(None, self.router.default_mode(address))
+        policy = policy_for(None, self.router.default_mode(peer))
         context = AckContext()
 
         def job(work: Work) -> InboxOutcome:
@@ -309,17 +322,17 @@ class MllpListener:
             return render(context, policy, Outcome.unavailable, datetime.now(UTC))
         return outcome.response or b""
 
-    async def _unparsable(self, payload: bytes, address: str | None, exc: ParseError) -> list[bytes] | None:
+    async def _unparsable(self, payload: bytes, peer: Peer, exc: ParseError) -> list[bytes] | None:
         error = Rejected(f"not an HL7 v2 message: {exc}", "100", exc.location)
-        response = await self._store_refusal(payload, address, error)
+        response = await self._store_refusal(payload, peer, error)
         return None if response is None else acks.split_acks(response)
 
-    async def _batch_leftovers(self, payload: bytes, address: str | None, tx: Transmission) -> list[bytes] | None:
+    async def _batch_leftovers(self, payload: bytes, peer: Peer, tx: Transmission) -> list[bytes] | None:
         what = f"{tx.junk} segments outside any message" if tx.junk else "an empty batch"
         error = Rejected(f"the batch holds {what}; they were kept and not processed", "100", "BHS")
         if not tx.junk:
             return []
-        response = await self._store_refusal(payload, address, error)
+        response = await self._store_refusal(payload, peer, error)
         return None if response is None else acks.split_acks(response)
 
 

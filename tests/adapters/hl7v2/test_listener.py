@@ -3,6 +3,7 @@ conflicts, store down, every message kind, batches, framing limits, allow-lists,
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import subprocess
@@ -13,17 +14,21 @@ from sqlalchemy import event, func, select
 
 from adapters.hl7v2.ack import ack_code_of, acked_control_id
 from adapters.hl7v2.listener import MllpListener
+from adapters.hl7v2.routing import certificate_names
+from adapters.registry import channel_schemas
 from hub.context import HubContext
 from hub.db.models import InboxMessage, OrderHold, TherapyOrder
 from hub.db.models_scheduling import CollectionAppointment
 from hub.db.uow import Store, open_store
 from hub.fhirstore.repository import ResourceRepository
 from hub.orders.service import view
-from hub.partners.loader import PartnerDirectory
+from hub.partners.loader import PartnerDirectory, load_directory
 from hub.settings import TLSSettings
 from tests.adapters.hl7v2 import messages as m
-from tests.adapters.hl7v2.conftest import Loop, Sender
+from tests.adapters.hl7v2.conftest import Loop, Sender, make_ctx
 from tests.builders import Driver
+from tests.conftest import REPO
+from tests.support.tls import make_pki
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -444,3 +449,70 @@ def test_tls_and_mutual_tls(ctx: HubContext, loop: Loop, tmp_path: Path) -> None
         assert _refused_without_certificate(anonymous, listener.port)
     finally:
         loop.run(listener.stop())
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_partner_pinned_to_its_certificate_cannot_be_sent_for_by_another(
+    store: Store, loop: Loop, tmp_path: Path
+) -> None:
+    """St Mary's and Lakeside's lab share 127.0.0.0/8. MSH-4 is whatever the sender writes, so
+    without more the lab could send an order cancel as STMARYS. With ``tls_client_names`` set,
+    St Mary's is reached only with its certificate: a connection without it can only be the lab's,
+    so an "STMARYS" ADT on it is the lab's message, refused (the lab sends results only)."""
+    profiles = tmp_path / "profiles"
+    shutil.copytree(REPO / "partner-profiles", profiles)
+    text = (profiles / "st-marys.yaml").read_text()
+    pinned = text.replace(
+        "    allow_from: [127.0.0.0/8, 10.20.0.0/16]\n",
+        "    allow_from: [127.0.0.0/8, 10.20.0.0/16]\n    tls_client_names: [St-Marys Interface Engine]\n",
+    )
+    assert pinned != text
+    (profiles / "st-marys.yaml").write_text(pinned)
+    partners, errors = load_directory(profiles, channel_schemas())
+    assert not errors, errors
+    pki = make_pki(tmp_path / "pki")
+    tls = TLSSettings(cert_file=pki.server_cert, key_file=pki.server_key, ca_file=pki.ca_cert, client_auth="optional")
+    listener = MllpListener(make_ctx(store, partners), host="127.0.0.1", port=0, tls=tls)
+    loop.run(listener.start())
+
+    def send(message: bytes, *, certificate: bool) -> bytes:
+        client = ssl.create_default_context(cafile=str(pki.ca_cert))
+        if certificate:
+            client.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        with (
+            socket.create_connection(("127.0.0.1", listener.port), timeout=10) as raw,
+            client.wrap_socket(raw, server_hostname="127.0.0.1") as tls_sock,
+        ):
+            tls_sock.sendall(b"\x0b" + message + b"\x1c\r")
+            data = b""
+            while not data.endswith(b"\x1c\r"):
+                chunk = tls_sock.recv(4096)
+                assert chunk, "connection closed without an answer"
+                data += chunk
+            return data[1:-2]
+
+    try:
+        spoofed = send(m.adt("MRN-PIN-1"), certificate=False)  # MSH-4 STMARYS, no certificate
+        assert ack_code_of(spoofed) == "AR", spoofed
+        genuine = send(m.adt("MRN-PIN-2"), certificate=True)
+        assert ack_code_of(genuine) == "CA", genuine
+        lab = send(m.oru("CHA999826999999", [("LRL-VIAB", "90", "%")]), certificate=False)
+        assert ack_code_of(lab) == "AE"  # the lab itself still reaches the hub (unknown order here)
+    finally:
+        loop.run(listener.stop())
+    partners_of = store.read(lambda s: sorted((r.partner, r.status) for r in s.scalars(select(InboxMessage))))
+    assert partners_of == [
+        ("lakeside-reference-lab", "rejected"),  # the spoofed ADT, kept under who sent it
+        ("lakeside-reference-lab", "rejected"),  # the lab's result for an order it does not know
+        ("st-marys", "handled"),
+    ]
+
+
+def test_certificate_names_are_the_subject_cn_and_dns_alt_names() -> None:
+    cert = {
+        "subject": ((("countryName", "US"),), (("commonName", "Engine-1"),)),
+        "subjectAltName": (("DNS", "engine.stmarys.example"), ("IP Address", "10.20.0.5")),
+    }
+    assert certificate_names(cert) == {"engine-1", "engine.stmarys.example"}
+    assert certificate_names(None) == frozenset()
+    assert certificate_names({}) == frozenset()
