@@ -141,6 +141,9 @@ class FhirService:
 
     # ------------------------------------------------------------------ search inside a job
     def matching_ids(self, rtype: str, params: list[SearchParam], limit: int = 2) -> list[str]:
+        # A conditional create (If-None-Exist) or conditional reference is a search: it tells the
+        # caller what matches (and a create answers with the match), so it needs the search scope.
+        self.principal.require(rtype, "s")
         stmt = (
             select(Resource.id)
             .where(

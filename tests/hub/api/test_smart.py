@@ -249,3 +249,25 @@ def test_jwks_url_served_by_a_real_server(
     finally:
         server.shutdown()
     assert hits == ["/.well-known/jwks.json"]
+
+
+def test_a_conditional_create_or_reference_needs_the_search_scope(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """Both search, and a conditional create answers with the match: with create alone, a token
+    could read what it was never granted search or read on."""
+    h = bearer(api, client_keys["st-marys"], scope="system/Observation.c system/ServiceRequest.r")
+    body = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    r = api.post("/fhir/Observation", json=body, headers={**h, "If-None-Exist": "identifier=urn:x|1"})
+    assert r.status_code == 403, r.text
+    assert "system/Observation.s" in r.json()["issue"][0]["diagnostics"]
+    ref = {**body, "basedOn": [{"reference": "ServiceRequest?identifier=urn:x|1"}]}
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": ref, "request": {"method": "POST", "url": "Observation"}}],
+    }
+    r = api.post("/fhir", json=tx, headers=h)
+    assert r.status_code == 403, r.text
+    assert "system/ServiceRequest.s" in r.json()["issue"][0]["diagnostics"]
+    assert api.post("/fhir/Observation", json=body, headers=h).status_code == 201  # plain create: fine
