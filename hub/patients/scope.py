@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import func, insert, select, union
+from sqlalchemy import bindparam, exists, insert, literal, or_, select, union
 from sqlalchemy.orm import Session
 
 from hub.db.models import OrderParticipant, SearchReference, TherapyOrder, table_of
@@ -49,24 +49,39 @@ def practitioners_of(session: Session, partner_id: str, candidate_ids: Collectio
     matching would show one partner what another sent about its clinicians."""
     if not candidate_ids:
         return set()
-    ids = sorted(set(candidate_ids))
-    owned = select(ResourceOwner.resource_id).where(
-        ResourceOwner.resource_type == "Practitioner",
-        ResourceOwner.partner_id == partner_id,
-        ResourceOwner.resource_id.in_(ids),
+    conn = session.connection()
+    return {
+        i
+        for i in sorted(set(candidate_ids))
+        if conn.execute(_PRACTITIONER_OF, {"i": i, "t": f"Practitioner/{i}", "p": partner_id}).scalar()
+    }
+
+
+# Built once (this runs for every order placed): per candidate (usually one), EXISTS probes that
+# stop at the first hit, where a join would read every order naming the clinician.
+_PRACTITIONER_OF = select(
+    or_(
+        exists(
+            select(literal(1)).where(
+                ResourceOwner.resource_type == "Practitioner",
+                ResourceOwner.resource_id == bindparam("i"),
+                ResourceOwner.partner_id == bindparam("p"),
+            )
+        ),
+        exists(
+            select(literal(1))
+            .select_from(SearchReference)
+            .join(OrderParticipant, OrderParticipant.order_id == SearchReference.id)
+            .where(
+                SearchReference.resource_type == "ServiceRequest",
+                SearchReference.param == "requester",
+                SearchReference.target == bindparam("t"),
+                OrderParticipant.partner_id == bindparam("p"),
+                OrderParticipant.role == "ordering",
+            )
+        ),
     )
-    requested = (
-        select(func.substr(SearchReference.target, len("Practitioner/") + 1))
-        .join(OrderParticipant, OrderParticipant.order_id == SearchReference.id)
-        .where(
-            SearchReference.resource_type == "ServiceRequest",
-            SearchReference.param == "requester",
-            SearchReference.target.in_([f"Practitioner/{i}" for i in ids]),
-            OrderParticipant.partner_id == partner_id,
-            OrderParticipant.role == "ordering",
-        )
-    )
-    return {str(i) for i in session.execute(union(owned, requested)).scalars()}
+)
 
 
 # A prebuilt Core statement on the connection: the ORM-enabled ``session.execute(insert(...))``
