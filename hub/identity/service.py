@@ -12,6 +12,7 @@ is written: the operator scans again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub import canonical
@@ -58,7 +59,10 @@ class IdentityService:
                 f"processing step {cmd.step!r} is not one of {', '.join(product.processing_steps)}",
                 [Issue("unknown processing step", "step")],
             )
-        if cmd.method == "manual" and (not cmd.second_person or cmd.second_person == cmd.operator):
+        # Names compared as people type them: " op", "Op" and "op " are the operator, and a blank is
+        # no one (a second person who is the operator, or no one, is no second check).
+        second = (cmd.second_person or "").strip().casefold()
+        if cmd.method == "manual" and (not second or second == cmd.operator.strip().casefold()):
             raise ValidationFailed(
                 "a manual verification needs a second person, other than the operator",
                 [Issue("second person missing", "second_person")],
@@ -83,7 +87,7 @@ class IdentityService:
         wrong_coi = [c for c in scanned.coi if c != order.coi]
         if wrong_coi:
             reasons.append(f"scanned CoI {', '.join(wrong_coi)} is not this order's CoI {order.coi}")
-        if scanned.patient and any(p.split("|")[-1] != expected_patient for p in scanned.patient):
+        if scanned.patient and not all(_is_patient(p, patient, expected_patient) for p in scanned.patient):
             reasons.append("scanned patient identifier is not this order's patient")
         result = "mismatch" if reasons else "match"
 
@@ -229,3 +233,16 @@ class IdentityService:
             ),
         )
         return handoff_id
+
+
+def _is_patient(scanned: str, patient: dict[str, Any], primary_value: str) -> bool:
+    """A wristband scan names this patient: ``system|value`` must be one of the patient's
+    identifiers, system included (the same MRN value from another hospital is another person);
+    a bare value must be the patient's primary identifier (MRN)."""
+    if "|" not in scanned:
+        return bool(primary_value) and scanned == primary_value
+    system, value = scanned.rsplit("|", 1)
+    return any(
+        isinstance(i, dict) and str(i.get("system")) == system and str(i.get("value")) == value
+        for i in patient.get("identifier", []) or []
+    )

@@ -11,9 +11,19 @@ from hub.db.uow import Store
 from hub.errors import AuthenticationFailed, Conflict, Forbidden, GuardFailed, InvalidScan, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository, SearchParam, search
 from hub.fhirstore.validation import validate
+from hub.identity.service import IdentityService
 from hub.orders.fhir import COI_SYSTEM, SITE_EXTENSION, task_id
 from hub.orders.repository import OrderRepository
-from hub.orders.schemas import Advance, Cancel, PlaceHold, RecordResult, ReleaseHold, SignerCredentials
+from hub.orders.schemas import (
+    Advance,
+    Cancel,
+    PlaceHold,
+    RecordResult,
+    ReleaseHold,
+    Scan,
+    SignerCredentials,
+    VerifyIdentity,
+)
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
 from hub.products.registry import get_product
@@ -295,3 +305,48 @@ def test_release_results_come_only_from_the_orders_lab_or_manufacturing_site(
     report("leiden-cell-factory")
     results = store.read(lambda s: OrderRepository.from_session(s).current_results(d.order.id))
     assert [(r.test_code, r.value) for r in results] == [("viability", "90")]
+
+
+def test_a_manual_verification_needs_a_second_person_who_is_someone_else(
+    store: Store, partners: PartnerDirectory
+) -> None:
+    d = Driver.place(store, partners)
+    d.walk_to("collection-scheduled")  # next: the collection checkpoint
+
+    def manual(second: str | None) -> object:
+        cmd = VerifyIdentity(
+            order_id=d.order.id,
+            checkpoint="collection",  # type: ignore[arg-type]
+            scans=(Scan(value=d.order.coi_barcode),),
+            operator="op",
+            method="manual",
+            second_person=second,
+        )
+        return d.run(lambda w: IdentityService(w, partners).verify(cmd))
+
+    for same in (None, "", " ", "op", "Op", " op ", "OP\t"):
+        with pytest.raises(ValidationFailed, match="second person"):
+            manual(same)
+    assert manual("Sam Second").result == "match"  # type: ignore[attr-defined]
+
+
+def test_a_wristband_from_another_hospital_with_the_same_mrn_value_is_a_mismatch(
+    store: Store, partners: PartnerDirectory
+) -> None:
+    """Only the value after the system was compared: another hospital's MRN that happens to have
+    the same digits passed the last identity check before infusion."""
+    d = Driver.place(store, partners)
+    d.walk_to("received-at-site")
+    other = d.verify("administration", patient_id=f"urn:oid:9.9.9.OTHER-HOSPITAL|{d.mrn}")
+    assert other.result == "mismatch"
+    assert other.order_status == "on-hold"
+
+
+def test_the_wristband_may_carry_its_system(store: Store, partners: PartnerDirectory) -> None:
+    d = Driver.place(store, partners)
+    d.walk_to("received-at-site")
+    stored = store.read(lambda s: ResourceRepository.from_session(s).read("Patient", d.order.patient_id).content)
+    system = stored["identifier"][0]["system"]
+    assert d.verify("administration", patient_id=f"{system}|{d.mrn}").result == "match"
+    assert d.verify("administration", patient_id=str(d.mrn)).result == "match"
+    assert d.advance("administered").stage == "administered"
