@@ -29,66 +29,108 @@ def _coi_data(ref: str) -> str | None:
 
 
 def find_order(work: Work, partner: str, refs: Iterable[str], *, location: str | None = None) -> TherapyOrder:
+    """The one order, among those this partner takes part in, that a message's references name.
+
+    Every reference is resolved, not only the first that matches: a message whose references name
+    two different orders (the filler's CoI of one, the placer number of another) is a mix-up,
+    refused rather than applied to whichever was read first. So is one that names an order this
+    partner knows besides one it does not (the wording does not say which exists)."""
     orders = OrderRepository.from_session(work.session)
     tried: list[str] = []
+    mine: dict[str, str] = {}  # reference -> order id
+    elsewhere = False
     for ref in (r.strip() for r in refs if r and r.strip()):
         tried.append(ref)
-        coi = _coi_data(ref)
-        candidates: list[str] = []
-        if coi is not None:
-            found = orders.find(coi)
-            candidates = [found.id] if found is not None else []
-        if not candidates:
-            found = work.session.get(TherapyOrder, ref)
-            candidates = [found.id] if found is not None else []
-        if not candidates:
-            placed = orders.by_placer(partner, ref)
-            candidates = [placed] if placed else []
-        if not candidates:
-            candidates = list(
-                work.session.scalars(
-                    select(TherapyOrder.id)
-                    .join(OrderParticipant, OrderParticipant.order_id == TherapyOrder.id)
-                    .where(TherapyOrder.placer_number == ref, OrderParticipant.partner_id == partner)
-                    .distinct()
-                )
-            )
-            if len(candidates) > 1:
-                raise Conflict(
-                    f"order reference {ref!r} matches orders of several hospitals; send the CoI instead",
-                    [Issue("ambiguous order reference", location)],
-                )
-        for order_id in candidates:
-            if partner in {p for p, _ in orders.participants(order_id)}:
-                return orders.get(order_id, for_update=True)
+        candidates = _candidates(work, orders, partner, ref, location)
+        takes_part = [c for c in candidates if partner in {p for p, _ in orders.participants(c)}]
+        if takes_part:
+            mine[ref] = takes_part[0]
+        elif candidates:
+            elsewhere = True
+    named = set(mine.values())
+    if len(named) > 1 or (named and elsewhere):
+        raise Conflict(
+            "the order references in this message do not all name the same order; nothing changed",
+            [Issue("order references disagree", location)],
+        )
+    if named:
+        return orders.get(named.pop(), for_update=True)
     what = ", ".join(repr(t[:40]) for t in tried) or "none given"
     error = NotFound(f"no order known to this partner for reference {what}")
     error.issues = [Issue(error.message, location)]
     raise error
 
 
+def _candidates(work: Work, orders: OrderRepository, partner: str, ref: str, location: str | None) -> list[str]:
+    """Orders one reference may name: a CoI, the hub's order id, this partner's placer number, or
+    the placer number of an order this partner takes part in."""
+    coi = _coi_data(ref)
+    if coi is not None:
+        found = orders.find(coi)
+        if found is not None:
+            return [found.id]
+    by_id = work.session.get(TherapyOrder, ref)
+    if by_id is not None:
+        return [by_id.id]
+    placed = orders.by_placer(partner, ref)
+    if placed:
+        return [placed]
+    candidates = list(
+        work.session.scalars(
+            select(TherapyOrder.id)
+            .join(OrderParticipant, OrderParticipant.order_id == TherapyOrder.id)
+            .where(TherapyOrder.placer_number == ref, OrderParticipant.partner_id == partner)
+            .distinct()
+        )
+    )
+    if len(candidates) > 1:
+        raise Conflict(
+            f"order reference {ref!r} matches orders of several hospitals; send the CoI instead",
+            [Issue("ambiguous order reference", location)],
+        )
+    return candidates
+
+
 def same_patient(work: Work, order: TherapyOrder, patient: dict[str, Any] | None, *, location: str | None) -> None:
-    """If a message names the patient, it must be the order's patient: at least one identifier in
-    common and no identifier of the same system with a different value. Otherwise it is refused."""
+    """If a message names the patient, it must be the order's patient. Otherwise it is refused.
+
+    * Identifiers with a system (assigning authority): at least one in common, and none of the same
+      system with a different value.
+    * Identifiers without one (a PID-3 with no CX-4): at least one value is one of the patient's.
+    * No identifier at all: a birth date or family name given must be the patient's.
+    A message naming someone else is never let through because it names them loosely."""
     if not patient:
         return
-    incoming = [
-        (str(i.get("system")), str(i.get("value")))
-        for i in patient.get("identifier", []) or []
-        if isinstance(i, dict) and i.get("system") and i.get("value")
-    ]
-    if not incoming:
-        return
+    identifiers = [i for i in patient.get("identifier", []) or [] if isinstance(i, dict) and i.get("value")]
     stored = ResourceRepository.for_work(work).read("Patient", order.patient_id).content
-    known = {
-        (str(i.get("system")), str(i.get("value")))
-        for i in stored.get("identifier", []) or []
-        if isinstance(i, dict) and i.get("system") and i.get("value")
-    }
-    systems = {s: v for s, v in known}
-    clash = [s for s, v in incoming if s in systems and (s, v) not in known]
-    if clash or not (set(incoming) & known):
+    stored_ids = [i for i in stored.get("identifier", []) or [] if isinstance(i, dict) and i.get("value")]
+    incoming = {(str(i["system"]), str(i["value"])) for i in identifiers if i.get("system")}
+    if incoming:
+        known = {(str(i["system"]), str(i["value"])) for i in stored_ids if i.get("system")}
+        systems = {s for s, _ in known}
+        clash = [s for s, v in incoming if s in systems and (s, v) not in known]
+        same = not clash and bool(incoming & known)
+    elif identifiers:
+        same = bool({str(i["value"]) for i in identifiers} & {str(i["value"]) for i in stored_ids})
+    else:
+        same = _same_demographics(patient, stored)
+    if not same:
         raise Conflict(
             f"the patient in this message is not the patient of order {order.id} (CoI {order.coi}); nothing changed",
             [Issue("patient identifiers do not match the order's patient", location)],
         )
+
+
+def _same_demographics(incoming: dict[str, Any], stored: dict[str, Any]) -> bool:
+    born = incoming.get("birthDate")
+    if born and stored.get("birthDate") and str(born) != str(stored["birthDate"]):
+        return False
+    family = _family(incoming)
+    return not (family and _family(stored) and family != _family(stored))
+
+
+def _family(patient: dict[str, Any]) -> str:
+    for name in patient.get("name", []) or []:
+        if isinstance(name, dict) and name.get("family"):
+            return str(name["family"]).strip().casefold()
+    return ""

@@ -283,6 +283,59 @@ def test_lab_oru_records_release_results(sender: Sender, store: Store, partners:
     assert b"OBR^1^3" in frames[0]
 
 
+def _lab_result(obr_refs: str, pid: str | None) -> bytes:
+    segs = [m.msh("ORU^R01", m.control_id("ORU"), facility="LAKESIDELAB")]
+    if pid:
+        segs.append(pid)
+    segs.append(f"OBR|1|{obr_refs}|RELEASE^Release panel^L|||20261120090000-0500")
+    segs.append("OBX|1|NM|LRL-VIAB^LRL-VIAB^L||88|%|||||F|||20261120090000-0500")
+    return ("\r".join(segs) + "\r").encode()
+
+
+def test_a_lab_result_naming_another_patient_loosely_is_refused(
+    sender: Sender, store: Store, partners: PartnerDirectory
+) -> None:
+    """PID-3 without an assigning authority maps to no identifier: the message named someone else
+    and was recorded on the order all the same. Name and birth date are then compared."""
+    sender.send(m.orm("PL-31", "MRN-31"))
+    order = order_of(store, "PL-31")
+    driver = Driver(store, partners, view(order))
+    driver.mrn = "MRN-31"
+    driver.walk_to("in-manufacturing")
+    someone_else = "PID|1||MRN-OTHER^^^^MR||Smith^John^^^^^L||19500101|M"
+    frames = sender.send(_lab_result(f"|{order.coi}^CGTHUB", someone_else))
+    assert codes(frames) == ["AE"], frames
+    assert b"PID^1^3" in frames[0]
+    same_person = "PID|1||MRN-31^^^^MR||Rivera^Ana^^^^^L||19710309|F"
+    assert codes(sender.send(_lab_result(f"|{order.coi}^CGTHUB", same_person))) == ["AA"]
+    from hub.orders.repository import OrderRepository
+
+    results = store.read(lambda s: OrderRepository.from_session(s).current_results(order.id))
+    assert [(r.test_code, r.value) for r in results] == [("viability", "88")]
+
+
+def test_order_references_that_name_two_orders_are_refused(
+    sender: Sender, store: Store, partners: PartnerDirectory
+) -> None:
+    """OBR-2 named order B, OBR-3 order A: the result went to whichever was read first."""
+    sender.send(m.orm("PL-32", "MRN-32"))
+    sender.send(m.orm("PL-33", "MRN-33"))
+    a, b = order_of(store, "PL-32"), order_of(store, "PL-33")
+    for o, mrn in ((a, "MRN-32"), (b, "MRN-33")):
+        driver = Driver(store, partners, view(o))
+        driver.mrn = mrn
+        driver.walk_to("in-manufacturing")
+    frames = sender.send(_lab_result(f"PL-33^STMARYS|{a.coi}^CGTHUB", None))
+    assert codes(frames) == ["AE"], frames
+    assert b"do not all name the same order" in frames[0]
+    frames = sender.send(_lab_result(f"PL-32^STMARYS|{a.coi}^CGTHUB", None))  # both name A
+    assert codes(frames) == ["AA"], frames
+    from hub.orders.repository import OrderRepository
+
+    assert store.read(lambda s: OrderRepository.from_session(s).current_results(b.id)) == []
+    assert len(store.read(lambda s: OrderRepository.from_session(s).current_results(a.id))) == 1
+
+
 # --------------------------------------------------------------------------- batches and framing
 def test_batch_is_answered_with_a_batch_of_acks(sender: Sender, store: Store) -> None:
     one = m.adt("MRN-13").decode().strip("\r")
