@@ -9,6 +9,7 @@ inside a session, and the signing is an audited event in the hash chain.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,7 +17,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from hub import canonical
-from hub.db.models import AppUser, ResourceVersion, Signature
+from hub.db.models import AppUser, AuditEntry, ResourceVersion, Signature
 from hub.db.types import iso_utc
 from hub.db.uow import Work
 from hub.errors import AuthenticationFailed, Conflict, Forbidden, NotFound, ValidationFailed
@@ -138,6 +139,9 @@ def sign(
     sig.signature_hash = signature_hash(sig)
     work.session.add(sig)
     work.session.flush()
+    # Its audit entry is written at COMMIT (the chain is extended once per transaction): until
+    # then, check_signature trusts the row this transaction wrote itself.
+    work.session.info.setdefault(_SIGNED_NOW, set()).add(sig.id)
     work.audit(
         "sign",
         "Signature",
@@ -175,7 +179,39 @@ def check_signature(session: Session, sig: Signature) -> SignatureCheck:
         return SignatureCheck(False, "the signed record's content differs from what was signed")
     if signature_hash(sig) != sig.signature_hash:
         return SignatureCheck(False, "the signature manifest was altered (record, signer, meaning or time)")
+    if sig.id not in session.info.get(_SIGNED_NOW, ()) and not _as_audited(session, sig):
+        return SignatureCheck(False, "the signature does not match its entry in the audit trail")
     return SignatureCheck(True, "valid")
+
+
+_SIGNED_NOW = "cgthub.signed_now"
+
+
+def _as_audited(session: Session, sig: Signature) -> bool:
+    """The row asserts what the hash chain recorded when it was signed.
+
+    The row's own hash is a plain SHA-256: someone who can write to the database can point a
+    signature at another record and recompute it. The audit entry of the signing cannot be changed
+    without breaking the chain (``cgt-hub audit verify``, and a saved checkpoint against a
+    rewritten chain), so the row must agree with it."""
+    entries = session.execute(
+        select(AuditEntry.new_value).where(
+            AuditEntry.entity_type == "Signature", AuditEntry.entity_id == sig.id, AuditEntry.action == "sign"
+        )
+    ).scalars()
+    for text in entries:
+        try:
+            recorded = json.loads(text)
+        except ValueError:
+            continue
+        if recorded == {
+            **recorded,
+            "record": f"{sig.record_type}/{sig.record_id}/_history/{sig.record_version}",
+            "record_hash": sig.record_hash,
+            "signature_hash": sig.signature_hash,
+        }:
+            return True
+    return False
 
 
 def signatures_for(session: Session, record_type: str, record_id: str) -> list[Signature]:

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+from hub.audit.service import verify_chain
 from hub.db.models import Signature
-from hub.db.uow import Store
+from hub.db.uow import Store, Work
 from hub.errors import AuthenticationFailed, Conflict, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository
 from hub.signatures.passwords import hash_password, verify_password
-from hub.signatures.service import Meaning, add_user, check_signature, sign
+from hub.signatures.service import Meaning, add_user, check_signature, sign, signature_hash
 
 
 def _org(store: Store, name: str) -> str:
@@ -80,3 +81,51 @@ def test_a_signature_cannot_be_moved(store: Store) -> None:
         check = check_signature(s, s.get(Signature, sig.id))  # type: ignore[arg-type]
     assert not check.valid
     assert "manifest" in check.reason
+
+
+def test_a_moved_signature_with_a_recomputed_manifest_disagrees_with_the_audit_trail(store: Store) -> None:
+    """The manifest hash is a plain SHA-256: whoever can write the row can recompute it. The audit
+    entry of the signing is in the hash chain, and the row must agree with it."""
+    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+    first, second = _org(store, "First"), _org(store, "Second")
+    sig = _sign(store, first)
+    with store.write_engine.begin() as conn:
+        h = conn.execute(text("SELECT content_hash FROM resource_version WHERE id = :r"), {"r": second}).scalar_one()
+        conn.execute(
+            text("UPDATE signature SET record_id = :r, record_hash = :h WHERE id = :i"),
+            {"r": second, "h": h, "i": sig.id},
+        )
+    with store.reading() as s:
+        moved = s.get(Signature, sig.id)
+        assert moved is not None
+        recomputed = signature_hash(moved)
+    with store.write_engine.begin() as conn:
+        conn.execute(text("UPDATE signature SET signature_hash = :h WHERE id = :i"), {"h": recomputed, "i": sig.id})
+    with store.reading() as s:
+        check = check_signature(s, s.get(Signature, sig.id))  # type: ignore[arg-type]
+    assert not check.valid
+    assert "audit trail" in check.reason
+    assert verify_chain(store).ok  # the chain itself was not touched: the row alone is wrong
+
+
+def test_a_signature_is_valid_in_the_transaction_that_made_it(store: Store) -> None:
+    """Its audit entry is written at COMMIT; the job that signs can still rely on it."""
+    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+    rid = _org(store, "Signed and checked at once")
+
+    def sign_and_check(w: Work) -> bool:
+        sig = sign(
+            w,
+            record_type="Organization",
+            record_id=rid,
+            record_version=1,
+            username="qa.jane",
+            password="correct horse battery",
+            meaning=Meaning.approval,
+        )
+        return check_signature(w.session, sig).valid
+
+    assert store.run(sign_and_check)
+    with store.reading() as s:
+        stored = s.scalars(select(Signature).where(Signature.record_id == rid)).one()
+        assert check_signature(s, stored).valid
