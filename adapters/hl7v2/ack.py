@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -64,14 +64,34 @@ class AckPolicy:
         return kind == "AL" or (kind == "SU" and ok) or (kind == "ER" and not ok)
 
 
+def _answerable(enc: Encoding) -> Encoding:
+    """The message's encoding characters for its ACK, with a component separator: MSA and ERR
+    need one, and a message may declare none (MSH-2 ``~\\&``). Then the default ``^``, unless the
+    message uses ``^`` for something else (then the standard set)."""
+    if enc.component:
+        return enc
+    used = {enc.field, enc.repetition, enc.escape, enc.subcomponent, enc.truncation}
+    return replace(enc, component="^") if "^" not in used else DEFAULT_ENCODING
+
+
+ACK_TYPES = frozenset({"AL", "NE", "ER", "SU"})  # HL7 table 0155
+
+
 def policy_for(msg: Message | None, default_mode: str) -> AckPolicy:
     accept = msg.accept_ack_type if msg is not None else ""
     application = msg.application_ack_type if msg is not None else ""
     if accept or application:
-        return AckPolicy(True, accept or "AL", application or "AL")
+        # A value outside table 0155 ("XX", "Y") is answered as AL: a sender that asked for
+        # something must not be left waiting for an ACK that never comes.
+        return AckPolicy(True, _ack_type(accept), _ack_type(application))
     if default_mode == "enhanced":
         return AckPolicy(True, "AL", "ER")
     return AckPolicy(False)
+
+
+def _ack_type(value: str) -> str:
+    value = value.strip().upper()
+    return value if value in ACK_TYPES else "AL"
 
 
 def hl7_timestamp(at: datetime) -> str:
@@ -115,7 +135,7 @@ class AckContext:
             receiving_facility=msg.msh(6),
             charset_field=msg.msh(18),
             codec="utf-8" if msg.charset in ("ascii", "cp1252") else msg.charset,
-            enc=msg.enc,
+            enc=_answerable(msg.enc),
         )
 
     @property

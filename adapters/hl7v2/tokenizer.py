@@ -306,6 +306,8 @@ def declared_charset(data: bytes) -> str:
         return ""
     line = _header_line(data[start:])
     fs = line[3:4]
+    if not fs:
+        return ""  # "MSH" with no field separator: not a header (the parser says so, with a NACK)
     fields = line.split(fs)
     if len(fields) < 18:
         return ""

@@ -65,6 +65,13 @@ Interpret = Callable[[Work, str], Interpretation]
 RenderError = Callable[[HubError | None, Exception], bytes | None]
 
 
+def storable(text: str) -> str:
+    """Text a partner chose (a message id, a message type, an error quoting either) as every
+    database stores it: PostgreSQL refuses NUL in text, and a refused row would mean a message not
+    kept. NUL is written as the four characters ``\\x00``; the raw bytes keep the original."""
+    return text.replace("\x00", "\\x00")
+
+
 def receive(
     work: Work,
     *,
@@ -88,7 +95,7 @@ def receive(
     update. Only when that insert finds the id taken is the message looked up and answered as a
     repeat or a conflict, exactly as on the general path."""
     digest = canonical.sha256_hex(raw)
-    external_id = external_id[:255]
+    external_id = storable(external_id)[:255]
     if not interpret_writes:
         # Interpret, then insert unless the id is already stored: one statement for a new message.
         # A stored id undoes what this interpretation buffered and is answered below, as before.
@@ -267,11 +274,11 @@ def _row(
         "external_id": external_id,
         "content_hash": digest,
         "raw": raw,
-        "message_type": done.message_type[:64] if done.message_type else None,
+        "message_type": storable(done.message_type)[:64] if done.message_type else None,
         "received_at": work.now,
         "status": done.status.value,
         "response": done.response,
-        "error": done.failure,
+        "error": storable(done.failure) if done.failure else None,
         "order_id": done.order_id,
         "handled_at": work.now if done.status is not InboxStatus.received else None,
     }
@@ -294,9 +301,9 @@ def _settle(
             "s": status.value,
             "r": response,
             "h": work.now,
-            "x": error,
+            "x": storable(error) if error else None,
             "o": order_id,
-            "m": message_type[:64] if message_type else None,
+            "m": storable(message_type)[:64] if message_type else None,
         },
     )
 

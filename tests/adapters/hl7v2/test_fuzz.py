@@ -16,11 +16,12 @@ from adapters.hl7v2.ack import AckContext, Outcome, policy_for, render
 from adapters.hl7v2.mapping import map_message
 from adapters.hl7v2.routing import Router
 from adapters.hl7v2.tokenizer import ParseError, parse_all
-from hub.errors import HubError
+from hub.errors import HubError, Issue
 from tests.adapters.hl7v2.conftest import CORPUS, MAPPINGS
 from tests.conftest import REPO
 
 SEEDS = [p.read_bytes() for p in sorted(CORPUS.rglob("*.hl7"))[:60] if p.stat().st_size > 0]
+HEADERS = [b"MSH\r", b"\rMSH", b"MSH|~\\&|", b"MSH|^|", b"BHS|^~\\&|\r", b"\r", b"|", b"\\X4\\", b"\\Xzz\\"]
 ALPHABET = st.sampled_from(list(b"|^~\\&#\r\n\x0bMSHPIDOBXZ0123456789 AF.X") + list(range(256)))
 
 
@@ -45,20 +46,26 @@ def _exercise(data: bytes) -> None:
             with contextlib.suppress(HubError):
                 map_message(msg, mappings, partner="st-marys", tz=ZoneInfo("America/New_York"))
         ctx = AckContext.of(msg)
-        for outcome in Outcome:
-            render(ctx, policy_for(msg, "enhanced"), outcome, datetime.now(UTC), error=HubError("x", hl7_code="207"))
+        # With a located issue: the ERR segment (both its pre-2.5 and its 2.5 form) is rendered
+        # with the message's own separators.
+        error = HubError("x", [Issue("y", "PID-3")], hl7_code="207")
+        for mode in ("enhanced", "original"):
+            for outcome in Outcome:
+                render(ctx, policy_for(msg, mode), outcome, datetime.now(UTC), error=error)
 
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     seed = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(0, 12))):
-        op = draw(st.integers(0, 2))
+        op = draw(st.integers(0, 3))
         pos = draw(st.integers(0, max(0, len(seed) - 1)))
         if op == 0 and seed:
             seed[pos] = draw(ALPHABET)
         elif op == 1:
             seed[pos:pos] = bytes(draw(st.lists(ALPHABET, max_size=20)))
+        elif op == 2:  # header-like pieces: a bare "MSH", odd encoding characters, a batch header
+            seed[pos:pos] = draw(st.sampled_from(HEADERS))
         else:
             del seed[pos : pos + draw(st.integers(0, 40))]
     return bytes(seed)

@@ -336,6 +336,47 @@ def test_order_references_that_name_two_orders_are_refused(
     assert len(store.read(lambda s: OrderRepository.from_session(s).current_results(a.id))) == 1
 
 
+# --------------------------------------------------------------------------- odd headers (found by fuzzing)
+def _stored(store: Store) -> list[tuple[str, str]]:
+    return store.read(lambda s: [(r.status, r.external_id) for r in s.scalars(select(InboxMessage))])
+
+
+def test_a_header_without_a_field_separator_is_kept_and_answered(sender: Sender, store: Store) -> None:
+    """ "MSH" alone crashed the charset sniffing: the connection dropped, nothing kept, no ACK."""
+    frames = sender.send(b"MSH\rPID|1||123\r")
+    assert codes(frames) == ["AR"], frames
+    assert _stored(store)[0][0] == "rejected"
+    assert codes(sender.send(m.adt("MRN-40"))) == ["CA"]  # the connection stays up
+
+
+def test_a_header_without_a_component_separator_is_kept_and_answered(sender: Sender, store: Store) -> None:
+    """MSH-2 "~\\&" declares no component separator: the pre-2.5 ERR could not be rendered, the
+    job failed, and the sender was told to resend what would never be kept."""
+    msg = b"MSH|~\\&|EPIC|STMARYS|CGTHUB|CGTHUB|20261125101500||ADT^A01|C9|X|2.3\rPID|1||MRN-41\r"
+    frames = sender.send(msg)
+    assert codes(frames) == ["CR"], frames  # St Mary's is in enhanced mode
+    assert frames[0].startswith(b"MSH|^~\\&|")
+    assert b"\rERR|" in frames[0]
+    assert _stored(store) == [("rejected", "C9")]
+
+
+@pytest.mark.parametrize("value", ["XX", "Y", "n"])
+def test_an_acknowledgment_type_outside_table_0155_is_answered(sender: Sender, value: str) -> None:
+    """Only NE asks for no ACK; a value the table does not have was met with silence."""
+    frames = sender.send(m.adt("MRN-42").replace(b"||USA|", f"|{value}|{value}|USA|".encode(), 1))
+    assert codes(frames) == ["CA"], frames
+
+
+def test_a_nul_in_the_control_id_is_kept(sender: Sender, store: Store) -> None:
+    """PostgreSQL refuses NUL in text: the inbox row failed with the job, and the sender was told to
+    resend a message that could never be kept."""
+    frames = sender.send(m.adt("MRN-43", cid="C\x0043"))
+    assert codes(frames)[0] in ("CA", "CR"), frames
+    assert _stored(store) == [(_stored(store)[0][0], "C\\x0043")]
+    again = sender.send(m.adt("MRN-43", cid="C\x0043"))
+    assert codes(again) == codes(frames)  # the repeat is recognised as the same message
+
+
 # --------------------------------------------------------------------------- batches and framing
 def test_batch_is_answered_with_a_batch_of_acks(sender: Sender, store: Store) -> None:
     one = m.adt("MRN-13").decode().strip("\r")
