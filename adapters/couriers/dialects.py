@@ -202,9 +202,12 @@ def _ups_instant(date: Any, clock: Any, where: str) -> datetime | None:
         return None
     t = _str(clock, where, required=False, max_len=6) or "000000"
     try:
-        return datetime.strptime(d + t.ljust(6, "0"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        at = datetime.strptime(d + t.ljust(6, "0"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         raise _bad(f"{where} is not YYYYMMDD/HHMMSS", where) from None
+    if not datetime(2000, 1, 1, tzinfo=UTC) <= at <= datetime(2100, 1, 1, tzinfo=UTC):
+        raise _bad(f"{where} is out of range", where)  # as _instant; year 1 overflowed later
+    return at
 
 
 def parse_ups(raw: bytes, webhook_id: str | None) -> Delivery:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from hub.alerts.repository import AlertRepository
 from hub.alerts.schemas import Acknowledge, AlertView
 from hub.alerts.service import AlertService
 from hub.api.deps import CtxDep, OperatorDep, ReadSession
 from hub.db.models import Alert
+from hub.instants import Instant
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
@@ -38,7 +38,7 @@ def list_alerts(
     severity: Annotated[Literal["info", "warning", "critical"] | None, Query()] = None,
     kind: Annotated[str | None, Query(max_length=64, description="prefix, e.g. temperature.")] = None,
     state: Annotated[Literal["open", "acknowledged", "all"], Query()] = "all",
-    since: Annotated[AwareDatetime | None, Query()] = None,
+    since: Annotated[Instant | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AlertView]:

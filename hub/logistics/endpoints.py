@@ -6,12 +6,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hub.api.commands import command
 from hub.api.deps import CtxDep, OperatorDep, ReadSession
 from hub.db.types import utcnow
 from hub.errors import NotFound
+from hub.instants import Instant
 from hub.logistics.policy import Policy
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.schemas import BookShipment, RegisterShipment, ScheduleConditioning, ShipmentView
@@ -30,7 +31,7 @@ class BookBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     leg: Code | None = None
     courier: Code | None = None
-    pickup_after: AwareDatetime | None = None
+    pickup_after: Instant | None = None
     customs_partner: Code | None = None
 
 
@@ -39,14 +40,14 @@ class RegisterBody(BaseModel):
     leg: Code
     courier: Code
     tracking_number: Code
-    eta: AwareDatetime | None = None
+    eta: Instant | None = None
     customs_partner: Code | None = None
 
 
 class ConditioningBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    conditioning_start: AwareDatetime
-    planned_infusion_at: AwareDatetime | None = None
+    conditioning_start: Instant
+    planned_infusion_at: Instant | None = None
 
 
 class ViabilityView(BaseModel):

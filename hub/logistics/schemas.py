@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from hub.instants import Instant
 
 
 class ShipmentEventKind(StrEnum):
@@ -30,7 +32,7 @@ class BookShipment(Command):
     order_id: str
     leg: str | None = None  # the product's leg code; default: the next leg of the journey
     courier: str | None = None  # partner id; default: the order's courier participant
-    pickup_after: AwareDatetime | None = None
+    pickup_after: Instant | None = None
     customs_partner: str | None = None  # for an international leg
 
 
@@ -41,12 +43,12 @@ class RegisterShipment(Command):
     leg: str
     courier: str
     tracking_number: str = Field(min_length=1, max_length=64)
-    eta: AwareDatetime | None = None
+    eta: Instant | None = None
     customs_partner: str | None = None
 
 
 class Reading(Command):
-    at: AwareDatetime
+    at: Instant
     temperature_c: float | None = Field(default=None, ge=-273.15, le=200)
     ln2_percent: float | None = Field(default=None, ge=0, le=100)
 
@@ -58,8 +60,8 @@ class CourierEvent(Command):
     tracking_number: str
     courier_code: str
     kind: ShipmentEventKind | None  # None: the code is not in the mapping (recorded, alerted)
-    occurred_at: AwareDatetime
-    eta: AwareDatetime | None = None
+    occurred_at: Instant
+    eta: Instant | None = None
     location: str | None = Field(default=None, max_length=128)
     signed_by: str | None = None
     logger: str | None = None
@@ -78,8 +80,8 @@ class RecordReadings(Command):
 
 class ScheduleConditioning(Command):
     order_id: str
-    conditioning_start: AwareDatetime
-    planned_infusion_at: AwareDatetime | None = None
+    conditioning_start: Instant
+    planned_infusion_at: Instant | None = None
 
 
 class ShipmentView(BaseModel):

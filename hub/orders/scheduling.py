@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from hub.db.models_scheduling import CollectionAppointment
@@ -25,6 +25,7 @@ from hub.errors import GuardFailed, Issue, NotFound, ValidationFailed
 from hub.events import CollectionScheduled, EventType
 from hub.fhirstore.repository import ResourceRepository
 from hub.ids import uuid7
+from hub.instants import Instant
 from hub.orders import fhir
 from hub.orders.repository import OrderRepository
 from hub.orders.schemas import Advance
@@ -43,8 +44,8 @@ class ScheduleCollection(BaseModel):
     partner: str
     appointment_id: str = Field(min_length=1, max_length=128)
     action: Literal["book", "reschedule", "modify", "cancel"]
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: Instant | None = None
+    end: Instant | None = None
     location: str | None = Field(default=None, max_length=255)
     reason: str | None = None
 

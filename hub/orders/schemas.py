@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from hub.instants import Instant
 from hub.products.schemas import Checkpoint
 
 
@@ -32,14 +33,14 @@ class PlaceOrder(Command):
     requester: dict[str, Any]
     service_request: dict[str, Any] | None = None
     sites: Sites
-    conditioning_start: AwareDatetime | None = None
+    conditioning_start: Instant | None = None
     note: str | None = None
 
 
 class Advance(Command):
     order_id: str
     to_stage: str
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = None
     note: str | None = None
 
 
@@ -74,7 +75,7 @@ class RecordResult(Command):
     value: str = Field(min_length=1, max_length=64)
     unit: str | None = None
     performer: str | None = None  # partner id of the lab
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = None
 
 
 class Scan(Command):
@@ -94,7 +95,7 @@ class VerifyIdentity(Command):
     site: str | None = None
     step: str | None = None  # the processing step, for processing-step checkpoints
     second_person: str | None = None
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = None
     timezone: str | None = None
 
 
@@ -103,7 +104,7 @@ class RecordHandoff(Command):
     material: str = Field(pattern=r"^(apheresis|product|qc-sample)$")
     from_party: str
     to_party: str
-    at: AwareDatetime | None = None
+    at: Instant | None = None
     location: str | None = None
     reference: str | None = None
 

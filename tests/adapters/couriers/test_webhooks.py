@@ -122,6 +122,34 @@ def test_ups_corpus_pushes_with_token_and_user_agent(ctx: HubContext, client: Te
     assert order.stage == "shipped-to-manufacturing"  # receipt waits for the factory's own scan
 
 
+def test_a_ups_push_dated_year_1_is_refused_and_kept(ctx: HubContext, client: TestClient) -> None:
+    """Year 0001 overflowed while reading the push: a 500, and the delivery not kept."""
+    headers = {"x-api-key": UPS_KEY, "user-agent": "UPSPubSubTrackingService", "content-type": "application/json"}
+    body = json.loads(corpus("ups/trackalert-UPSTrackAlert-TrackingEvent-example1.json"))
+    body |= {"gmtActivityDate": "00010101", "scheduledDeliveryDate": "20250101"}
+    r = client.post("/webhooks/couriers/ups-track-alert", content=json.dumps(body), headers=headers)
+    assert r.status_code == 422, r.text
+    assert "out of range" in r.text
+
+
+def test_a_verified_event_whose_id_holds_a_nul_is_kept(ctx: HubContext, client: TestClient) -> None:
+    """PostgreSQL refuses NUL in text: the inbox row failed, and a verified delivery was answered
+    422 and thrown away. The id is stored with the NUL written out; the raw bytes are kept."""
+    body = json.dumps(
+        {
+            "object": "Event",
+            "id": "evt_\u0000abc",
+            "description": "tracker.updated",
+            "result": {"tracking_code": "1", "status": "in_transit", "tracking_details": []},
+        }
+    ).encode()
+    headers = {"x-hmac-signature": easypost_signature(EASYPOST_SECRET, body), "content-type": "application/json"}
+    r = client.post("/webhooks/couriers/easypost-tracking", content=body, headers=headers)
+    assert r.status_code < 500, r.text
+    rows = ctx.store.read(lambda s: [(m.external_id, m.raw) for m in s.scalars(select(InboxMessage))])
+    assert rows == [("evt_\\x00abc", body)]
+
+
 def test_refusals_disabled_unknown_bad_signature_stale(
     ctx: HubContext, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,3 +83,14 @@ def test_a_value_the_database_refuses_is_a_422_not_a_500(pg_url: str) -> None:
             assert r.headers["content-type"].startswith("application/problem+json")
     finally:
         ctx.store.dispose()
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00%2B01:00", "9999-12-31T23:59:59-01:00"])
+def test_an_instant_outside_the_years_the_store_holds_is_a_422(
+    client: tuple[HubContext, TestClient], since: str
+) -> None:
+    """Converting it to UTC overflowed in the store: a 500."""
+    _, c = client
+    r = c.get(f"/alerts?since={since}", headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert "1900 and 2999" in r.text
