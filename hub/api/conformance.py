@@ -135,7 +135,8 @@ class Profile:
             profile = registry.profiles.get(profile_url)
             if profile is None:
                 continue
-            for index, ext in enumerate(value.get("extension", []) if isinstance(value, dict) else []):
+            extensions = value.get("extension") if isinstance(value, dict) else None
+            for index, ext in enumerate(extensions if isinstance(extensions, list) else []):
                 if isinstance(ext, dict) and ext.get("url") == ext_url:
                     issues += profile.check(ext, f"{root}.extension[{index}]", registry)
         return issues
@@ -271,7 +272,9 @@ def issues_for(resource: dict[str, Any], profiles: list[str] | None = None) -> l
         if resource.get("resourceType") is None or any(i.location == "resourceType" for i in exc.issues):
             return issues
     reg = registry()
-    claimed = [p for p in (resource.get("meta") or {}).get("profile", []) or [] if p in reg.profiles]
+    meta = resource.get("meta")
+    listed = meta.get("profile") if isinstance(meta, dict) else None  # any other shape: a structure issue
+    claimed = [p for p in listed if isinstance(p, str) and p in reg.profiles] if isinstance(listed, list) else []
     for url in dict.fromkeys([*claimed, *(profiles or [])]):
         issues += reg.check(resource, url)
     return issues

@@ -158,7 +158,31 @@ def _parse(body: bytes) -> dict[str, Any]:
         raise BadRequest("the body is not valid JSON", [Issue("invalid JSON", "body")]) from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a FHIR resource (a JSON object)", [Issue("not an object", "body")])
+    if _deeper_than(value, MAX_DEPTH):
+        raise BadRequest(
+            f"the body is nested deeper than {MAX_DEPTH} levels; no FHIR resource needs that",
+            [Issue("nesting too deep", "body")],
+        )
     return value
+
+
+# FHIR resources nest a few dozen levels at most (a transaction Bundle of resources with
+# contained resources and extensions). The checks that walk a body recurse, so a body nested
+# hundreds deep would end in RecursionError (a 500) instead of an answer.
+MAX_DEPTH = 100
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 def _precheck(rtype: str, body: bytes, principal: Principal) -> tuple[dict[str, Any], list[Issue] | None] | None:
@@ -264,7 +288,12 @@ async def validate_operation(
     resource = doc
     if doc.get("resourceType") == "Parameters":
         resource = {}
-        for param in doc.get("parameter") or []:
+        parameters = doc.get("parameter") or []
+        if not isinstance(parameters, list) or not all(isinstance(p, dict) for p in parameters):
+            raise BadRequest(
+                "Parameters.parameter must be a list of parameters", [Issue("malformed", "Parameters.parameter")]
+            )
+        for param in parameters:
             if param.get("name") == "resource" and isinstance(param.get("resource"), dict):
                 resource = param["resource"]
             elif param.get("name") == "profile" and param.get("valueUri"):

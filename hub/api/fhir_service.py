@@ -81,6 +81,8 @@ class Result:
 
 def strip_server_meta(resource: dict[str, Any]) -> dict[str, Any]:
     body = dict(resource)
+    if not isinstance(body.get("meta") or {}, dict):
+        return body  # not a Meta: structure validation reports it
     meta = dict(body.get("meta") or {})
     for key in ("versionId", "lastUpdated", "source"):
         meta.pop(key, None)
@@ -299,7 +301,8 @@ class FhirService:
         issues: list[Issue] = []
         found: dict[str, dict[str, Any]] = {}
         for element, rtype in (("subject", "Patient"), ("requester", "Practitioner")):
-            ref = str((body.get(element) or {}).get("reference") or "")
+            value = body.get(element) or {}
+            ref = str(value.get("reference") or "") if isinstance(value, dict) else ""
             where = f"ServiceRequest.{element}"
             try:
                 found[element] = self._referenced(body, ref, rtype)
@@ -314,7 +317,7 @@ class FhirService:
             raise ValidationFailed(f"a {rtype} reference is required")
         if ref.startswith("#"):
             for c in body.get("contained") or []:
-                if c.get("id") == ref[1:] and c.get("resourceType") == rtype:
+                if isinstance(c, dict) and c.get("id") == ref[1:] and c.get("resourceType") == rtype:
                     return dict(c)
             raise ValidationFailed(f"contained {rtype} {ref} is not in the order")
         if ref.startswith(f"{rtype}?"):
@@ -431,6 +434,10 @@ class FhirService:
         smart = smart_settings_of(self.partners, self.principal.partner_id)
         issues = []
         channel = body.get("channel") or {}
+        if not isinstance(channel, dict):
+            raise ValidationFailed(
+                "Subscription.channel must be an object", [Issue("malformed", "Subscription.channel")]
+            )
         if channel.get("type") != "rest-hook":
             issues.append(Issue("only rest-hook channels are supported", "Subscription.channel.type"))
         endpoint = str(channel.get("endpoint") or "")
@@ -507,13 +514,14 @@ class FhirService:
         def refers_to_order(i: int) -> bool:
             return any(ref in order_urns for ref in _all_refs(entries[i].get("resource")))
 
-        posts = [i for i, e in enumerate(entries) if e["request"]["method"] == "POST"]
+        methods = [_request(e, i)[0] for i, e in enumerate(entries)]  # upper-cased, as processed
+        posts = [i for i, m in enumerate(methods) if m == "POST"]
         sequence = (
             [i for i in posts if i not in orders and not refers_to_order(i)]
             + sorted(orders)
             + [i for i in posts if i not in orders and refers_to_order(i)]
-            + [i for i, e in enumerate(entries) if e["request"]["method"] == "PUT"]
-            + [i for i, e in enumerate(entries) if e["request"]["method"] == "GET"]
+            + [i for i, m in enumerate(methods) if m == "PUT"]
+            + [i for i, m in enumerate(methods) if m == "GET"]
         )
         responses: dict[int, dict[str, Any]] = {}
         for i in sequence:
@@ -643,9 +651,34 @@ class FhirService:
 
 
 def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Bundle's entries, each checked for the shape the processing relies on (a partner's
+    malformed entry is a 400 naming it, not a crash halfway through)."""
     entries = bundle.get("entry") or []
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise BadRequest("Bundle.entry must be a list of entries")
+    for i, entry in enumerate(entries):
+        where = f"Bundle.entry[{i}]"
+        request = entry.get("request")
+        wrong = [
+            f"{where}.{name}"
+            for name, value, kind in (
+                ("fullUrl", entry.get("fullUrl"), str),
+                ("resource", entry.get("resource"), dict),
+                ("request", request, dict),
+            )
+            if value is not None and not isinstance(value, kind)
+        ]
+        if isinstance(request, dict):
+            wrong += [
+                f"{where}.request.{name}"
+                for name in ("method", "url", "ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince")
+                if request.get(name) is not None and not isinstance(request[name], str)
+            ]
+        if wrong:
+            raise BadRequest(
+                f"entry {i} is malformed: {', '.join(wrong)} has the wrong JSON type",
+                [Issue("wrong JSON type", w) for w in wrong],
+            )
     return entries
 
 

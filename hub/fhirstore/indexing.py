@@ -70,7 +70,10 @@ def parse_instant(value: str) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC: no instant to compare
+        return None
 
 
 def extract(resource: dict[str, Any]) -> Extracted:

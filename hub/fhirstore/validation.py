@@ -149,10 +149,11 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
         for err in exc.errors():
             issues.append(Issue(f"{err['msg']}", fhirpath(rtype, tuple(err["loc"]))))
     statuses = STATUS_CODES.get(rtype)
-    if statuses is not None and "status" in resource and resource["status"] not in statuses:
+    # (A value that is not a string is already an issue from the model above.)
+    if statuses is not None and isinstance(resource.get("status"), str) and resource["status"] not in statuses:
         issues.append(Issue(f"status {resource['status']!r} is not in the R4 value set", f"{rtype}.status"))
     intents = INTENT_CODES.get(rtype)
-    if intents is not None and "intent" in resource and resource["intent"] not in intents:
+    if intents is not None and isinstance(resource.get("intent"), str) and resource["intent"] not in intents:
         issues.append(Issue(f"intent {resource['intent']!r} is not in the R4 value set", f"{rtype}.intent"))
     if issues:
         raise ValidationFailed(f"{rtype} is not valid FHIR R4 ({len(issues)} issue(s))", issues)
