@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -326,8 +327,8 @@ class TokenService:
         if not (aud == token_url or (isinstance(aud, list) and token_url in aud)):
             problems.append(f"aud must be the token endpoint {token_url}")
         exp = c.get("exp")
-        if not isinstance(exp, int | float):
-            problems.append("exp is missing")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+            problems.append("exp is missing or not a number of seconds")  # NaN passed every comparison
         elif exp <= now - CLOCK_SKEW_S:
             problems.append("the assertion has expired")
         elif exp > now + ASSERTION_MAX_AHEAD_S + CLOCK_SKEW_S:

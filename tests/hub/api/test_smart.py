@@ -112,6 +112,11 @@ def test_exp_too_far_ahead_refused(api: TestClient, client_keys: dict[str, Clien
     assert "5 minutes" in _refused(api, token_form(client_keys["st-marys"], AUD, exp=int(time.time()) + 3600))
 
 
+def test_exp_not_a_number_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """NaN passed both comparisons and crashed the token endpoint (a 500)."""
+    assert "exp" in _refused(api, token_form(client_keys["st-marys"], AUD, exp=float("nan")))
+
+
 def test_missing_jti_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
     assert "jti" in _refused(api, token_form(client_keys["st-marys"], AUD, jti=None))
 
