@@ -56,6 +56,10 @@ class Buffer(Protocol):
     def clear(self) -> None: ...
 
 
+# The short columns of audit_entry (hub/db/models.py AuditEntry).
+_AUDIT_LIMITS = {"actor": 128, "action": 32, "entity_type": 64, "entity_id": 128}
+
+
 @dataclass
 class Work:
     """What a job may touch: the session, the acting identity, one clock reading, and the buffers
@@ -85,15 +89,25 @@ class Work:
         reason: str = "",
         actor: str | None = None,
     ) -> None:
-        """Record a create/update/delete. ``old``/``new`` are JSON-able values (or None)."""
+        """Record a create/update/delete. ``old``/``new`` are JSON-able values (or None).
+
+        The entries are written for the whole transaction at COMMIT, outside each job's savepoint:
+        an entry the database would refuse must fail here, in its own job, not every job of the
+        batch (and again on every retry). So the short columns' limits are checked now, and a NUL,
+        which PostgreSQL text cannot hold, is written out (``\\x00``) in what may quote a partner."""
+        who = (actor or self.actor).replace("\x00", "\\x00")
+        entity_id = entity_id.replace("\x00", "\\x00")
+        for name, value in (("actor", who), ("action", action), ("entity_type", entity_type), ("entity_id", entity_id)):
+            if len(value) > _AUDIT_LIMITS[name]:
+                raise ValueError(f"audit {name} longer than {_AUDIT_LIMITS[name]} characters")
         self._audit.append(
             PendingAudit(
                 at=self.now_iso,
-                actor=actor or self.actor,
+                actor=who,
                 action=action,
                 entity_type=entity_type,
                 entity_id=entity_id,
-                reason=reason,
+                reason=reason.replace("\x00", "\\x00"),
                 old_value="" if old is None else canonical.dumps(old),
                 new_value="" if new is None else canonical.dumps(new),
             )

@@ -74,6 +74,28 @@ def test_backoff_is_capped() -> None:
     assert [runner.backoff(a) for a in range(1, 6)] == [1, 2, 4, 5, 5]
 
 
+def test_an_audit_entry_the_database_would_refuse_fails_only_its_own_job(store: Store) -> None:
+    """Audit entries are written at COMMIT, for the whole batch: one the database refuses (an id
+    over the column's length; a NUL, on PostgreSQL) failed every job of the batch, and again on
+    every retry. It now fails its own job; a NUL is written out."""
+    futures = store.run_batch(
+        [
+            (lambda w: w.audit("create", "Thing", "ok-1", new={"i": 1}), "test"),
+            (lambda w: w.audit("create", "Thing", "x" * 200), "test"),
+            (lambda w: w.audit("create", "Thing", "nul\x00id", reason="quoted\x00"), "test"),
+        ]
+    )
+    assert futures[0].exception() is None
+    assert isinstance(futures[1].exception(), ValueError)
+    assert futures[2].exception() is None
+    from hub.audit.service import verify_chain
+    from hub.db.models import AuditEntry
+
+    assert verify_chain(store).ok
+    ids = store.read(lambda s: sorted(s.scalars(select(AuditEntry.entity_id).where(AuditEntry.entity_type == "Thing"))))
+    assert ids == ["nul\\x00id", "ok-1"]
+
+
 def test_group_commit_batches_concurrent_jobs(store: Store) -> None:
     committer = store.start_committer()
     futures = [committer.submit(lambda w, i=i: w.audit("create", "Thing", str(i), new={"i": i})) for i in range(200)]
