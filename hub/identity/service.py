@@ -49,16 +49,6 @@ class IdentityService:
         due = set(nxt.checkpoints) if nxt else set()
         if order.stage == "in-manufacturing":
             due.add(Checkpoint.processing_step)  # each further processing step is verified too
-        if cmd.checkpoint not in due:
-            raise GuardFailed(
-                f"the {cmd.checkpoint.value} checkpoint is not due at stage {order.stage}",
-                [Issue(f"due: {', '.join(sorted(c.value for c in due)) or 'none'}", "checkpoint")],
-            )
-        if cmd.checkpoint is Checkpoint.processing_step and cmd.step not in product.processing_steps:
-            raise ValidationFailed(
-                f"processing step {cmd.step!r} is not one of {', '.join(product.processing_steps)}",
-                [Issue("unknown processing step", "step")],
-            )
         # Names compared as people type them: " op", "Op" and "op " are the operator, and a blank is
         # no one (a second person who is the operator, or no one, is no second check).
         second = (cmd.second_person or "").strip().casefold()
@@ -68,12 +58,35 @@ class IdentityService:
                 [Issue("second person missing", "second_person")],
             )
         scanned = interpret([(s.kind, s.value) for s in cmd.scans])  # refuses unreadable scans
-        needs_patient = nxt is not None and nxt.requires_patient_scan and cmd.checkpoint is Checkpoint.administration
         if not scanned.coi:
             raise ValidationFailed(
                 "verification incomplete: no chain-of-identity identifier was scanned",
                 [Issue("scan the CoI label", "scans")],
             )
+        wrong_coi = [c for c in scanned.coi if c != order.coi]
+        # Another order's bag in hand is a mismatch whatever step the order is at: it is recorded,
+        # held and alerted, not refused as "not due" (which reads as a workflow slip and leaves
+        # no trace). A matching scan at a step that is not due is refused as before.
+        if cmd.checkpoint not in due and not wrong_coi:
+            raise GuardFailed(
+                f"the {cmd.checkpoint.value} checkpoint is not due at stage {order.stage}",
+                [Issue(f"due: {', '.join(sorted(c.value for c in due)) or 'none'}", "checkpoint")],
+            )
+        if (
+            cmd.checkpoint in due
+            and cmd.checkpoint is Checkpoint.processing_step
+            and cmd.step not in product.processing_steps
+        ):
+            raise ValidationFailed(
+                f"processing step {cmd.step!r} is not one of {', '.join(product.processing_steps)}",
+                [Issue("unknown processing step", "step")],
+            )
+        needs_patient = (
+            nxt is not None
+            and nxt.requires_patient_scan
+            and cmd.checkpoint is Checkpoint.administration
+            and cmd.checkpoint in due
+        )
         if needs_patient and not scanned.patient:
             raise ValidationFailed(
                 "verification incomplete: scan the patient's wristband as well",
@@ -84,7 +97,6 @@ class IdentityService:
         ident = _primary_identifier(patient)
         expected_patient = str(ident["value"]) if ident else ""
         reasons: list[str] = []
-        wrong_coi = [c for c in scanned.coi if c != order.coi]
         if wrong_coi:
             reasons.append(f"scanned CoI {', '.join(wrong_coi)} is not this order's CoI {order.coi}")
         if scanned.patient and not all(_is_patient(p, patient, expected_patient) for p in scanned.patient):

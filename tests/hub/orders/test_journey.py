@@ -350,3 +350,19 @@ def test_the_wristband_may_carry_its_system(store: Store, partners: PartnerDirec
     assert d.verify("administration", patient_id=f"{system}|{d.mrn}").result == "match"
     assert d.verify("administration", patient_id=str(d.mrn)).result == "match"
     assert d.advance("administered").stage == "administered"
+
+
+def test_another_orders_bag_at_a_step_not_due_is_a_mismatch_not_a_refusal(
+    store: Store, partners: PartnerDirectory
+) -> None:
+    """ "Not due" reads as a workflow slip and left no trace; the wrong bag in hand is recorded,
+    held and alerted whatever step the order is at. The right bag at the wrong step is refused."""
+    other = Driver.place(store, partners)
+    d = Driver.place(store, partners)
+    d.walk_to("collected")  # next: shipped-to-manufacturing; manufacturing-receipt is not due
+    with pytest.raises(GuardFailed, match="not due"):
+        d.verify("manufacturing-receipt")
+    result = d.verify("manufacturing-receipt", other.order.coi_barcode)
+    assert result.result == "mismatch"
+    assert result.order_status == "on-hold"
+    assert result.hold_id
