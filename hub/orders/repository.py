@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import Engine, bindparam, func, select, text, update
@@ -155,6 +156,12 @@ class OrderRepository:
     # ------------------------------------------------------------------ journey
     def add_transition(self, **values: Any) -> None:
         self.session.connection().execute(_TRANSITIONS.insert(), [values])
+
+    def last_transition_at(self, order_id: str) -> datetime | None:
+        """When the order's latest stage change happened, as reported."""
+        return self.session.execute(
+            select(func.max(StageTransition.at)).where(StageTransition.order_id == order_id)
+        ).scalar_one_or_none()
 
     def transitions(self, order_id: str) -> list[StageTransition]:
         return list(

@@ -387,7 +387,12 @@ class OrderService:
                 f"cannot move from {order.stage} to {cmd.to_stage}; the next stage is {nxt.code}",
                 [Issue(f"next stage is {nxt.code}", "to_stage")],
             )
-        failures = self._guard_failures(order, product, nxt.code, at)
+        # The viability guard compares the reported time with the deadline. A step cannot have
+        # happened before the step that preceded it: a report dated earlier (a wrong clock, a
+        # mistake) is judged at the previous step's time, so it cannot pass an expired product.
+        previous_at = self.orders.last_transition_at(order.id)
+        judged_at = max(at, previous_at) if previous_at is not None else at
+        failures = self._guard_failures(order, product, nxt.code, judged_at)
         if failures:
             raise GuardFailed(f"cannot enter {nxt.code}: " + "; ".join(i.message for i in failures), failures)
 

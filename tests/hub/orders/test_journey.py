@@ -244,6 +244,28 @@ def test_expired_viability_refuses_receipt(store: Store, partners: PartnerDirect
         d.advance("received-at-manufacturing")
 
 
+def test_a_step_reported_before_the_previous_one_cannot_pass_an_expired_viability(
+    store: Store, partners: PartnerDirectory
+) -> None:
+    """Collected 60 h ago (window 48 h), shipped now: a receipt reported as 50 h ago, within the
+    window but before the shipment, was judged at its own time and let the expired cells in."""
+    d = Driver.place(store, partners)
+    d.walk_to("collection-scheduled")
+    d.verify("collection")
+    d.order = d.run(
+        lambda w: OrderService(w, partners).advance(
+            Advance(order_id=d.order.id, to_stage="collected", occurred_at=utcnow() - timedelta(hours=60))
+        )
+    )
+    d.walk_to("shipped-to-manufacturing")  # now: after the window closed
+    d.verify("manufacturing-receipt")
+    backdated = Advance(
+        order_id=d.order.id, to_stage="received-at-manufacturing", occurred_at=utcnow() - timedelta(hours=50)
+    )
+    with pytest.raises(GuardFailed, match="viability window closed"):
+        d.run(lambda w: OrderService(w, partners).advance(backdated))
+
+
 def test_release_signature_is_bound_to_the_report_version(store: Store, partners: PartnerDirectory) -> None:
     d = Driver.place(store, partners)
     d.walk_to("qc-testing")
