@@ -45,6 +45,9 @@ from hub.products.schemas import Checkpoint, Guard, Product
 from hub.signatures.service import Meaning, check_signature, sign, signatures_for
 
 IDENTITY_HOLD = "identity-mismatch"
+# Holds whose release is a QA decision (the QA role signs): the product's identity or its quality
+# is in question. (hub/logistics/temperature.py EXCURSION_HOLD; a test keeps the two in step.)
+QA_RELEASED_HOLDS = frozenset({IDENTITY_HOLD, "temperature-excursion"})
 CLOCK_SKEW = timedelta(minutes=5)
 ROLE_FOR_SITE = {
     "collection": "collection",
@@ -596,7 +599,7 @@ class OrderService:
             password=cmd.signer.password,
             meaning=Meaning.approval,
             reason=f"release of hold {hold.id}: {cmd.rationale}",
-            required_role="qa" if hold.kind == IDENTITY_HOLD else None,
+            required_role="qa" if hold.kind in QA_RELEASED_HOLDS else None,
         )
         decision = QaDecision(
             id=uuid7(),

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import update
 
 from hub.db.models import TherapyOrder
 from hub.db.types import utcnow
 from hub.db.uow import Store
+from hub.errors import Forbidden
 from hub.fhirstore.repository import ResourceRepository
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.schemas import Reading, RecordReadings, ScheduleConditioning
-from hub.logistics.temperature import TemperatureService
+from hub.logistics.temperature import EXCURSION_HOLD, TemperatureService
 from hub.logistics.viability import ViabilityService, countdown
 from hub.orders.repository import OrderRepository
+from hub.orders.schemas import ReleaseHold, SignerCredentials
+from hub.orders.service import QA_RELEASED_HOLDS, OrderService
 from hub.partners.loader import PartnerDirectory
+from tests.builders import OPERATOR, QA, ensure_users
 from tests.logistics_support import alert_kinds, events, order_at, register
 
 
@@ -75,6 +80,28 @@ def test_long_excursion_escalates_and_holds_the_order_across_batches(store: Stor
     assert not again.opened
     assert not again.escalated
     assert store.read(lambda s: LogisticsRepository.from_session(s).reading_count(first.shipment_id)) == 8
+
+
+def test_an_excursion_hold_is_released_by_qa_only(store: Store, partners: PartnerDirectory) -> None:
+    """Its alert says "held for QA assessment", and the README says QA releases it; an operator's
+    signature released it all the same."""
+    assert EXCURSION_HOLD in QA_RELEASED_HOLDS
+    driver = order_at(store, partners, "collected")
+    register(store, partners, driver.order.id)
+    start = utcnow() - timedelta(hours=3)
+    _record(store, partners, _readings(start, [4, 1.5, 1.2, 1.0, 0.8, 0.9]))
+    (hold,) = store.read(lambda s: OrderRepository.from_session(s).open_holds(driver.order.id))
+    ensure_users(store)
+    release = ReleaseHold(
+        order_id=driver.order.id,
+        hold_id=hold.id,
+        rationale="excursion assessed: product within stability data",
+        signer=SignerCredentials(username=OPERATOR[0], password=OPERATOR[1]),
+    )
+    with pytest.raises(Forbidden, match="qa role"):
+        store.run(lambda w: OrderService(w, partners).release_hold(release))
+    qa = release.model_copy(update={"signer": SignerCredentials(username=QA[0], password=QA[1])})
+    assert store.run(lambda w: OrderService(w, partners).release_hold(qa)).status == "active"
 
 
 def test_cryogenic_leg_escalates_at_once_and_watches_nitrogen(store: Store, partners: PartnerDirectory) -> None:
