@@ -101,8 +101,12 @@ def snapshot(
     data = envelope.data
     product = get_product(order.product_code)
     stage_code = str(data.get("to_stage") or data.get("stage") or order.stage)
-    status = str(data.get("status") or order.status)
-    if envelope.type == EventType.ORDER_HELD.value:
+    # Only a stage change's payload carries the order's status; other events' "status" is their
+    # own (an appointment's "booked"/"cancelled", a shipment's, a customs filing's).
+    status = order.status
+    if envelope.type == EventType.ORDER_STAGE_CHANGED.value and data.get("status"):
+        status = str(data["status"])
+    elif envelope.type == EventType.ORDER_HELD.value:
         status = "on-hold"
     elif envelope.type == EventType.ORDER_CANCELLED.value:
         status = "revoked"

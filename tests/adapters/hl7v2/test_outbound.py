@@ -314,3 +314,32 @@ def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
         assert [parse(p).control_id for p in hospital.received] == [_rows(store)[1].control_id]
     finally:
         loop.run(hospital.stop())
+
+
+def test_an_appointment_event_reports_the_orders_status_not_the_appointments(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop
+) -> None:
+    """The collection-scheduled event's "status" is the appointment's (booked/cancelled): the ORU
+    told the hospital an order on hold was "cancelled"."""
+    from datetime import UTC, datetime, timedelta
+
+    from adapters.hl7v2.build import segments
+    from hub import canonical
+    from hub.orders.scheduling import ScheduleCollection, SchedulingService
+    from hub.orders.schemas import PlaceHold
+
+    d = Driver.place(store, partners)
+
+    def schedule(**kw: object) -> None:
+        cmd = ScheduleCollection(order_id=d.order.id, partner="st-marys", appointment_id="A1", **kw)  # type: ignore[arg-type]
+        store.run(lambda w: SchedulingService(w, partners).schedule(cmd))
+
+    schedule(action="book", start=datetime.now(UTC) + timedelta(days=3))
+    store.run(lambda w: OrderService(w, partners).hold(PlaceHold(order_id=d.order.id, reason="QA review")))
+    schedule(action="cancel")
+    _drain(ctx, loop)
+    last = _rows(store)[-1]
+    assert last.event_type == "order.collection_scheduled"
+    snap = canonical.loads(last.snapshot)
+    assert snap["status"] == "on-hold"
+    assert not any("cancelled" in s for s in segments(snap) if s.startswith(("ORC", "OBX")))
