@@ -112,7 +112,10 @@ class AmqpBus:
             if not healthy:
                 await self._drop_publisher()
                 self._pub_conn = await self._connect()
-                self._pub = await self._pub_conn.channel(publisher_confirms=True)
+                # on_return_raises: a message the broker cannot route (mandatory=True) is returned
+                # before its confirm; without this, aio-pika counts the confirm as success and the
+                # relay marks the event published, though no queue holds it.
+                self._pub = await self._pub_conn.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchange = await self._declare(self._pub)
             assert self._exchange is not None
             return self._exchange

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import threading
@@ -21,7 +22,7 @@ from hub.db.uow import Store
 from hub.events import AlertRaised, EventType
 from hub.messaging.amqp import AmqpBus
 from hub.messaging.consumers import ConsumerRunner
-from hub.messaging.relay import OutboxRelay, envelope_of
+from hub.messaging.relay import OutboxRelay, RelayStalled, envelope_of
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.rabbitmq
@@ -96,6 +97,36 @@ def test_publish_with_confirms_and_consume_exactly_once(store: Store, amqp_url: 
             await bus.close()
 
     asyncio.run(go())
+
+
+def test_an_event_no_queue_takes_is_not_marked_published(store: Store, amqp_url: str, prefix: str) -> None:
+    """Events stamped for 4 partitions, a bus declared with 2 (the setting lowered while a backlog
+    waits): p2/p3 have no queue. The broker returned those messages but still confirmed them, and
+    the relay marked them published: lost. They now stay in the outbox until a queue takes them."""
+
+    async def go() -> tuple[int, int]:
+        runner = ConsumerRunner(store, [*ALERTS], backoff_base_s=0.01)
+        bus = AmqpBus(amqp_url, runner, partitions=2, prefix=prefix, consume=False)
+        await bus.start()
+        try:
+            _emit(store, 14)  # order-0 … order-6, over the store's 4 partitions
+            routable = await asyncio.to_thread(
+                store.read,
+                lambda s: s.execute(
+                    select(func.count()).select_from(OutboxEvent).where(OutboxEvent.partition < 2)
+                ).scalar_one(),
+            )
+            relay = OutboxRelay(store, bus)
+            for _ in range(3):  # the relay stalls at the first event no queue takes: order is kept
+                with contextlib.suppress(RelayStalled):
+                    await relay.drain_once()
+            return routable, _count(store, OutboxEvent, OutboxEvent.published_at.is_(None))
+        finally:
+            await bus.close()
+
+    routable, unpublished = asyncio.run(go())
+    assert 0 < routable < 14
+    assert unpublished >= 14 - routable  # every unroutable event is still waiting
 
 
 def _restart_rabbitmq() -> None:
