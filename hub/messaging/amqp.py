@@ -214,11 +214,18 @@ class AmqpBus:
         try:
             await self.runner.process(consumer, envelope)
         except Exception as exc:
-            # The store is down even for the dead letter: hand it back to the broker to redeliver.
+            # The store is down even for the dead letter: hand it back to the broker, then stop this
+            # channel. Going on would handle the messages prefetched after it before it came back,
+            # out of the order's sequence. Closing returns them after it, and the supervisor
+            # reopens the channel: redelivery in the original order.
             log.warning(
                 "consumer %s could not finish event %s: %s", consumer.name, envelope.event_id, type(exc).__name__
             )
             await message.nack(requeue=True)
-            await asyncio.sleep(1.0)
-            return
+            raise _StoreDown from exc
         await message.ack()
+
+
+class _StoreDown(Exception):
+    """A consumer could not record its outcome: its channel must close so that nothing after it
+    is handled first."""

@@ -21,7 +21,7 @@ from hub.db.models import Alert, ConsumerHandled, OutboxEvent
 from hub.db.uow import Store
 from hub.events import AlertRaised, EventType
 from hub.messaging.amqp import AmqpBus
-from hub.messaging.consumers import ConsumerRunner
+from hub.messaging.consumers import Consumer, ConsumerRunner
 from hub.messaging.relay import OutboxRelay, RelayStalled, envelope_of
 from tests.conftest import unavailable
 
@@ -127,6 +127,50 @@ def test_an_event_no_queue_takes_is_not_marked_published(store: Store, amqp_url:
     routable, unpublished = asyncio.run(go())
     assert 0 < routable < 14
     assert unpublished >= 14 - routable  # every unroutable event is still waiting
+
+
+def test_a_store_outage_does_not_reorder_one_orders_events(store: Store, amqp_url: str, prefix: str) -> None:
+    """The store is down while the first of an order's events is dead-lettered: it was nacked and
+    the consumer went on with the events prefetched after it, so it was handled last."""
+    seen: list[str] = []
+
+    class StoreDownOnce(ConsumerRunner):
+        failed = False
+
+        async def process(self, consumer: Consumer, envelope: Any) -> str:
+            if envelope.data["message"] == "m0" and not StoreDownOnce.failed:
+                StoreDownOnce.failed = True
+                raise RuntimeError("store unavailable while dead-lettering")
+            return await super().process(consumer, envelope)
+
+    def record(work: Any, envelope: Any) -> None:
+        seen.append(envelope.data["message"])
+
+    async def go() -> None:
+        runner = StoreDownOnce(store, [Consumer("alerts", ("alert.*",), record)], backoff_base_s=0.001)
+        publisher = AmqpBus(amqp_url, runner, partitions=4, prefix=prefix, consume=False)
+        await publisher.start()
+        try:
+            for i in range(5):  # one order: one partition, one sequence
+                store.run(
+                    lambda w, i=i: w.emit(
+                        EventType.ALERT_RAISED,
+                        "order-1",
+                        AlertRaised(order_id="order-1", severity="info", kind="test", message=f"m{i}"),
+                    )
+                )
+            assert await OutboxRelay(store, publisher).drain() == 5
+        finally:
+            await publisher.close()
+        consumer = AmqpBus(amqp_url, runner, partitions=4, prefix=prefix)
+        await consumer.start()
+        try:
+            await _wait_for(lambda: len(seen) == 5, timeout=30)
+        finally:
+            await consumer.close()
+
+    asyncio.run(go())
+    assert seen == ["m0", "m1", "m2", "m3", "m4"]
 
 
 def _restart_rabbitmq() -> None:
