@@ -253,9 +253,40 @@ def events_dead() -> None:
     finally:
         store.dispose()
     for d in rows:
-        typer.echo(f"{d.dead_at:%Y-%m-%d %H:%M}  {d.consumer:<16} {d.event_type:<24} {d.event_id}  {d.last_error}")
+        typer.echo(
+            f"{d.id}  {d.dead_at:%Y-%m-%d %H:%M}  {d.consumer:<16} {d.event_type:<24} {d.event_id}  {d.last_error}"
+        )
     if not rows:
         typer.echo("no dead letters")
+
+
+@events_app.command("replay")
+def events_replay(
+    dead_letter_id: Annotated[list[str], typer.Argument(help="ids from `cgt-hub events dead`")],
+    by: Annotated[str, typer.Option(help="who replays (recorded in the audit trail)")] = "operator",
+) -> None:
+    """Run dead-lettered events through their consumer again, once the cause is fixed."""
+    from hub.errors import HubError
+    from hub.messaging.consumers import replay_dead_letter
+    from hub.runtime import all_consumers
+
+    ctx = _messages_ctx()
+    failed = 0
+    try:
+        consumers = all_consumers(ctx)  # type: ignore[arg-type]
+        for dead_id in dead_letter_id:
+            try:
+                result = replay_dead_letter(ctx.store, consumers, dead_id, actor=f"cli:{by}")  # type: ignore[attr-defined]
+                typer.echo(f"{dead_id}  {result}")
+            except HubError as exc:
+                failed += 1
+                typer.echo(f"{dead_id}  not replayed: {exc.message}", err=True)
+            except Exception as exc:  # the handler failed again: the dead letter stays
+                failed += 1
+                typer.echo(f"{dead_id}  failed again: {type(exc).__name__}; the dead letter stays", err=True)
+    finally:
+        ctx.store.dispose()  # type: ignore[attr-defined]
+    raise typer.Exit(1 if failed else 0)
 
 
 def _messages_ctx() -> object:

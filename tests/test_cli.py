@@ -53,6 +53,16 @@ def test_demo_leaves_a_database_the_other_commands_read(demo_dir: Path) -> None:
     assert run(["audit", "verify"], demo_dir).returncode == 0
 
 
+def test_events_dead_and_replay(demo_dir: Path) -> None:
+    """The replay command runs with the hub's consumers (replay itself: tests/hub/messaging)."""
+    listed = run(["events", "dead"], demo_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert "no dead letters" in listed.stdout
+    unknown = run(["events", "replay", "0190f0f0-0000-7000-8000-000000000000"], demo_dir)
+    assert unknown.returncode == 1
+    assert "not replayed: dead letter 0190f0f0-0000-7000-8000-000000000000 is not known" in unknown.stderr
+
+
 def test_audit_checkpoint_catches_truncation(demo_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "copy"
     shutil.copytree(demo_dir, work)

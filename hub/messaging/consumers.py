@@ -3,8 +3,9 @@
 A consumer's handler runs inside a unit of work together with the insertion of
 ``(consumer, event_id)`` into ``consumer_handled``: the effect and the record that it happened
 commit together, so a redelivered event is skipped. A handler that keeps failing is retried with
-capped exponential backoff and, after ``max_attempts``, recorded in ``dead_letter`` (operators can
-replay it) and acknowledged, so one poison event does not block its partition forever.
+capped exponential backoff and, after ``max_attempts``, recorded in ``dead_letter`` and
+acknowledged, so one poison event does not block its partition forever. Operators replay it once
+the cause is fixed (:func:`replay_dead_letter`, ``cgt-hub events replay``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import insert, select
 
 from hub.db.models import ConsumerHandled, DeadLetter
 from hub.db.uow import Store, Work
+from hub.errors import Conflict, GuardFailed, NotFound
 from hub.events import Envelope
 from hub.ids import uuid7
 
@@ -109,3 +111,36 @@ def _dead_letter_job(consumer: Consumer, envelope: Envelope, attempts: int, erro
         return "dead"
 
     return job
+
+
+def replay_dead_letter(store: Store, consumers: list[Consumer], dead_letter_id: str, *, actor: str) -> str:
+    """Run a dead letter's consumer on its event once more, now that its cause is fixed: 'handled',
+    or 'duplicate' if the consumer handled the event meanwhile. The effect, the consumer's record
+    of it and the dead letter's ``replayed_at`` commit together; a handler that fails again changes
+    nothing and raises (the dead letter stays, to be replayed later)."""
+    by_name = {c.name: c for c in consumers}
+
+    def job(work: Work) -> str:
+        row = work.session.execute(
+            select(DeadLetter).where(DeadLetter.id == dead_letter_id).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"dead letter {dead_letter_id} is not known")
+        if row.replayed_at is not None:
+            raise Conflict(f"dead letter {dead_letter_id} was replayed at {row.replayed_at.isoformat()}")
+        consumer = by_name.get(row.consumer)
+        if consumer is None:
+            raise GuardFailed(f"consumer {row.consumer} does not run in this hub (check its settings)")
+        result = _job(consumer, Envelope.model_validate_json(row.payload))(work)
+        row.replayed_at = work.now
+        work.audit(
+            "update",
+            "DeadLetter",
+            row.id,
+            old={"replayed_at": None},
+            new={"replayed_at": work.now_iso, "result": result},
+            reason=f"dead letter replayed by {actor}",
+        )
+        return result
+
+    return store.run(job, actor=actor)

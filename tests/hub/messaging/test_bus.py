@@ -4,14 +4,15 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hub.alerts.tasks import CONSUMERS as ALERTS
 from hub.db.models import Alert, ConsumerHandled, DeadLetter, OutboxEvent
 from hub.db.uow import Store, Work
+from hub.errors import Conflict, GuardFailed
 from hub.events import AlertRaised, Envelope, EventType
 from hub.messaging.bus import MemoryBus
-from hub.messaging.consumers import Consumer, ConsumerRunner
+from hub.messaging.consumers import Consumer, ConsumerRunner, replay_dead_letter
 from hub.messaging.relay import OutboxRelay, envelope_of
 
 
@@ -67,6 +68,37 @@ def test_retry_then_dead_letter(store: Store) -> None:
     assert len(attempts) == 3
     assert _count(store, DeadLetter) == 1
     assert _count(store, ConsumerHandled) == 0
+
+
+def test_a_dead_letter_is_replayed_once_its_cause_is_fixed(store: Store) -> None:
+    """Dead letters could only be listed: the event's effect for that consumer was lost for good."""
+    partner_up = False
+    handled: list[str] = []
+
+    def flaky(work: Work, env: Envelope) -> None:
+        if not partner_up:
+            raise RuntimeError("partner down")
+        handled.append(env.event_id)
+        work.audit("create", "Thing", env.event_id)
+
+    consumers = [Consumer("flaky", ("#",), flaky)]
+    runner = ConsumerRunner(store, consumers, max_attempts=2, backoff_base_s=0.001)
+    _emit(store, 1)
+    assert asyncio.run(OutboxRelay(store, MemoryBus(runner)).drain()) == 1
+    dead = store.read(lambda s: s.scalars(select(DeadLetter)).one())
+    with pytest.raises(RuntimeError):  # still down: nothing changes, the dead letter stays
+        replay_dead_letter(store, consumers, dead.id, actor="test")
+    assert store.read(lambda s: s.get(DeadLetter, dead.id)).replayed_at is None  # type: ignore[union-attr]
+    partner_up = True
+    assert replay_dead_letter(store, consumers, dead.id, actor="test") == "handled"
+    assert handled == [dead.event_id]
+    assert _count(store, ConsumerHandled) == 1
+    assert store.read(lambda s: s.get(DeadLetter, dead.id)).replayed_at is not None  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match="was replayed"):
+        replay_dead_letter(store, consumers, dead.id, actor="test")
+    store.run(lambda w: w.session.execute(update(DeadLetter).values(replayed_at=None)))
+    with pytest.raises(GuardFailed, match="does not run"):  # a consumer this hub no longer runs
+        replay_dead_letter(store, [], dead.id, actor="test")
 
 
 def test_backoff_is_capped() -> None:
