@@ -6,6 +6,11 @@ single-active-consumer (one process at a time consumes a partition, in order: pe
 and a delivery limit with a dead-letter exchange as the broker-side safety net. Routing key
 ``p<k>.<event type>``; bindings ``p<k>.<pattern>``.
 
+What the broker dead-letters (a message delivered ``x-delivery-limit`` times without an ack: a
+consumer process that keeps dying on it, or a long store outage) lands in ``<prefix>.dead``. A
+keeper task moves each one into the ``dead_letter`` table, under the consumer whose queue gave it
+up, where ``cgt-hub events replay`` finds it. Nothing is left in a queue no one reads.
+
 Publishing waits for the broker's confirm with ``mandatory=True``; a publish that is not confirmed
 raises and the outbox row stays unpublished.
 
@@ -25,6 +30,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from sqlalchemy import select
 
 from hub.events import Envelope
 from hub.messaging.consumers import Consumer, ConsumerRunner
@@ -133,6 +139,7 @@ class AmqpBus:
             for consumer in self.runner.consumers:
                 for k in range(self.partitions):
                     self._tasks.append(asyncio.create_task(self._supervise(consumer, k)))
+            self._tasks.append(asyncio.create_task(self._keep_dead_letters()))
 
     async def close(self) -> None:
         self._closing = True
@@ -204,6 +211,73 @@ class AmqpBus:
                     with contextlib.suppress(Exception):
                         await conn.close()
 
+    async def _keep_dead_letters(self) -> None:
+        """Record what the broker dead-lettered, then ack it (see the module docstring). The store
+        down: the message stays in the queue and the channel reopens later."""
+        delay = 0.2
+        while not self._closing:
+            conn: AbstractConnection | None = None
+            try:
+                conn = await self._connect()
+                channel = await conn.channel()
+                await channel.set_qos(prefetch_count=16)
+                queue = await channel.declare_queue(self.dead_name, durable=True, arguments={"x-queue-type": "quorum"})
+                delay = 0.2
+                async with queue.iterator() as messages:
+                    async for message in messages:
+                        await self.runner.store.run_async(self._dead_letter_job(message), actor="bus:dead-letters")
+                        await message.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._closing:
+                    log.warning("dead-letter keeper lost its channel (%s); reconnecting", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(10.0, delay * 2)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    def _dead_letter_job(self, message: AbstractIncomingMessage) -> Any:
+        deaths = message.headers.get("x-death") if message.headers else None
+        first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+        queue = str(first.get("queue") or "unknown")
+        consumer = queue.removeprefix(f"{self.prefix}.").rsplit(".p", 1)[0][:64]
+        reason = str(first.get("reason") or "dead-lettered")
+        count = first.get("count")
+        body = message.body.decode("utf-8", "replace")
+        try:
+            envelope: Envelope | None = Envelope.model_validate_json(message.body)
+        except Exception:
+            envelope = None
+
+        def job(work: Any) -> None:
+            from hub.db.models import DeadLetter
+            from hub.ids import uuid7
+
+            event_id = envelope.event_id if envelope else str(message.message_id or uuid7())[:36]
+            known = work.session.execute(
+                select(DeadLetter.id).where(DeadLetter.consumer == consumer, DeadLetter.event_id == event_id)
+            ).first()
+            if known is not None:
+                return
+            work.session.add(
+                DeadLetter(
+                    id=uuid7(),
+                    consumer=consumer,
+                    event_id=event_id,
+                    event_type=(envelope.type if envelope else "unreadable")[:64],
+                    payload=body.replace("\x00", "\\x00"),
+                    attempts=count if isinstance(count, int) else 0,
+                    last_error=f"dead-lettered by the broker from {queue[:120]} ({reason[:40]})",
+                    dead_at=work.now,
+                    replayed_at=None,
+                )
+            )
+
+        return job
+
     async def _handle(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
         try:
             envelope = Envelope.model_validate_json(message.body)
@@ -214,14 +288,16 @@ class AmqpBus:
         try:
             await self.runner.process(consumer, envelope)
         except Exception as exc:
-            # The store is down even for the dead letter: hand it back to the broker, then stop this
-            # channel. Going on would handle the messages prefetched after it before it came back,
-            # out of the order's sequence. Closing returns them after it, and the supervisor
-            # reopens the channel: redelivery in the original order.
+            # The store is down even for the dead letter: the broker must have this message back,
+            # and the ones prefetched after it, in that order. Not a nack: the broker would
+            # redeliver it at once to this still-subscribed consumer, behind those; and going on
+            # would handle them before it. Closing the channel returns every unacknowledged
+            # message together, in delivery order; the supervisor reopens it later.
             log.warning(
                 "consumer %s could not finish event %s: %s", consumer.name, envelope.event_id, type(exc).__name__
             )
-            await message.nack(requeue=True)
+            with contextlib.suppress(Exception):
+                await message.channel.close()
             raise _StoreDown from exc
         await message.ack()
 

@@ -173,6 +173,54 @@ def test_a_store_outage_does_not_reorder_one_orders_events(store: Store, amqp_ur
     assert seen == ["m0", "m1", "m2", "m3", "m4"]
 
 
+def test_what_the_broker_dead_letters_becomes_a_replayable_dead_letter(
+    store: Store, amqp_url: str, prefix: str
+) -> None:
+    """After x-delivery-limit deliveries the broker moves a message to <prefix>.dead, a queue no
+    one read: the event's effect for that consumer was lost. The keeper records it in dead_letter
+    (under the consumer whose queue gave it up), where it is replayed like any other."""
+    from hub.db.models import DeadLetter
+    from hub.messaging.consumers import replay_dead_letter
+
+    store.run(
+        lambda w: w.emit(
+            EventType.ALERT_RAISED,
+            "order-9",
+            AlertRaised(order_id="order-9", severity="info", kind="test", message="x"),
+        )
+    )
+    row = store.read(lambda s: s.scalars(select(OutboxEvent)).one())
+    envelope = envelope_of(row)
+
+    async def go() -> None:
+        runner = ConsumerRunner(store, [*ALERTS], backoff_base_s=0.01)
+        bus = AmqpBus(amqp_url, runner, partitions=4, prefix=prefix)
+        await bus.start()
+        try:
+            # As the broker dead-letters: the body, and an x-death header naming the queue.
+            conn = await aio_pika.connect(amqp_url)
+            channel = await conn.channel()
+            dead = await channel.get_exchange(f"{prefix}.dead")
+            headers = {"x-death": [{"queue": f"{prefix}.alerts.p1", "reason": "delivery_limit", "count": 20}]}
+            await dead.publish(
+                aio_pika.Message(
+                    body=envelope.model_dump_json().encode(), message_id=envelope.event_id, headers=headers
+                ),
+                routing_key="",
+            )
+            await conn.close()
+            await _wait_for(lambda: _count(store, DeadLetter) == 1, timeout=30)
+        finally:
+            await bus.close()
+
+    asyncio.run(go())
+    kept = store.read(lambda s: s.scalars(select(DeadLetter)).one())
+    assert (kept.consumer, kept.event_id, kept.attempts) == ("alerts", envelope.event_id, 20)
+    assert "delivery_limit" in kept.last_error
+    assert replay_dead_letter(store, [*ALERTS], kept.id, actor="test") == "handled"
+    assert _count(store, Alert) == 1
+
+
 def _restart_rabbitmq() -> None:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
