@@ -281,6 +281,13 @@ class SenderSettings:
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * (2 ** max(0, attempts - 1))))
 
+    @property
+    def lease_span_s(self) -> float:
+        """How long a partner's sending lease is taken for: at least one whole attempt (connect,
+        up to 10 s, then the ACK wait) and a margin. Shorter, another process could take the lease
+        mid-attempt and send the same message (same MSH-10) while the first still waits."""
+        return max(self.lease_s, min(10.0, self.ack_timeout_s) + self.ack_timeout_s + 5.0)
+
 
 def _log_failed_attempt(partner: str, due: Due, outcome: str, recorded: tuple[str, int, datetime] | None) -> None:
     """One line per failed attempt for the operator (ids and codes only, no message content);
@@ -528,7 +535,7 @@ class OutboundSender:
         return job
 
     async def _lease(self, partner: str) -> bool:
-        holder, lease_s, name = self.holder, self.settings.lease_s, f"hl7v2-out:{partner}"[:64]
+        holder, lease_s, name = self.holder, self.settings.lease_span_s, f"hl7v2-out:{partner}"[:64]
 
         def job(work: Work) -> bool:
             row = work.session.get(Lease, name, with_for_update=True)

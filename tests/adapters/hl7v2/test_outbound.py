@@ -343,3 +343,10 @@ def test_an_appointment_event_reports_the_orders_status_not_the_appointments(
     snap = canonical.loads(last.snapshot)
     assert snap["status"] == "on-hold"
     assert not any("cancelled" in s for s in segments(snap) if s.startswith(("ORC", "OBX")))
+
+
+def test_a_sending_lease_outlasts_one_attempt() -> None:
+    """An attempt may take 10 s to connect and 30 s for the ACK: a 30 s lease let a second process
+    send the same message while the first still waited."""
+    assert SenderSettings(ack_timeout_s=30.0, lease_s=30.0).lease_span_s >= 45.0
+    assert SenderSettings(ack_timeout_s=2.0, lease_s=30.0).lease_span_s == 30.0
