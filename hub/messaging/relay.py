@@ -88,17 +88,28 @@ class OutboxRelay:
 
         return self.store.read(read)
 
-    async def drain_once(self) -> int:
-        """Publish up to one batch. Returns how many were confirmed and marked."""
+    async def drain_once(self, *, budget_s: float | None = None) -> int:
+        """Publish up to one batch. Returns how many were confirmed and marked.
+
+        ``budget_s``: stop starting publishes after this long (what is confirmed is marked; the
+        rest waits for the next call). The running relay passes a quarter of its lease: with a
+        confirm taking up to 10 s, the batch ends before the lease could expire and another process
+        take it over and publish the same events."""
         pending = await asyncio.to_thread(self._pending)
         if not pending:
             return 0
         confirmed: list[str] = []
+        stalled = False
+        clock = asyncio.get_running_loop().time
+        started = clock()
         try:
             for envelope in pending:
+                if budget_s is not None and confirmed and clock() - started > budget_s:
+                    break
                 await self.bus.publish(envelope)
                 confirmed.append(envelope.event_id)
         except Exception as exc:
+            stalled = True
             log.warning(
                 "relay: publish failed after %d of %d events: %s", len(confirmed), len(pending), type(exc).__name__
             )
@@ -112,7 +123,7 @@ class OutboxRelay:
 
             await self.store.run_async(mark, actor="relay")
             self.published += len(confirmed)
-        if len(confirmed) < len(pending):
+        if stalled:
             raise RelayStalled(f"{len(pending) - len(confirmed)} events not confirmed")
         return len(confirmed)
 
@@ -139,7 +150,7 @@ class OutboxRelay:
                 if not await self.acquire_lease():
                     await _wait(stop, self.lease_s / 3)
                     continue
-                n = await self.drain_once()
+                n = await self.drain_once(budget_s=self.lease_s / 4)
                 backoff = self.poll_s
                 if n == 0:
                     await _wait(stop, self.poll_s)

@@ -101,6 +101,30 @@ def test_a_dead_letter_is_replayed_once_its_cause_is_fixed(store: Store) -> None
         replay_dead_letter(store, [], dead.id, actor="test")
 
 
+def test_a_relay_batch_ends_within_its_lease(store: Store) -> None:
+    """The lease was renewed once per batch of up to 500 events: slow confirms could outlast it,
+    and another process could take it and publish the same events. A batch now stops starting
+    publishes after its budget; the rest waits for the next batch (after the lease is renewed)."""
+
+    class SlowBus:
+        def __init__(self) -> None:
+            self.published: list[str] = []
+
+        async def publish(self, envelope: Envelope) -> None:
+            await asyncio.sleep(0.05)
+            self.published.append(envelope.event_id)
+
+    bus = SlowBus()
+    relay = OutboxRelay(store, bus)  # type: ignore[arg-type]
+    _emit(store, 10)
+    first = asyncio.run(relay.drain_once(budget_s=0.12))
+    assert 1 <= first < 10  # stopped early, not stalled
+    assert _count(store, OutboxEvent, OutboxEvent.published_at.is_(None)) == 10 - first
+    rest = asyncio.run(relay.drain_once())
+    assert first + rest == 10
+    assert len(bus.published) == len(set(bus.published)) == 10
+
+
 def test_backoff_is_capped() -> None:
     runner = ConsumerRunner(store=None, consumers=[], backoff_base_s=1, backoff_max_s=5)  # type: ignore[arg-type]
     assert [runner.backoff(a) for a in range(1, 6)] == [1, 2, 4, 5, 5]
