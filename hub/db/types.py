@@ -52,3 +52,11 @@ def iso_utc(value: datetime) -> str:
 
 def as_dict(row: Any) -> dict[str, Any]:
     return dict(row._mapping)
+
+
+def storable(text: str) -> str:
+    """Text that may quote a partner (a message id or type, an error, an audit value) as every
+    database stores it: PostgreSQL refuses NUL in text, and a refused row would mean a message or
+    an audit entry not kept. NUL is written as the four characters ``\\x00``; raw bytes, where a
+    table keeps them, hold the original."""
+    return text.replace("\x00", "\\x00")

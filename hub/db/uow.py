@@ -39,7 +39,7 @@ from hub.audit.repository import AuditRepository, PendingAudit
 from hub.db.bulk import insert_rows
 from hub.db.engine import SQLITE_BUSY_TIMEOUT_MS, LockLimits, check_durability, make_engines
 from hub.db.models import OutboxEvent, table_of
-from hub.db.types import iso_utc, utcnow
+from hub.db.types import iso_utc, storable, utcnow
 from hub.errors import Conflict, HubError, StoreUnavailable
 from hub.events import EventPayload, EventType, partition_of
 from hub.ids import uuid7
@@ -95,8 +95,8 @@ class Work:
         an entry the database would refuse must fail here, in its own job, not every job of the
         batch (and again on every retry). So the short columns' limits are checked now, and a NUL,
         which PostgreSQL text cannot hold, is written out (``\\x00``) in what may quote a partner."""
-        who = (actor or self.actor).replace("\x00", "\\x00")
-        entity_id = entity_id.replace("\x00", "\\x00")
+        who = storable(actor or self.actor)
+        entity_id = storable(entity_id)
         for name, value in (("actor", who), ("action", action), ("entity_type", entity_type), ("entity_id", entity_id)):
             if len(value) > _AUDIT_LIMITS[name]:
                 raise ValueError(f"audit {name} longer than {_AUDIT_LIMITS[name]} characters")
@@ -107,7 +107,7 @@ class Work:
                 action=action,
                 entity_type=entity_type,
                 entity_id=entity_id,
-                reason=reason.replace("\x00", "\\x00"),
+                reason=storable(reason),
                 old_value="" if old is None else canonical.dumps(old),
                 new_value="" if new is None else canonical.dumps(new),
             )

@@ -26,14 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
-from sqlalchemy import select
 
+from hub.db.types import storable
+from hub.db.uow import Work
 from hub.events import Envelope
-from hub.messaging.consumers import Consumer, ConsumerRunner
+from hub.ids import uuid7
+from hub.messaging.consumers import Consumer, ConsumerRunner, record_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -178,60 +181,54 @@ class AmqpBus:
 
     # ------------------------------------------------------------------ consume
     async def _supervise(self, consumer: Consumer, partition: int) -> None:
-        delay = 0.2
-        while not self._closing:
-            conn: AbstractConnection | None = None
-            try:
-                conn = await self._connect()
-                channel = await conn.channel()
-                await channel.set_qos(prefetch_count=self.prefetch)
-                queue = await channel.declare_queue(
-                    self.queue_name(consumer, partition),
-                    durable=True,
-                    arguments=self.queue_args(self.runner.max_attempts),
-                )
-                delay = 0.2
-                async with queue.iterator() as messages:
-                    async for message in messages:
-                        await self._handle(consumer, message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self._closing:
-                    log.warning(
-                        "consumer %s.p%d lost its channel (%s); reconnecting",
-                        consumer.name,
-                        partition,
-                        type(exc).__name__,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(10.0, delay * 2)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+        async def handle(message: AbstractIncomingMessage) -> None:
+            await self._handle(consumer, message)
+
+        await self._consume(
+            f"consumer {consumer.name}.p{partition}",
+            self.queue_name(consumer, partition),
+            self.queue_args(self.runner.max_attempts),
+            self.prefetch,
+            handle,
+        )
 
     async def _keep_dead_letters(self) -> None:
         """Record what the broker dead-lettered, then ack it (see the module docstring). The store
         down: the message stays in the queue and the channel reopens later."""
+
+        async def keep(message: AbstractIncomingMessage) -> None:
+            await self.runner.store.run_async(self._dead_letter_job(message), actor="bus:dead-letters")
+            await message.ack()
+
+        await self._consume("dead-letter keeper", self.dead_name, {"x-queue-type": "quorum"}, 16, keep)
+
+    async def _consume(
+        self,
+        what: str,
+        queue_name: str,
+        arguments: dict[str, Any],
+        prefetch: int,
+        handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> None:
+        """Consume one queue until the bus closes; when the channel dies (or ``handle`` raises),
+        reconnect with backoff."""
         delay = 0.2
         while not self._closing:
             conn: AbstractConnection | None = None
             try:
                 conn = await self._connect()
                 channel = await conn.channel()
-                await channel.set_qos(prefetch_count=16)
-                queue = await channel.declare_queue(self.dead_name, durable=True, arguments={"x-queue-type": "quorum"})
+                await channel.set_qos(prefetch_count=prefetch)
+                queue = await channel.declare_queue(queue_name, durable=True, arguments=arguments)
                 delay = 0.2
                 async with queue.iterator() as messages:
                     async for message in messages:
-                        await self.runner.store.run_async(self._dead_letter_job(message), actor="bus:dead-letters")
-                        await message.ack()
+                        await handle(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if not self._closing:
-                    log.warning("dead-letter keeper lost its channel (%s); reconnecting", type(exc).__name__)
+                    log.warning("%s lost its channel (%s); reconnecting", what, type(exc).__name__)
                     await asyncio.sleep(delay)
                     delay = min(10.0, delay * 2)
             finally:
@@ -239,41 +236,26 @@ class AmqpBus:
                     with contextlib.suppress(Exception):
                         await conn.close()
 
-    def _dead_letter_job(self, message: AbstractIncomingMessage) -> Any:
+    def _dead_letter_job(self, message: AbstractIncomingMessage) -> Callable[[Work], None]:
         deaths = message.headers.get("x-death") if message.headers else None
         first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
         queue = str(first.get("queue") or "unknown")
-        consumer = queue.removeprefix(f"{self.prefix}.").rsplit(".p", 1)[0][:64]
         reason = str(first.get("reason") or "dead-lettered")
         count = first.get("count")
-        body = message.body.decode("utf-8", "replace")
         try:
             envelope: Envelope | None = Envelope.model_validate_json(message.body)
         except Exception:
             envelope = None
 
-        def job(work: Any) -> None:
-            from hub.db.models import DeadLetter
-            from hub.ids import uuid7
-
-            event_id = envelope.event_id if envelope else str(message.message_id or uuid7())[:36]
-            known = work.session.execute(
-                select(DeadLetter.id).where(DeadLetter.consumer == consumer, DeadLetter.event_id == event_id)
-            ).first()
-            if known is not None:
-                return
-            work.session.add(
-                DeadLetter(
-                    id=uuid7(),
-                    consumer=consumer,
-                    event_id=event_id,
-                    event_type=(envelope.type if envelope else "unreadable")[:64],
-                    payload=body.replace("\x00", "\\x00"),
-                    attempts=count if isinstance(count, int) else 0,
-                    last_error=f"dead-lettered by the broker from {queue[:120]} ({reason[:40]})",
-                    dead_at=work.now,
-                    replayed_at=None,
-                )
+        def job(work: Work) -> None:
+            record_dead_letter(
+                work,
+                consumer=queue.removeprefix(f"{self.prefix}.").rsplit(".p", 1)[0][:64],
+                event_id=envelope.event_id if envelope else str(message.message_id or uuid7())[:36],
+                event_type=(envelope.type if envelope else "unreadable")[:64],
+                payload=storable(message.body.decode("utf-8", "replace")),
+                attempts=count if isinstance(count, int) else 0,
+                error=f"dead-lettered by the broker from {queue[:120]} ({reason[:40]})",
             )
 
         return job

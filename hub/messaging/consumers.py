@@ -91,26 +91,41 @@ def _job(consumer: Consumer, envelope: Envelope) -> Callable[[Work], str]:
 
 def _dead_letter_job(consumer: Consumer, envelope: Envelope, attempts: int, error: str) -> Callable[[Work], str]:
     def job(work: Work) -> str:
-        exists = work.session.execute(
-            select(DeadLetter.id).where(DeadLetter.consumer == consumer.name, DeadLetter.event_id == envelope.event_id)
-        ).first()
-        if exists is None:
-            work.session.execute(
-                insert(DeadLetter).values(
-                    id=uuid7(),
-                    consumer=consumer.name,
-                    event_id=envelope.event_id,
-                    event_type=envelope.type,
-                    payload=envelope.model_dump_json(),
-                    attempts=attempts,
-                    last_error=error,
-                    dead_at=work.now,
-                    replayed_at=None,
-                )
-            )
+        record_dead_letter(
+            work,
+            consumer=consumer.name,
+            event_id=envelope.event_id,
+            event_type=envelope.type,
+            payload=envelope.model_dump_json(),
+            attempts=attempts,
+            error=error,
+        )
         return "dead"
 
     return job
+
+
+def record_dead_letter(
+    work: Work, *, consumer: str, event_id: str, event_type: str, payload: str, attempts: int, error: str
+) -> None:
+    """Keep an event a consumer could not handle, once per (consumer, event), for replay."""
+    exists = work.session.execute(
+        select(DeadLetter.id).where(DeadLetter.consumer == consumer, DeadLetter.event_id == event_id)
+    ).first()
+    if exists is None:
+        work.session.execute(
+            insert(DeadLetter).values(
+                id=uuid7(),
+                consumer=consumer,
+                event_id=event_id,
+                event_type=event_type,
+                payload=payload,
+                attempts=attempts,
+                last_error=error,
+                dead_at=work.now,
+                replayed_at=None,
+            )
+        )
 
 
 def replay_dead_letter(store: Store, consumers: list[Consumer], dead_letter_id: str, *, actor: str) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from hub import canonical
 from hub.db.bulk import insert_rows, insert_unless_present, select_one
 from hub.db.models import InboxMessage, table_of
+from hub.db.types import storable
 from hub.db.uow import Work, duplicate_conflict
 from hub.errors import HubError
 from hub.ids import uuid7
@@ -63,13 +64,6 @@ class InboxOutcome:
 
 Interpret = Callable[[Work, str], Interpretation]
 RenderError = Callable[[HubError | None, Exception], bytes | None]
-
-
-def storable(text: str) -> str:
-    """Text a partner chose (a message id, a message type, an error quoting either) as every
-    database stores it: PostgreSQL refuses NUL in text, and a refused row would mean a message not
-    kept. NUL is written as the four characters ``\\x00``; the raw bytes keep the original."""
-    return text.replace("\x00", "\\x00")
 
 
 def receive(
