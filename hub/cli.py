@@ -16,6 +16,7 @@ from hub.logs import configure
 from hub.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from hub.context import HubContext
     from hub.db.uow import Store
 
 # Pretty tracebacks with locals could print PHI: plain tracebacks only.
@@ -273,10 +274,10 @@ def events_replay(
     ctx = _messages_ctx()
     failed = 0
     try:
-        consumers = all_consumers(ctx)  # type: ignore[arg-type]
+        consumers = all_consumers(ctx)
         for dead_id in dead_letter_id:
             try:
-                result = replay_dead_letter(ctx.store, consumers, dead_id, actor=f"cli:{by}")  # type: ignore[attr-defined]
+                result = replay_dead_letter(ctx.store, consumers, dead_id, actor=f"cli:{by}")
                 typer.echo(f"{dead_id}  {result}")
             except HubError as exc:
                 failed += 1
@@ -285,11 +286,11 @@ def events_replay(
                 failed += 1
                 typer.echo(f"{dead_id}  failed again: {type(exc).__name__}; the dead letter stays", err=True)
     finally:
-        ctx.store.dispose()  # type: ignore[attr-defined]
+        ctx.store.dispose()
     raise typer.Exit(1 if failed else 0)
 
 
-def _messages_ctx() -> object:
+def _messages_ctx() -> HubContext:
     from hub.context import build_context
 
     return build_context(_settings(), check_store=False)

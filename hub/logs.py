@@ -23,30 +23,29 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tupl
 
 
 def redacted_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` and of its causes and contexts, every message left out."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        frames = "".join(traceback.format_tb(current.__traceback__))
-        name = f"{type(current).__module__}.{type(current).__qualname__}"
-        parts.append(f"Traceback (most recent call last):\n{frames}{name}: (message withheld: may carry PHI)")
+    """The traceback of ``exc`` and of its causes and contexts, every message left out; the root
+    cause first, as Python prints it."""
+    text = _redacted(exc)
+    seen = {id(exc)}
+    current: BaseException = exc
+    while True:
         if current.__cause__ is not None:
-            parts.append("The above exception was the direct cause of the following exception:")
-            current = current.__cause__
+            earlier, link = current.__cause__, "The above exception was the direct cause of the following exception:"
         elif current.__context__ is not None and not current.__suppress_context__:
-            parts.append("During handling of the above exception, another exception occurred:")
-            current = current.__context__
+            earlier, link = current.__context__, "During handling of the above exception, another exception occurred:"
         else:
-            current = None
-    # Python prints the root cause first.
-    ordered: list[str] = []
-    for i in range(len(parts) - 1, -1, -2):
-        ordered.append(parts[i])
-        if i >= 1:
-            ordered.append(parts[i - 1])
-    return "\n\n".join(ordered)
+            return text
+        if id(earlier) in seen:
+            return text
+        seen.add(id(earlier))
+        text = f"{_redacted(earlier)}\n\n{link}\n\n{text}"
+        current = earlier
+
+
+def _redacted(exc: BaseException) -> str:
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return f"Traceback (most recent call last):\n{frames}{name}: (message withheld: may carry PHI)"
 
 
 class RedactingFormatter(logging.Formatter):

@@ -83,9 +83,14 @@ def _instant(value: Any, where: str, *, required: bool = True) -> datetime | Non
         raise _bad(f"{where} is not an ISO 8601 instant", where) from None
     if parsed.tzinfo is None:
         raise _bad(f"{where} has no time zone", where)
-    if not datetime(2000, 1, 1, tzinfo=UTC) <= parsed <= datetime(2100, 1, 1, tzinfo=UTC):
+    return _in_range(parsed, where).astimezone(UTC)
+
+
+def _in_range(at: datetime, where: str) -> datetime:
+    """Courier times fall in 2000–2100; outside (year 0001 say), the value would overflow later."""
+    if not datetime(2000, 1, 1, tzinfo=UTC) <= at <= datetime(2100, 1, 1, tzinfo=UTC):
         raise _bad(f"{where} is out of range", where)
-    return parsed.astimezone(UTC)
+    return at
 
 
 def _readings(value: Any, where: str) -> tuple[Reading, ...]:
@@ -205,9 +210,7 @@ def _ups_instant(date: Any, clock: Any, where: str) -> datetime | None:
         at = datetime.strptime(d + t.ljust(6, "0"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         raise _bad(f"{where} is not YYYYMMDD/HHMMSS", where) from None
-    if not datetime(2000, 1, 1, tzinfo=UTC) <= at <= datetime(2100, 1, 1, tzinfo=UTC):
-        raise _bad(f"{where} is out of range", where)  # as _instant; year 1 overflowed later
-    return at
+    return _in_range(at, where)
 
 
 def parse_ups(raw: bytes, webhook_id: str | None) -> Delivery:

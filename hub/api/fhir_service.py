@@ -707,8 +707,7 @@ def endpoint_registered(endpoint: str, registered: str) -> bool:
     default = {"http": 80, "https": 443}
     if not any_port and (e_port or default[e.scheme]) != (r_port or default.get(r_split.scheme)):
         return False
-    r = r_split
-    base = r.path.rstrip("/")
+    base = r_split.path.rstrip("/")
     return not base or e.path == base or e.path.startswith(base + "/")
 
 

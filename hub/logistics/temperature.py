@@ -42,12 +42,10 @@ from hub.logistics.schemas import Reading, RecordReadings
 from hub.logistics.service import UnknownShipment, leg_of, raise_alert
 from hub.orders.repository import OrderRepository
 from hub.orders.schemas import PlaceHold
-from hub.orders.service import OrderService
+from hub.orders.service import EXCURSION_HOLD, OrderService
 from hub.partners.loader import PartnerDirectory
 from hub.products.registry import get_product
 from hub.products.schemas import TemperatureRange
-
-EXCURSION_HOLD = "temperature-excursion"
 
 
 def violation(rng: TemperatureRange, r: Reading) -> tuple[str, float, float] | None:

@@ -19,6 +19,7 @@ from hub.errors import Conflict, HubError, Issue, NotFound
 from hub.fhirstore.repository import ResourceRepository
 from hub.identity.isbt128 import parse_coi
 from hub.orders.repository import OrderRepository
+from hub.orders.service import _family
 
 
 def _coi_data(ref: str) -> str | None:
@@ -127,10 +128,3 @@ def _same_demographics(incoming: dict[str, Any], stored: dict[str, Any]) -> bool
         return False
     family = _family(incoming)
     return not (family and _family(stored) and family != _family(stored))
-
-
-def _family(patient: dict[str, Any]) -> str:
-    for name in patient.get("name", []) or []:
-        if isinstance(name, dict) and name.get("family"):
-            return str(name["family"]).strip().casefold()
-    return ""

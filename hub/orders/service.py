@@ -45,9 +45,10 @@ from hub.products.schemas import Checkpoint, Guard, Product
 from hub.signatures.service import Meaning, check_signature, sign, signatures_for
 
 IDENTITY_HOLD = "identity-mismatch"
+EXCURSION_HOLD = "temperature-excursion"  # placed by hub/logistics/temperature.py
 # Holds whose release is a QA decision (the QA role signs): the product's identity or its quality
-# is in question. (hub/logistics/temperature.py EXCURSION_HOLD; a test keeps the two in step.)
-QA_RELEASED_HOLDS = frozenset({IDENTITY_HOLD, "temperature-excursion"})
+# is in question.
+QA_RELEASED_HOLDS = frozenset({IDENTITY_HOLD, EXCURSION_HOLD})
 CLOCK_SKEW = timedelta(minutes=5)
 ROLE_FOR_SITE = {
     "collection": "collection",
@@ -107,8 +108,8 @@ def _primary_identifier(patient: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _family(patient: dict[str, Any]) -> str:
-    for name in patient.get("name", []):
-        if name.get("family"):
+    for name in patient.get("name", []) or []:
+        if isinstance(name, dict) and name.get("family"):
             return str(name["family"]).strip().casefold()
     return ""
 

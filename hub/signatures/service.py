@@ -9,7 +9,6 @@ inside a session, and the signing is an audited event in the hash chain.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -35,13 +34,17 @@ class Meaning(StrEnum):
 ROLES = frozenset({"operator", "qa", "admin"})
 
 
+def _version_ref(sig: Signature) -> str:
+    return f"{sig.record_type}/{sig.record_id}/_history/{sig.record_version}"
+
+
 def signature_hash(sig: Signature) -> str:
     """SHA-256 over everything a signature asserts: which record version (and its bytes' hash), who,
     what it means, when, and why."""
     return canonical.sha256_hex(
         canonical.dumps(
             {
-                "record": f"{sig.record_type}/{sig.record_id}/_history/{sig.record_version}",
+                "record": _version_ref(sig),
                 "record_hash": sig.record_hash,
                 "username": sig.username,
                 "printed_name": sig.printed_name,
@@ -149,7 +152,7 @@ def sign(
         actor=user.username,
         reason=reason or "",
         new={
-            "record": f"{record_type}/{record_id}/_history/{record_version}",
+            "record": _version_ref(sig),
             "record_hash": sig.record_hash,
             "printed_name": sig.printed_name,
             "meaning": sig.meaning,
@@ -201,12 +204,12 @@ def _as_audited(session: Session, sig: Signature) -> bool:
     ).scalars()
     for text in entries:
         try:
-            recorded = json.loads(text)
+            recorded = canonical.loads(text)
         except ValueError:
             continue
         if recorded == {
             **recorded,
-            "record": f"{sig.record_type}/{sig.record_id}/_history/{sig.record_version}",
+            "record": _version_ref(sig),
             "record_hash": sig.record_hash,
             "signature_hash": sig.signature_hash,
         }:

@@ -18,6 +18,13 @@ def _org(store: Store, name: str) -> str:
     ).id
 
 
+def _signed_and_another(store: Store) -> tuple[Signature, str]:
+    """QA's signature on one Organization, and another Organization: the ground for moving it."""
+    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+    first, second = _org(store, "First"), _org(store, "Second")
+    return _sign(store, first), second
+
+
 def _sign(store: Store, rid: str, version: int = 1, password: str = "correct horse battery") -> Signature:
     return store.run(
         lambda w: sign(
@@ -63,9 +70,7 @@ def test_signature_binds_the_exact_version_and_needs_reauthentication(store: Sto
 
 
 def test_a_signature_cannot_be_moved(store: Store) -> None:
-    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
-    first, second = _org(store, "First"), _org(store, "Second")
-    sig = _sign(store, first)
+    sig, second = _signed_and_another(store)
     # Someone with database access points the signature at another record...
     with store.write_engine.begin() as conn:
         conn.execute(text("UPDATE signature SET record_id = :r WHERE id = :i"), {"r": second, "i": sig.id})
@@ -86,9 +91,7 @@ def test_a_signature_cannot_be_moved(store: Store) -> None:
 def test_a_moved_signature_with_a_recomputed_manifest_disagrees_with_the_audit_trail(store: Store) -> None:
     """The manifest hash is a plain SHA-256: whoever can write the row can recompute it. The audit
     entry of the signing is in the hash chain, and the row must agree with it."""
-    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
-    first, second = _org(store, "First"), _org(store, "Second")
-    sig = _sign(store, first)
+    sig, second = _signed_and_another(store)
     with store.write_engine.begin() as conn:
         h = conn.execute(text("SELECT content_hash FROM resource_version WHERE id = :r"), {"r": second}).scalar_one()
         conn.execute(
