@@ -28,6 +28,13 @@ _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ*"
 _FIN = r"[A-NP-Z1-9][0-9]{4}"
 _FIN_RE = re.compile(f"^{_FIN}$")
 _COI_DATA_RE = re.compile(rf"^CH(?P<fin>{_FIN})(?P<yy>[0-9]{{2}})(?P<seq>[0-9A-Z]{{6}})$")
+_COI_SHAPE_RE = re.compile(rf"^CH{_FIN}[0-9]{{2}}[0-9A-Z]{{6}}[0-9A-Z*]?$", re.IGNORECASE)
+
+
+def looks_like_coi(text: str) -> bool:
+    """Whether ``text`` has a CoI's shape in any letter case, with or without its check character
+    (so a lower-case or miskeyed one is refused with its reason instead of passing as other data)."""
+    return _COI_SHAPE_RE.match(text) is not None
 
 
 def check_character(data: str) -> str:
@@ -78,10 +85,17 @@ def make_coi(fin: str, year: int, number: int) -> CoI:
     return CoI(fin, f"{year % 100:02d}", f"{number:06d}")
 
 
-def parse_coi(text: str, *, require_check: bool = False) -> CoI:
+def parse_coi(text: str, *, require_check: bool = False, printed: bool = False) -> CoI:
     """Parse a CoI from a scan (``&/CH…``), from eye-readable text (spaces allowed, with its check
-    character) or from bare data content. A check character, when present, must be right."""
-    raw = text.strip().upper().replace(" ", "")
+    character) or from bare data content. A check character, when present, must be right.
+
+    Text a person typed is upper-cased first. ``printed`` text (read from a barcode) is taken
+    exactly as encoded: ISBT 128 data characters are upper case, so a lower-case CoI on a label is
+    a labelling fault to be refused, not silently repaired."""
+    raw = text.strip().replace(" ", "")
+    if printed and raw != raw.upper():
+        raise InvalidScan("CoI in a barcode must be upper case; this label is misprinted")
+    raw = raw.upper()
     if raw.startswith(COI_DI):
         raw = raw[2:]
     check: str | None = None

@@ -59,8 +59,10 @@ def _one(out: ScannedIdentifiers, kind: str, value: str) -> None:
             "expiry": element.expiry.isoformat() if element.expiry else None,
         }
         out.recorded.append(record)
-        # Manufacturers print the CoI as the GS1 batch/lot (AI 10) on GS1-labelled bags.
-        if element.batch is not None and element.batch.upper().startswith("CH") and len(element.batch) in (15, 16):
-            out.coi.append(isbt128.parse_coi(element.batch).data)
+        # Manufacturers print the CoI as the GS1 batch/lot (AI 10) on GS1-labelled bags. A lot with
+        # a CoI's shape is read as one, exactly as printed (GS1 lots are case-sensitive); any other
+        # lot (e.g. "CHARGE-2024-001") is ordinary lot data, not a CoI.
+        if element.batch is not None and isbt128.looks_like_coi(element.batch):
+            out.coi.append(isbt128.parse_coi(element.batch, printed=True).data)
         return
     raise InvalidScan("scan is neither ISBT 128 (starts with = or &) nor a GS1 element string")

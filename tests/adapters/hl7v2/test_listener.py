@@ -295,8 +295,9 @@ def _lab_result(obr_refs: str, pid: str | None) -> bytes:
 def test_a_lab_result_naming_another_patient_loosely_is_refused(
     sender: Sender, store: Store, partners: PartnerDirectory
 ) -> None:
-    """PID-3 without an assigning authority maps to no identifier: the message named someone else
-    and was recorded on the order all the same. Name and birth date are then compared."""
+    """PID-3 without an assigning authority used to map to no identifier: the message named someone
+    else and was recorded on the order all the same. Its value is now compared with the patient's,
+    and name and birth date when there is no identifier at all."""
     sender.send(m.orm("PL-31", "MRN-31"))
     order = order_of(store, "PL-31")
     driver = Driver(store, partners, view(order))
@@ -304,6 +305,11 @@ def test_a_lab_result_naming_another_patient_loosely_is_refused(
     driver.walk_to("in-manufacturing")
     someone_else = "PID|1||MRN-OTHER^^^^MR||Smith^John^^^^^L||19500101|M"
     frames = sender.send(_lab_result(f"|{order.coi}^CGTHUB", someone_else))
+    assert codes(frames) == ["AE"], frames
+    assert b"PID^1^3" in frames[0]
+    # Another number under the patient's own name and birth date is still someone else.
+    other_number = "PID|1||MRN-OTHER^^^^MR||Rivera^Ana^^^^^L||19710309|F"
+    frames = sender.send(_lab_result(f"|{order.coi}^CGTHUB", other_number))
     assert codes(frames) == ["AE"], frames
     assert b"PID^1^3" in frames[0]
     same_person = "PID|1||MRN-31^^^^MR||Rivera^Ana^^^^^L||19710309|F"
