@@ -128,20 +128,36 @@ class OutboxRelay:
         return len(confirmed)
 
     async def drain(self, *, timeout_s: float = 60.0) -> int:
-        """Publish until the outbox is empty (demo, tests, CLI)."""
+        """Publish until the outbox is empty (demo, tests, ``cgt-hub events drain``). Returns how
+        many events this call published.
+
+        It publishes only while it holds the relay lease, like the running relay: an operator
+        draining next to a serving hub must not publish the same events at the same time (the
+        order of one order's events would no longer be the commit order). While another relay
+        holds the lease, this waits for that relay to empty the outbox instead."""
         total = 0
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            try:
-                n = await self.drain_once()
-            except RelayStalled:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-                continue
-            total += n
-            if n == 0:
-                return total
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        held = False
+        try:
+            while True:
+                held = await self.acquire_lease()
+                try:
+                    n = await self.drain_once(budget_s=self.lease_s / 4) if held else -1
+                except RelayStalled:
+                    n = -1
+                if n == 0 or (n < 0 and not held and not await asyncio.to_thread(self._pending)):
+                    return total
+                total += max(n, 0)
+                if n < 0:
+                    if loop.time() > deadline:
+                        raise RelayStalled(
+                            "the outbox did not empty in time" + ("" if held else " (another relay holds the lease)")
+                        )
+                    await asyncio.sleep(0.5 if held else min(1.0, self.poll_s * 4))
+        finally:
+            if held:
+                await self.release_lease()
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self.poll_s

@@ -165,3 +165,36 @@ def test_group_commit_batches_concurrent_jobs(store: Store) -> None:
     result = verify_chain(store)
     assert result.ok
     assert result.checked == 200
+
+
+def test_a_drain_next_to_a_running_relay_publishes_nothing_itself(store: Store) -> None:
+    """``cgt-hub events drain`` published without the relay lease: next to a serving hub, both
+    published the same events at once and one order's events could leave out of commit order.
+    A drain now waits while another relay holds the lease, and publishes once it is free."""
+
+    class RecordingBus:
+        def __init__(self) -> None:
+            self.published: list[str] = []
+
+        async def publish(self, envelope: Envelope) -> None:
+            self.published.append(envelope.event_id)
+
+    serving_bus, operator_bus = RecordingBus(), RecordingBus()
+    serving, operator = OutboxRelay(store, serving_bus), OutboxRelay(store, operator_bus, poll_s=0.01)  # type: ignore[arg-type]
+    _emit(store, 3)
+
+    async def both() -> int:
+        assert await serving.acquire_lease()
+        draining = asyncio.create_task(operator.drain(timeout_s=5))
+        await asyncio.sleep(0.1)
+        assert not draining.done()  # waits: the serving relay holds the lease
+        assert await serving.drain_once() == 3
+        return await draining
+
+    assert asyncio.run(both()) == 0
+    assert operator_bus.published == []
+    assert len(serving_bus.published) == 3
+    asyncio.run(serving.release_lease())
+    _emit(store, 2)
+    assert asyncio.run(operator.drain(timeout_s=5)) == 2  # the lease is free: the drain publishes
+    assert len(operator_bus.published) == 2
