@@ -361,8 +361,10 @@ def messages_replay(
             from adapters.hl7v2.service import sender_for
 
             sender = sender_for(ctx)
-            delivered = asyncio.run(_deliver(sender))
+            delivered, busy = asyncio.run(_deliver(sender))
             typer.echo(f"delivered {delivered} message(s)")
+            for partner in busy:
+                typer.echo(f"{partner}: a running hub holds this partner's sending lease and delivers it itself")
     except HubError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from None
@@ -370,14 +372,15 @@ def messages_replay(
         ctx.store.dispose()
 
 
-async def _deliver(sender: object) -> int:
+async def _deliver(sender: object) -> tuple[int, list[str]]:
     from adapters.hl7v2.outbound import OutboundSender
 
     assert isinstance(sender, OutboundSender)
     try:
-        return await sender.deliver_all(timeout_s=60)
+        return await sender.deliver_all(timeout_s=60), sender.busy
     finally:
         await sender.close()
+        await sender.release_leases()  # a serving hub need not wait for them to expire
 
 
 @messages_app.command("quarantine")

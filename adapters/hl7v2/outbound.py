@@ -337,6 +337,7 @@ class OutboundSender:
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}")
     _clients: dict[str, MllpClient] = field(default_factory=dict)
     delivered: int = 0
+    busy: list[str] = field(default_factory=list)  # partners deliver_all left to another process
 
     def targets(self) -> dict[str, Endpoint]:
         out: dict[str, Endpoint] = {}
@@ -374,7 +375,7 @@ class OutboundSender:
                     await t
             await self.close()
             with contextlib.suppress(Exception):
-                await self._release_leases()
+                await self.release_leases()
 
     async def _partner_loop(self, partner: str, endpoint: Endpoint, stop: asyncio.Event) -> None:
         pause = self.settings.poll_s
@@ -393,14 +394,22 @@ class OutboundSender:
                 pause = min(10.0, pause * 2)
 
     async def deliver_all(self, partner: str | None = None, *, timeout_s: float = 30.0) -> int:
-        """Send until nothing is due (tests, the demo, ``cgt-hub messages replay``)."""
+        """Send until nothing is due (tests, the demo, ``cgt-hub messages replay --send``).
+
+        Like the running sender, it sends to a partner only while it holds that partner's lease:
+        next to a serving hub, the hub's sender delivers and this skips the partner (listed in
+        ``self.busy``), so one message is never in flight from two processes at once."""
         targets = self.targets()
         deadline = time.monotonic() + timeout_s
         delivered_before = self.delivered
+        self.busy = []
         for pid, endpoint in targets.items():
             if partner is not None and pid != partner:
                 continue
             while time.monotonic() < deadline:
+                if not await self._lease(pid):
+                    self.busy.append(pid)
+                    break
                 waited = await self.step(pid, endpoint)
                 if waited < 0:
                     break
@@ -550,7 +559,7 @@ class OutboundSender:
 
         return bool(await self.store.run_async(job, actor="hl7v2-sender"))
 
-    async def _release_leases(self) -> None:
+    async def release_leases(self) -> None:
         holder = self.holder
 
         def job(work: Work) -> None:

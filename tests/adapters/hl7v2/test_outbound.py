@@ -191,6 +191,25 @@ def test_dead_after_n_attempts_then_replayed(
     assert len(_attempts(store, row.id)) == 4
 
 
+def test_a_replay_send_next_to_a_serving_hub_leaves_the_partner_to_it(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    """``messages replay --send`` delivered without the partner's sending lease: next to a serving
+    hub, two processes could send the same message at once. It now leaves a leased partner alone."""
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    serving, operator = _sender(ctx, hospital), _sender(ctx, hospital)
+    assert loop.run(serving._lease("st-marys"))
+    assert loop.run(operator.deliver_all(timeout_s=5)) == 0
+    assert operator.busy == ["st-marys"]
+    assert hospital.received == []
+    loop.run(serving.release_leases())
+    assert loop.run(operator.deliver_all(timeout_s=30)) == 1
+    assert operator.busy == []
+    loop.run(operator.close())
+    assert len(hospital.received) == 1
+
+
 def test_rejected_is_dead_at_once_and_does_not_block_the_next(
     ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
 ) -> None:
@@ -300,6 +319,7 @@ def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
         anonymous = sender_with({"mllp_ca": f"file:{pki.ca_cert}"})
         loop.run(anonymous.deliver_all(timeout_s=10))
         loop.run(anonymous.close())
+        loop.run(anonymous.release_leases())  # the next sender is another process's
         row = _rows(store)[0]
         assert row.status == "dead"
         assert hospital.received == []
