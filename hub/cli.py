@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hub import cli_decisions
 from hub.logs import configure
 from hub.settings import Settings, get_settings
 
@@ -42,6 +43,12 @@ app.add_typer(events_app, name="events")
 app.add_typer(messages_app, name="messages")
 fhir_app = typer.Typer(no_args_is_help=True, help="FHIR API: partner clients (SMART), subscription deliveries.")
 app.add_typer(fhir_app, name="fhir")
+# QA and operator decisions on an order (hub/cli_decisions.py)
+orders_app.command("holds")(cli_decisions.holds)
+orders_app.command("hold")(cli_decisions.hold)
+orders_app.command("release-hold")(cli_decisions.release_hold)
+orders_app.command("sign-release")(cli_decisions.sign_release)
+orders_app.command("cancel")(cli_decisions.cancel)
 
 
 def _settings() -> Settings:

@@ -21,7 +21,7 @@ from hub.alerts.repository import AlertRepository
 from hub.audit.service import verify_chain
 from hub.context import HubContext
 from hub.db.migrate import upgrade
-from hub.db.models import AppUser
+from hub.db.models import AppUser, Lease
 from hub.db.uow import Work
 from hub.errors import HubError
 from hub.identity.service import IdentityService
@@ -284,6 +284,17 @@ async def _drain(ctx: HubContext) -> int:
         await runtime.stop()
 
 
+def _serving_hub(ctx: HubContext) -> str:
+    """Which role another process holds on this database (a live lease), if any."""
+    from sqlalchemy import select
+
+    def live(work: Work) -> list[Lease]:
+        return list(work.session.scalars(select(Lease).where(Lease.expires_at > work.now)))
+
+    held = ctx.store.run(live, actor="demo")
+    return ", ".join(f"{lease.name} held by {lease.holder} until {lease.expires_at:%H:%M:%S}Z" for lease in held)
+
+
 def run_demo(settings: Settings) -> int:
     from hub.context import build_context
 
@@ -291,6 +302,13 @@ def run_demo(settings: Settings) -> int:
     upgrade(settings.database_url)
     ctx = build_context(settings)
     try:
+        serving = _serving_hub(ctx)
+        if serving:
+            _say(
+                f"demo: a hub is serving this database ({serving}); its workers would take over the demo's"
+                " steps. Stop `cgt-hub serve`, or point CGTHUB_DATABASE_URL at another database."
+            )
+            return 1
         qa_password = ensure_user(ctx, QA_USER, "Dr. Jane Quality (QA)", {"qa"})
         stamp = time.strftime("%Y%m%d%H%M%S")
         _say("CGT Hub demo — embedded SQLite + in-process bus\n")

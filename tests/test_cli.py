@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "cgt-hub"
 
 
-def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], cwd: Path, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
     environment.update(env)
-    return subprocess.run([str(CLI), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(CLI), *args], cwd=cwd, env=environment, input=stdin, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,74 @@ def test_production_mode_refuses_default_secrets(tmp_path: Path) -> None:
     result = run(["demo"], tmp_path, CGTHUB_ENV="production")
     assert result.returncode != 0
     assert "refusing to start in production mode" in result.stderr
+
+
+def test_qa_releases_an_identity_hold_by_a_signed_decision_at_the_command_line(demo_dir: Path) -> None:
+    """An identity mismatch holds the order and only a signed QA decision releases it, but that
+    decision could be taken only in Python: a QA person at the hub had no way to take it."""
+    con = sqlite3.connect(demo_dir / "var" / "cgthub.db")
+    coi, hold_id = con.execute(
+        "SELECT o.coi, h.id FROM order_hold h JOIN therapy_order o ON o.id = h.order_id"
+        " WHERE h.released_at IS NULL AND h.kind = 'identity-mismatch' ORDER BY h.opened_at DESC"
+    ).fetchone()
+    con.close()
+    password = "correct horse battery staple"
+    for user, role in (("op.olga", "operator"), ("qa.quinn", "qa")):
+        added = run(
+            ["users", "add", user, "--name", user.title(), "--role", role], demo_dir, CGTHUB_NEW_USER_PASSWORD=password
+        )
+        assert added.returncode == 0, added.stderr
+    listed = run(["orders", "holds", coi], demo_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert hold_id in listed.stdout
+    assert "identity-mismatch" in listed.stdout
+    assert "OPEN" in listed.stdout
+
+    release = ["orders", "release-hold", coi, hold_id, "--rationale", "label and wristband re-checked by QA"]
+    wrong = run([*release, "--signer", "qa.quinn", "--password-stdin"], demo_dir, stdin="not the password\n")
+    assert wrong.returncode == 1
+    assert "Traceback" not in wrong.stderr
+    assert "authentication" in wrong.stderr
+    operator = run([*release, "--signer", "op.olga", "--password-stdin"], demo_dir, stdin=password + "\n")
+    assert operator.returncode == 1
+    assert "qa" in operator.stderr
+    assert "OPEN" in run(["orders", "holds", coi], demo_dir).stdout  # refused decisions wrote nothing
+
+    released = run([*release, "--signer", "qa.quinn", "--password-stdin"], demo_dir, stdin=password + "\n")
+    assert released.returncode == 0, released.stderr
+    assert f"hold {hold_id} released" in released.stdout
+    assert "released by qa.quinn" in run(["orders", "holds", coi], demo_dir).stdout
+    again = run([*release, "--signer", "qa.quinn", "--password-stdin"], demo_dir, stdin=password + "\n")
+    assert again.returncode == 1
+    assert "already released" in again.stderr
+    assert run(["audit", "verify"], demo_dir).returncode == 0
+
+
+def test_a_coi_with_a_wrong_check_character_names_no_order(demo_dir: Path) -> None:
+    from hub.identity.isbt128 import check_character
+
+    con = sqlite3.connect(demo_dir / "var" / "cgthub.db")
+    (coi,) = con.execute("SELECT coi FROM therapy_order ORDER BY created_at").fetchone()
+    con.close()
+    right = check_character(coi)
+    wrong = "0" if right != "0" else "1"
+    assert run(["orders", "show", coi + right], demo_dir).returncode == 0
+    shown = run(["orders", "show", coi + wrong], demo_dir)
+    assert shown.returncode == 1
+    assert run(["orders", "holds", coi + wrong], demo_dir).returncode == 1
+
+
+def test_the_demo_refuses_a_database_a_running_hub_serves(demo_dir: Path) -> None:
+    """With `cgt-hub serve` on the same database, the hub's workers took the demo's courier booking
+    and failed it for good (a critical alert in the operator's database): the demo now refuses."""
+    con = sqlite3.connect(demo_dir / "var" / "cgthub.db")
+    with con:
+        con.execute("INSERT INTO lease VALUES ('outbox-relay', 'ops-host:4242:1', '2999-01-01 00:00:00.000000')")
+    try:
+        refused = run(["demo"], demo_dir)
+    finally:
+        with con:
+            con.execute("DELETE FROM lease WHERE holder = 'ops-host:4242:1'")
+        con.close()
+    assert refused.returncode == 1
+    assert "a hub is serving this database (outbox-relay held by ops-host:4242:1" in refused.stdout

@@ -145,6 +145,7 @@ def deliver_to_hospital(ctx: HubContext, order_id: str) -> bool:
             return port, await sender.deliver_all(HOSPITAL, timeout_s=40)
         finally:
             await sender.close()
+            await sender.release_leases()  # the next run (or a hub started next) need not wait
             await endpoint.stop()
 
     port, delivered = asyncio.run(go())

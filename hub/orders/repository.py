@@ -22,6 +22,7 @@ from hub.db.models import (
     table_of,
 )
 from hub.errors import NotFound
+from hub.identity.isbt128 import check_character, looks_like_coi
 
 _ORDERS = table_of(TherapyOrder)
 _BY_PLACER = select(_ORDERS.c.id).where(
@@ -92,8 +93,11 @@ class OrderRepository:
         return order
 
     def find(self, key: str) -> TherapyOrder | None:
-        """By id, or by CoI (data content, barcode or eye-readable form)."""
+        """By id, or by CoI (data content, barcode or eye-readable form). A CoI given with its
+        check character must carry the right one: a miskeyed CoI names no order."""
         normal = key.strip().upper().replace(" ", "").removeprefix("&/")
+        if len(normal) == 16 and looks_like_coi(normal) and normal[15] != check_character(normal[:15]):
+            return None
         return self.session.execute(
             select(TherapyOrder).where(
                 (TherapyOrder.id == key) | (TherapyOrder.coi == normal) | (TherapyOrder.coi == normal[:15])
