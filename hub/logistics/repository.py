@@ -98,6 +98,12 @@ class LogisticsRepository:
             is not None
         )
 
+    def event_kinds(self, shipment_id: str) -> set[str]:
+        """The canonical kinds of the courier events recorded for a shipment."""
+        return set(
+            self.session.scalars(select(ShipmentEvent.canonical).where(ShipmentEvent.shipment_id == shipment_id))
+        )
+
     # ------------------------------------------------------------------ temperature
     def temperature_state(self, shipment_id: str) -> TemperatureState:
         state = self.session.execute(

@@ -15,8 +15,11 @@ transport*, never of *identity*. So:
 * a courier event never creates an identity verification and never releases a hold.
 
 Events can arrive late, repeated or out of order: each (shipment, courier code, time) is recorded
-once; a shipment's status never moves backwards (a late "in transit" after "delivered" is recorded
-and changes nothing).
+once, by the time the courier sent (a courier clock running ahead is clamped to ours only for the
+custody and stage dates); a shipment's status never moves backwards (a late "in transit" after
+"delivered" is recorded and changes nothing). An "exception" is not progress: the next event is
+judged against the furthest status reached before it, so a pickup after "pickup delayed" still
+records the custody handoff and proposes the stage.
 """
 
 from __future__ import annotations
@@ -447,10 +450,14 @@ class ShipmentService:
         order = self.orders.get(s.order_id, for_update=True)
         product = get_product(order.product_code)
         leg = leg_of(product, s.leg_code)
-        at = min(event.occurred_at, self.work.now)  # a courier clock ahead of ours is not the future
-        if self.repo.event_seen(s.id, event.courier_code, at):
+        # The event is known by the courier's own time: clamping first would give a resent event
+        # from a courier whose clock runs ahead a new time on every delivery, and record it again.
+        if self.repo.event_seen(s.id, event.courier_code, event.occurred_at):
             return ApplyOutcome(s.id, "duplicate event: already recorded")
         outcome = ApplyOutcome(s.id, "recorded")
+        at = min(event.occurred_at, self.work.now)  # a courier clock ahead of ours is not the future
+        if at < event.occurred_at:
+            outcome.notes.append("courier time ahead of the hub's: custody and stage dated at receipt")
         eta_changed = event.eta is not None and event.eta != s.eta
         if eta_changed:
             s.eta = event.eta
@@ -478,15 +485,23 @@ class ShipmentService:
             )
         else:
             target = STATUS_OF[kind]
-            if RANK[target] < RANK[s.status] or (target == s.status and kind is not ShipmentEventKind.customs_hold):
-                outcome.outcome = f"{kind.value} recorded; status stays {s.status}"
-            else:
+            # An exception is not progress: a pickup after "exception" (e.g. pickup delayed, then
+            # done) is compared with where the leg really was, or it would be swallowed.
+            progress = self._progress(s)
+            moved = not (
+                RANK[target] < RANK[progress] or (target == s.status and kind is not ShipmentEventKind.customs_hold)
+            )
+            if moved:
                 s.status = target
                 outcome.outcome = f"status {target}"
-                if kind is ShipmentEventKind.picked_up or (
-                    s.picked_up_at is None and RANK[target] >= RANK["picked-up"]
-                ):
-                    self._picked_up(order, s, at, event, outcome)
+            else:
+                outcome.outcome = f"{kind.value} recorded; status stays {s.status}"
+            # Custody moved when the courier says it picked up, whatever the status shows.
+            if s.picked_up_at is None and (
+                kind is ShipmentEventKind.picked_up or (moved and RANK[target] >= RANK["picked-up"])
+            ):
+                self._picked_up(order, s, at, event, outcome)
+            if moved:
                 if kind is ShipmentEventKind.delivered:
                     self._delivered(order, product, s, leg, at, event, outcome)
                 if kind is ShipmentEventKind.customs_hold:
@@ -506,7 +521,7 @@ class ShipmentService:
                 inbox_message_id=event.inbox_message_id,
                 courier_code=event.courier_code,
                 canonical=kind.value if kind is not None else "unknown",
-                occurred_at=at,
+                occurred_at=event.occurred_at,  # the courier's word, as sent (see event_seen above)
                 recorded_at=self.work.now,
                 location=event.location,
                 outcome=outcome.outcome + ("; " + "; ".join(outcome.notes) if outcome.notes else ""),
@@ -539,6 +554,14 @@ class ShipmentService:
         if eta_changed or kind is ShipmentEventKind.picked_up:
             self._check_eta(order, s)
         return outcome
+
+    def _progress(self, s: Shipment) -> str:
+        """How far the leg has got: its status, or under "exception" the furthest status the courier
+        reported (an exception says something went wrong, not where the material is)."""
+        if s.status != "exception":
+            return s.status
+        reached = [c for c in self.repo.event_kinds(s.id) if c in RANK and c != "exception"]
+        return max([*reached, "booked"], key=lambda c: RANK[c])
 
     def _picked_up(
         self, order: TherapyOrder, s: Shipment, at: datetime, event: CourierEvent, out: ApplyOutcome

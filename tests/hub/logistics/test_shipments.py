@@ -111,3 +111,57 @@ def test_exception_alerts_critically(store: Store, partners: PartnerDirectory) -
     register(store, partners, driver.order.id)
     _apply(store, partners, _event(ShipmentEventKind.exception, "EX"))
     assert "shipment.exception" in alert_kinds(store, driver.order.id)
+
+
+def test_a_pickup_after_an_exception_still_moves_custody_and_the_journey(
+    store: Store, partners: PartnerDirectory
+) -> None:
+    """An exception is not progress: "pickup delayed" then "picked up" was "status stays exception",
+    with no custody handoff, no picked_up_at and no stage proposal."""
+    driver = order_at(store, partners, "collected")
+    shipment = register(store, partners, driver.order.id)
+    driver.verify("courier-handoff")
+    _apply(store, partners, _event(ShipmentEventKind.exception, "PICKUP-DELAYED", 60))
+    pickup = _event(ShipmentEventKind.picked_up, "PU", 30)
+    assert _apply(store, partners, pickup) == "status picked-up"
+    s = store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment.id))
+    assert s.status == "picked-up"
+    assert s.picked_up_at == pickup.occurred_at
+    handoffs = store.read(lambda s: OrderRepository.from_session(s).handoffs(driver.order.id))
+    assert [(h.from_party, h.to_party) for h in handoffs] == [("st-marys", "polar-courier")]
+    order = store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id))
+    assert order.stage == "shipped-to-manufacturing"
+
+    # The same after an exception in transit: a late pickup changes nothing, a delivery delivers.
+    _apply(store, partners, _event(ShipmentEventKind.in_transit, "IT", 25))
+    _apply(store, partners, _event(ShipmentEventKind.exception, "DELAY", 20))
+    assert _apply(store, partners, pickup).startswith("duplicate")
+    assert _apply(store, partners, _event(ShipmentEventKind.picked_up, "PU", 28)) == (
+        "picked-up recorded; status stays exception"
+    )
+    driver.verify("manufacturing-receipt")
+    assert _apply(store, partners, _event(ShipmentEventKind.delivered, "DL", 5)) == "status delivered"
+    s = store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment.id))
+    assert s.picked_up_at == pickup.occurred_at
+    handoffs = store.read(lambda s: OrderRepository.from_session(s).handoffs(driver.order.id))
+    assert [(h.from_party, h.to_party) for h in handoffs] == [
+        ("st-marys", "polar-courier"),
+        ("polar-courier", "leiden-cell-factory"),
+    ]
+    order = store.read(lambda s: OrderRepository.from_session(s).get(driver.order.id))
+    assert order.stage == "received-at-manufacturing"
+
+
+def test_a_resent_event_from_a_courier_clock_ahead_is_recorded_once(store: Store, partners: PartnerDirectory) -> None:
+    """The event was known by its time clamped to ours, which differs on every resend."""
+    driver = order_at(store, partners, "collected")
+    shipment = register(store, partners, driver.order.id)
+    ahead = _event(ShipmentEventKind.in_transit, "IT", -10)  # the courier's clock runs 10 min ahead
+    assert _apply(store, partners, ahead) == "status in-transit"
+    assert _apply(store, partners, ahead).startswith("duplicate")
+    recorded = store.read(lambda s: LogisticsRepository.from_session(s).events(driver.order.id))
+    assert [e.courier_code for e in recorded] == ["IT"]
+    assert "dated at receipt" in recorded[0].outcome
+    s = store.read(lambda s: LogisticsRepository.from_session(s).shipment(shipment.id))
+    assert s.picked_up_at is not None
+    assert s.picked_up_at < ahead.occurred_at
