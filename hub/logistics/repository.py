@@ -132,6 +132,21 @@ class LogisticsRepository:
             )
         )
 
+    def open_excursions(self) -> list[TemperatureExcursion]:
+        """Excursions still open and not escalated, of orders still active or on hold (what the
+        sweep judges at now)."""
+        return list(
+            self.session.scalars(
+                select(TemperatureExcursion)
+                .join(TherapyOrder, TherapyOrder.id == TemperatureExcursion.order_id)
+                .where(
+                    TemperatureExcursion.ended_at.is_(None),
+                    TemperatureExcursion.escalated.is_(False),
+                    TherapyOrder.status.in_(("active", "on-hold")),
+                )
+            )
+        )
+
     def reading_count(self, shipment_id: str) -> int:
         from sqlalchemy import func
 

@@ -6,11 +6,15 @@ than ``max_c``, colder than ``min_c`` or its liquid-nitrogen level is below ``ln
 
 **Excursion rules.** The first out-of-range reading opens an *excursion* (kind: too-warm,
 too-cold, ln2-low). It stays open while readings stay out of range, tracking its peak; the first
-in-range reading closes it. When an excursion has lasted ``tolerated_minutes`` (immediately when
-that is 0, e.g. cryogenic legs) it is *escalated*: a critical alert, and the order is put on hold
-(kind ``temperature-excursion``) in the same transaction, so only a signed QA decision lets the
-material go on. A shorter excursion is recorded (Observation, event, warning alert) and does not
-escalate. A change of kind closes one excursion and opens the next.
+reading that measures its quantity in range closes it (a point without a temperature, or without
+an LN2 level, says nothing about that quantity and is passed over). When an excursion has lasted
+``tolerated_minutes`` (immediately when that is 0, e.g. cryogenic legs) it is *escalated*: a
+critical alert, and the order is put on hold (kind ``temperature-excursion``) in the same
+transaction, so only a signed QA decision lets the material go on. Its duration is judged at the
+worst case: up to the reading that closes it (a logger reporting hourly cannot shorten it), and,
+while no reading comes, up to now (the periodic sweep, :meth:`TemperatureService.escalate_overdue`).
+A shorter excursion is recorded (Observation, event, warning alert) and does not escalate. A change
+of kind closes one excursion and opens the next.
 
 **What is a FHIR Observation.** Every reading is kept, append-only, in ``temperature_reading``
 (one bulk insert per batch). A FHIR Observation per reading would cost a validation, a resource
@@ -48,17 +52,31 @@ from hub.products.registry import get_product
 from hub.products.schemas import TemperatureRange
 
 
-def violation(rng: TemperatureRange, r: Reading) -> tuple[str, float, float] | None:
-    """(kind, value, limit) when the reading breaks the range, else None."""
+def violations(rng: TemperatureRange, r: Reading) -> list[tuple[str, float, float]]:
+    """(kind, value, limit) for each way the reading breaks the range (temperature first)."""
+    found: list[tuple[str, float, float]] = []
     t = r.temperature_c
     if t is not None:
         if rng.max_c is not None and t > rng.max_c:
-            return "too-warm", t, rng.max_c
+            found.append(("too-warm", t, rng.max_c))
         if rng.min_c is not None and t < rng.min_c:
-            return "too-cold", t, rng.min_c
+            found.append(("too-cold", t, rng.min_c))
     if rng.ln2_min_percent is not None and r.ln2_percent is not None and r.ln2_percent < rng.ln2_min_percent:
-        return "ln2-low", r.ln2_percent, rng.ln2_min_percent
-    return None
+        found.append(("ln2-low", r.ln2_percent, rng.ln2_min_percent))
+    return found
+
+
+def violation(rng: TemperatureRange, r: Reading) -> tuple[str, float, float] | None:
+    """(kind, value, limit) when the reading breaks the range, else None."""
+    found = violations(rng, r)
+    return found[0] if found else None
+
+
+def measures(kind: str, r: Reading) -> bool:
+    """Whether the reading measures the quantity an excursion of this kind is about. Loggers post
+    their temperature and their LN2 level as separate points (and sometimes empty ones): a point
+    without a temperature says nothing about a warm excursion, so it must not end it."""
+    return (r.ln2_percent if kind == "ln2-low" else r.temperature_c) is not None
 
 
 @dataclass
@@ -98,7 +116,8 @@ class TemperatureService:
         ln2: list[float] = []
         open_exc = repo.excursion(state.excursion_id) if state.excursion_id else None
         for r in readings:
-            v = violation(rng, r)
+            found = violations(rng, r)
+            v = found[0] if found else None
             rows.append(
                 {
                     "shipment_id": s.id,
@@ -126,10 +145,19 @@ class TemperatureService:
                     )
                 continue
             state.last_at = r.at
-            if open_exc is not None and (v is None or v[0] != open_exc.kind):
-                self._close(order, s, open_exc, r, result)
-                open_exc = None
-                state.excursion_id = None
+            if open_exc is not None:
+                going_on = next((x for x in found if x[0] == open_exc.kind), None)
+                if going_on is not None:
+                    v = going_on
+                elif measures(open_exc.kind, r):
+                    self._close(order, s, open_exc, r, result)
+                    open_exc = None
+                    state.excursion_id = None
+                else:
+                    # Silent on the open excursion's quantity: it goes on. One excursion is
+                    # followed at a time; another quantity's breach here is kept in the readings
+                    # and the batch summary.
+                    continue
             if v is not None:
                 kind, value, limit = v
                 if open_exc is None:
@@ -155,7 +183,8 @@ class TemperatureService:
                     open_exc.peak = max(open_exc.peak, value) if kind == "too-warm" else min(open_exc.peak, value)
                 minutes = (r.at - open_exc.started_at).total_seconds() / 60
                 if not open_exc.escalated and minutes >= rng.tolerated_minutes:
-                    self._escalate(order, s, open_exc, minutes, result)
+                    self._escalate(order, s, open_exc, minutes, "excursion lasted the tolerated time")
+                    result.escalated.append(open_exc.id)
         repo.add_readings(rows)
         state.readings = (state.readings or 0) + len(rows)
         if temps:
@@ -184,6 +213,28 @@ class TemperatureService:
         result.observation_id = obs.id
         return result
 
+    def escalate_overdue(self) -> int:
+        """Escalate the open excursions that have lasted the tolerated time by now although no
+        reading said so: a logger that stops reporting mid-excursion must not keep it tolerated.
+        For a delivered leg the clock stops at delivery. Returns how many were escalated."""
+        escalated = 0
+        for candidate in self.repo.open_excursions():
+            s = self.repo.shipment(candidate.shipment_id, for_update=True)
+            exc = self.repo.excursion(candidate.id)
+            self.work.session.refresh(exc)  # a batch may have closed or escalated it meanwhile
+            if exc.ended_at is not None or exc.escalated:
+                continue
+            order = OrderRepository.from_session(self.work.session).get(s.order_id)
+            rng = leg_of(get_product(order.product_code), s.leg_code).temperature
+            until = min(self.work.now, s.delivered_at) if s.delivered_at is not None else self.work.now
+            minutes = (until - exc.started_at).total_seconds() / 60
+            if minutes >= rng.tolerated_minutes:
+                silent = (self.work.now - exc.last_out_at).total_seconds() / 60
+                why = f"no reading for {silent:.0f} min while out of range: taken to last until now"
+                self._escalate(order, s, exc, minutes, why)
+                escalated += 1
+        return escalated
+
     def _event(self, order: TherapyOrder, s: Shipment, exc: TemperatureExcursion, state: str) -> None:
         minutes = ((exc.ended_at or exc.last_out_at) - exc.started_at).total_seconds() / 60
         self.work.emit(
@@ -200,18 +251,15 @@ class TemperatureService:
             ),
         )
 
-    def _escalate(
-        self, order: TherapyOrder, s: Shipment, exc: TemperatureExcursion, minutes: float, result: BatchResult
-    ) -> None:
+    def _escalate(self, order: TherapyOrder, s: Shipment, exc: TemperatureExcursion, minutes: float, why: str) -> None:
         exc.escalated = True
-        result.escalated.append(exc.id)
         self.work.session.flush()
         self.work.audit(
             "update",
             "TemperatureExcursion",
             exc.id,
             new={"kind": exc.kind, "peak": exc.peak, "minutes": round(minutes, 2), "escalated": True},
-            reason="excursion lasted the tolerated time",
+            reason=why,
         )
         self._event(order, s, exc, "escalated")
         raise_alert(
@@ -220,7 +268,7 @@ class TemperatureService:
             "critical",
             "temperature.excursion",
             f"shipment {s.id} (order {order.id}, CoI {order.coi}) {exc.kind}: peak {exc.peak:g} against limit "
-            f"{exc.limit_value:g} for {minutes:.0f} min; order held for QA assessment",
+            f"{exc.limit_value:g} for {minutes:.0f} min ({why}); order held for QA assessment",
         )
         if order.status in ("active", "on-hold"):
             held = any(
@@ -242,6 +290,11 @@ class TemperatureService:
         exc.ended_at = r.at
         minutes = (exc.ended_at - exc.started_at).total_seconds() / 60
         leg = leg_of(get_product(order.product_code), s.leg_code)
+        if not exc.escalated and minutes >= leg.temperature.tolerated_minutes:
+            # Nothing was measured in range before this reading: as GDP requires, the excursion is
+            # taken to have lasted until it (a logger reporting hourly cannot shorten it).
+            self._escalate(order, s, exc, minutes, "excursion lasted the tolerated time until the next reading")
+            result.escalated.append(exc.id)
         obs = ResourceRepository.for_work(self.work).create(
             self.work,
             fhir.excursion_observation(

@@ -6,7 +6,8 @@
   recorded (with one ``outbound_attempt`` row per attempt) in another. Bookings carry the shipment's
   idempotency key, so a retry after a lost answer never books twice. Transient failures back off
   exponentially (capped), then fail terminally with a critical alert.
-* :func:`sweep` raises due viability escalations and escalates unacknowledged alerts.
+* :func:`sweep` raises due viability escalations, escalates open excursions of silent loggers and
+  escalates unacknowledged alerts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from hub.logistics.ports import (
 )
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.service import ShipmentService, leg_of
+from hub.logistics.temperature import TemperatureService
 from hub.logistics.viability import ViabilityService
 from hub.orders.repository import OrderRepository
 from hub.partners.loader import PartnerDirectory
@@ -52,11 +54,13 @@ class Ports:
     customs: Callable[[str], CustomsClient | None]
 
 
-def sweep(store: Store, policy: Policy) -> tuple[int, int]:
-    """One pass of the viability clocks and the alert escalation (each in its own unit of work)."""
+def sweep(store: Store, policy: Policy, partners: PartnerDirectory) -> tuple[int, int, int]:
+    """One pass of the viability clocks, the open excursions of silent loggers and the alert
+    escalation (each in its own unit of work)."""
     raised = store.run(lambda w: ViabilityService(w, policy).sweep(), actor="sweep:viability")
+    held = store.run(lambda w: TemperatureService(w, partners).escalate_overdue(), actor="sweep:cold-chain")
     escalated = store.run(lambda w: AlertService(w).escalate_due(policy), actor="sweep:alerts")
-    return raised, escalated
+    return raised, held, escalated
 
 
 @dataclass
@@ -74,7 +78,7 @@ class OutboundDispatcher:
                 await self.run_once()
                 if time.monotonic() - last_sweep >= sweep_s:
                     last_sweep = time.monotonic()
-                    await asyncio.to_thread(sweep, self.store, self.policy)
+                    await asyncio.to_thread(sweep, self.store, self.policy, self.partners)
             except Exception as exc:  # the loop must survive a bad pass; the work stays pending
                 log.error("logistics dispatcher pass failed: %s", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
