@@ -64,3 +64,6 @@ def configure(level: str | int, fmt: str = "%(asctime)s %(levelname)s %(name)s %
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter(fmt))
     logging.basicConfig(level=level, handlers=[handler])
+    # Alembic logs its plugin set-up and migration context at INFO on every schema check (each
+    # /readyz): noise that buries what an operator needs. Its warnings still show.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -73,3 +73,10 @@ def test_configure_installs_the_formatter_on_a_bare_root(monkeypatch: pytest.Mon
 def test_uvicorn_logs_through_the_hubs_handler() -> None:
     """uvicorn's default logging config prints an unhandled request error's message."""
     assert uvicorn_options(Settings())["log_config"] is None
+
+
+def test_alembic_set_up_chatter_stays_out_of_the_operators_log() -> None:
+    """serve logged a dozen alembic INFO lines at start-up and two on every /readyz."""
+    configure("INFO")
+    assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+    assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.WARNING)
