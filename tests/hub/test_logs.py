@@ -77,6 +77,14 @@ def test_uvicorn_logs_through_the_hubs_handler() -> None:
 
 def test_alembic_set_up_chatter_stays_out_of_the_operators_log() -> None:
     """serve logged a dozen alembic INFO lines at start-up and two on every /readyz."""
-    configure("INFO")
-    assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
-    assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.WARNING)
+    root, alembic = logging.getLogger(), logging.getLogger("alembic")
+    levels = root.level, alembic.level
+    root.setLevel(logging.INFO)  # as serve runs (pytest's own root level would hide the difference)
+    try:
+        configure("INFO")
+        assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+        assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("hub.serve").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(levels[0])
+        alembic.setLevel(levels[1])
