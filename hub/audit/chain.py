@@ -12,6 +12,7 @@ catches a truncated or fully rewritten tail.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -54,10 +55,29 @@ def entry_hash(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class CheckpointInvalid(ValueError):
+    """A saved checkpoint that cannot be what `audit checkpoint` wrote."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
+    """The chain's size and head hash at one moment. Checked when made: a checkpoint is the
+    evidence against a rewritten tail, so garbage (a size of -3 or "0", a head that is no hash)
+    must be refused, not half-used (it once confirmed nothing yet printed "still has hash")."""
+
     size: int
     head: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise CheckpointInvalid(f"size must be a whole number of entries, 0 or more (not {self.size!r})")
+        if not isinstance(self.head, str) or not _HEX64.fullmatch(self.head):
+            raise CheckpointInvalid("head must be a SHA-256 hash: 64 lower-case hexadecimal characters")
+        if self.size == 0 and self.head != GENESIS:
+            raise CheckpointInvalid(f"an empty chain's head is {GENESIS}, not {self.head}")
 
     def as_dict(self) -> dict[str, int | str]:
         return {"size": self.size, "head": self.head}

@@ -72,7 +72,11 @@ def verify_intact(
 ) -> VerifyResult | None:
     """``VerifyResult(ok=True)`` if the slices and every link between them hold, else None (then
     verify sequentially for the diagnosis). The caller has checked that no entry lies outside
-    ``1..head_seq``."""
+    ``1..head_seq``, in the snapshot it read the head from.
+
+    The workers do not share that snapshot, and need not: each reads only entries within
+    ``1..head_seq``, all committed before the head was read (the head moves in the same transaction
+    as its entries). An entry the running hub commits meanwhile lies beyond every slice."""
     head_seq, head_hash = head
     if head_seq < 1 or (checkpoint is not None and checkpoint.size > head_seq):
         return None

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.orm import Session
 
 from hub.audit.chain import FIELDS, Checkpoint, Row, entry_hash
@@ -100,11 +100,12 @@ class AuditRepository:
 def stream_rows(engine: Engine, batch: int = 20000) -> Iterator[tuple[Iterator[Row], tuple[int, str]]]:
     """Stream every entry in seq order straight from the driver (no ORM objects), plus the head.
 
-    One read transaction gives a consistent snapshot; on PostgreSQL a server-side cursor keeps
-    memory flat however long the chain is.
+    The head and the entries are read in one snapshot (:func:`one_snapshot`); on PostgreSQL a
+    server-side cursor keeps memory flat however long the chain is.
     """
     cols = ", ".join(FIELDS)
     with engine.connect() as conn:
+        one_snapshot(conn)
         head = conn.exec_driver_sql("SELECT seq, hash FROM audit_head WHERE id = 1").one()
         head_row = (int(head[0]), str(head[1]))
         raw = conn.connection.dbapi_connection
@@ -129,3 +130,15 @@ def stream_rows(engine: Engine, batch: int = 20000) -> Iterator[tuple[Iterator[R
         finally:
             cur.close()
             conn.rollback()
+
+
+def one_snapshot(conn: Connection) -> None:
+    """Make every statement of ``conn``'s transaction read one snapshot of the database.
+
+    Verification reads the head and then the entries. Under PostgreSQL's READ COMMITTED each
+    statement sees the commits made before it started, so an entry the running hub commits in
+    between showed up as an entry "beyond the recorded head": tampering reported where there was
+    none. REPEATABLE READ takes the snapshot at the first query and keeps it for the transaction
+    (read only: verifying never writes). A SQLite read transaction already reads one snapshot."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -8,9 +8,9 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from hub.audit.chain import Checkpoint, VerifyResult, verify_rows
+from hub.audit.chain import Checkpoint, CheckpointInvalid, VerifyResult, verify_rows
 from hub.audit.parallel import default_workers, verify_intact
-from hub.audit.repository import AuditRepository, stream_rows
+from hub.audit.repository import AuditRepository, one_snapshot, stream_rows
 from hub.db.uow import Store
 
 
@@ -32,6 +32,7 @@ def verify_chain(store: Store, checkpoint: Checkpoint | None = None, *, workers:
 def _head_and_strays(store: Store) -> tuple[tuple[int, str], int]:
     """The head, and how many entries lie outside ``1..head.seq`` (read in one snapshot)."""
     with store.read_engine.connect() as conn:
+        one_snapshot(conn)
         seq, digest = conn.exec_driver_sql("SELECT seq, hash FROM audit_head WHERE id = 1").one()
         outside = conn.execute(
             text("SELECT count(*) FROM audit_entry WHERE seq > :h OR seq < 1"), {"h": int(seq)}
@@ -53,5 +54,15 @@ def take_checkpoint(store: Store) -> Checkpoint:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return Checkpoint(size=int(data["size"]), head=str(data["head"]))
+    """Read a checkpoint written by `cgt-hub audit checkpoint`; :class:`CheckpointInvalid` (saying
+    what is wrong) for a file that is missing, unreadable or not such a checkpoint. Values are
+    taken as written, never converted: a size of 4.9 or "5" is refused, not rounded."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointInvalid(f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointInvalid("it is not JSON (expected what `cgt-hub audit checkpoint` prints)") from None
+    if not isinstance(data, dict) or "size" not in data or "head" not in data:
+        raise CheckpointInvalid('it is not a checkpoint (expected a JSON object with "size" and "head")')
+    return Checkpoint(size=data["size"], head=data["head"])

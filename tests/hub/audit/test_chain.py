@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -7,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from hub.audit.chain import GENESIS, Checkpoint, entry_hash, verify_rows
-from hub.audit.service import take_checkpoint, verify_chain
+from hub.audit.chain import GENESIS, Checkpoint, CheckpointInvalid, entry_hash, verify_rows
+from hub.audit.service import load_checkpoint, take_checkpoint, verify_chain
 from hub.db.uow import Store
 
 N = 40
@@ -196,6 +198,73 @@ def test_rewritten_history_is_caught_by_the_checkpoint(store: Store) -> None:
     result = verify_chain(store, checkpoint)
     assert not result.ok
     assert result.broken_seq == 10
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_commit_during_verification_is_not_tampering(store: Store, workers: int) -> None:
+    """The running hub commits while `audit verify` reads: right after each time the verifier reads
+    the head, another connection appends an entry. Under PostgreSQL's READ COMMITTED the entries
+    read next included it ("entries beyond the recorded head"); one snapshot per read sees none."""
+    from sqlalchemy import event
+
+    _fill(store, 5)
+    commits: list[int] = []
+
+    def commit_meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT seq, hash FROM audit_head"):  # the verifier's reads only
+            commits.append(store.run(lambda w: w.audit("update", "Thing", "live", new={"v": len(commits)})))
+
+    event.listen(store.read_engine, "after_cursor_execute", commit_meanwhile)
+    try:
+        result = verify_chain(store, workers=workers)
+    finally:
+        event.remove(store.read_engine, "after_cursor_execute", commit_meanwhile)
+    assert commits, "the verifier read no head"
+    assert result.ok, result.describe()
+    assert result.checked >= 5
+    assert verify_chain(store).checked == 5 + len(commits)
+
+
+HASH = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read it"),
+        ("", "not JSON"),
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not a checkpoint"),
+        ('{"size": 3}', "not a checkpoint"),
+        (json.dumps({"size": 0, "head": "not a hash at all"}), "64 lower-case hexadecimal"),
+        (json.dumps({"size": False, "head": GENESIS}), "size must be"),
+        (json.dumps({"size": "0", "head": GENESIS}), "size must be"),
+        (json.dumps({"size": 5.9, "head": HASH}), "size must be"),
+        (json.dumps({"size": 5.0, "head": HASH}), "size must be"),
+        (json.dumps({"size": -3, "head": HASH}), "size must be"),
+        (json.dumps({"size": 5, "head": HASH.upper()}), "64 lower-case hexadecimal"),
+        (json.dumps({"size": 0, "head": HASH}), "empty chain"),
+    ],
+)
+def test_a_garbage_checkpoint_is_refused(tmp_path: Path, content: str | None, says: str) -> None:
+    """A checkpoint is evidence: one that `audit checkpoint` cannot have written is refused with a
+    reason, never half-used (a size of -3 was confirmed by the parallel path and refused by the
+    sequential one; "0" or false confirmed nothing yet printed "still has hash")."""
+    path = tmp_path / "cp.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CheckpointInvalid, match=says):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_is_read_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "cp.json"
+    path.write_text(json.dumps({"size": 7, "head": HASH, "taken_at": "2026-12-03T10:00:00+00:00"}))
+    assert load_checkpoint(path) == Checkpoint(7, HASH)
+    path.write_text(json.dumps({"size": 0, "head": GENESIS}))
+    assert load_checkpoint(path) == Checkpoint(0, GENESIS)
+    with pytest.raises(CheckpointInvalid):
+        Checkpoint(-3, "garbage")
 
 
 def test_verify_rows_pure() -> None:
