@@ -17,6 +17,7 @@ from hub.logs import configure
 from hub.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from hub.api.onboarding import ClientChange
     from hub.context import HubContext
     from hub.db.uow import Store
 
@@ -118,11 +119,16 @@ def audit_verify(
     ] = None,
 ) -> None:
     """Recompute the chain; name the first broken entry and exit 1 if there is one."""
+    from hub.audit.chain import CheckpointInvalid
     from hub.audit.service import load_checkpoint, verify_chain
 
-    store = _open_store(check=False)
     try:
         cp = load_checkpoint(checkpoint) if checkpoint else None
+    except CheckpointInvalid as exc:
+        typer.echo(f"checkpoint {checkpoint} not usable: {exc}; nothing was verified", err=True)
+        raise typer.Exit(2) from None
+    store = _open_store(check=False)
+    try:
         result = verify_chain(store, cp, workers=workers)
     finally:
         store.dispose()
@@ -215,6 +221,7 @@ def users_add(
     role: Annotated[list[str], typer.Option(help="operator, qa or admin (repeatable)")],
 ) -> None:
     """Add a person who can sign. The password is read from CGTHUB_NEW_USER_PASSWORD or prompted."""
+    from hub.errors import HubError
     from hub.signatures.service import add_user
 
     password = os.environ.get("CGTHUB_NEW_USER_PASSWORD") or typer.prompt(
@@ -223,6 +230,9 @@ def users_add(
     store = _open_store()
     try:
         store.run(lambda w: add_user(w, username, name, set(role), password), actor="cli")
+    except HubError as exc:
+        typer.echo(f"user {username} not added: {exc.message}", err=True)
+        raise typer.Exit(1) from None
     finally:
         store.dispose()
     typer.echo(f"user {username} added")
@@ -432,19 +442,27 @@ def fhir_register_client(
     ] = None,
     manufacturing: Annotated[str | None, typer.Option(help="default manufacturing site for its orders")] = None,
     replace_key: Annotated[bool, typer.Option(help="with --generate-key: overwrite an existing key file")] = False,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "partner client onboarding",
 ) -> None:
-    """Register a partner's FHIR client (public JWKS or JWKS URL, scopes) in its profile."""
+    """Register a partner's FHIR client (public JWKS or JWKS URL, scopes) in its profile. The change
+    is written to the hub database's audit trail (who, client id, key thumbprints, scopes, why)
+    before the profile is replaced; without a migrated database nothing is registered."""
     from adapters.registry import channel_schemas
     from hub.api.onboarding import DEFAULT_SCOPES, register_client
     from hub.partners.loader import ProfileLoadError
 
     settings = _settings()
     try:
+        keys = json.loads(jwks.read_text(encoding="utf-8")) if jwks else None
+    except (OSError, ValueError) as exc:
+        typer.echo(f"not registered: cannot read the JWKS {jwks} ({_reading_error(exc)})", err=True)
+        raise typer.Exit(1) from None
+    try:
         done = register_client(
             settings.profiles_dir,
             partner,
             channel_schemas(),
-            jwks=json.loads(jwks.read_text()) if jwks else None,
+            jwks=keys,
             jwks_url=jwks_url,
             generate=generate_key,
             alg=alg,
@@ -456,14 +474,49 @@ def fhir_register_client(
             notify_urls=tuple(notify_url or ()),
             order_defaults={"manufacturing": manufacturing} if manufacturing else None,
             replace_key=replace_key,
+            record=lambda change: _audit_client_change(change, reason),
         )
-    except (ValueError, ProfileLoadError) as exc:
+    except (ValueError, ProfileLoadError, ChangeNotRecorded) as exc:
         typer.echo(f"not registered: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"client {done.client_id} registered in {done.profile}")
     if done.private_key:
         typer.echo(f"private key (testing only, keep it out of the repository): {done.private_key}")
     typer.echo("restart `cgt-hub serve` to load the profile")
+
+
+def _reading_error(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not JSON: {exc}"
+
+
+class ChangeNotRecorded(Exception):
+    """The audit trail could not take the change, so the change was not made."""
+
+
+def _audit_client_change(change: ClientChange, reason: str) -> None:
+    """Record a partner client registration in the audit trail, by the operator running the
+    command: a new client with PHI scopes is an access change the trail must show."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hub.errors import HubError
+
+    action = "create" if change.old is None else "update"
+    try:
+        store = _open_store()
+        try:
+            store.run(
+                lambda w: w.audit(
+                    action, "PartnerClient", change.partner_id, old=change.old, new=change.new, reason=reason
+                ),
+                actor=os.environ.get("USER", "cli"),
+            )
+        finally:
+            store.dispose()
+    except (HubError, SQLAlchemyError, OSError) as exc:
+        raise ChangeNotRecorded(
+            f"the audit trail could not record it ({type(exc).__name__}); is CGTHUB_DATABASE_URL the hub's "
+            "database and migrated (`cgt-hub db upgrade`)?"
+        ) from None
 
 
 @fhir_app.command("client-assertion")
@@ -510,10 +563,14 @@ def fhir_deliveries(
 def fhir_replay(delivery_id: str) -> None:
     """Queue a subscription notification again (e.g. after the partner fixed its endpoint)."""
     from adapters.fhir.notify import replay
+    from hub.errors import HubError
 
     store = _open_store()
     try:
         replay(store, delivery_id, actor="cli")
+    except HubError as exc:
+        typer.echo(f"delivery {delivery_id} not queued: {exc.message}", err=True)
+        raise typer.Exit(1) from None
     finally:
         store.dispose()
     typer.echo(f"delivery {delivery_id} queued again")

@@ -184,3 +184,46 @@ def test_the_demo_refuses_a_database_a_running_hub_serves(demo_dir: Path) -> Non
         con.close()
     assert refused.returncode == 1
     assert "a hub is serving this database (outbox-relay held by ops-host:4242:1" in refused.stdout
+
+
+def test_audit_verify_refuses_an_unusable_checkpoint(sqlite_url: str, tmp_path: Path) -> None:
+    """A checkpoint `audit checkpoint` cannot have written is refused with the reason and exit 2
+    (not a traceback, and not "confirmed")."""
+    (tmp_path / "cp.json").write_text(json.dumps({"size": "0", "head": ""}))
+    for path in (tmp_path / "cp.json", tmp_path / "missing.json"):
+        result = run(["audit", "verify", "--checkpoint", str(path)], tmp_path, CGTHUB_DATABASE_URL=sqlite_url)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"checkpoint {path} not usable" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert "still has hash" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "password", "says"),
+    [
+        (["--role", "QA"], "long enough password", "unknown roles ['QA']"),
+        (["--role", "qa"], "short", "at least 12 characters"),
+        (["--role", "qa", "--name", "  "], "long enough password", "needs a printed name"),
+    ],
+)
+def test_users_add_refusals_are_one_clear_line(
+    sqlite_url: str, tmp_path: Path, args: list[str], password: str, says: str
+) -> None:
+    result = run(
+        ["users", "add", "bob", "--name", "Bob B", *args],
+        tmp_path,
+        CGTHUB_DATABASE_URL=sqlite_url,
+        CGTHUB_NEW_USER_PASSWORD=password,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("user bob not added: ")
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fhir_replay_of_an_unknown_delivery(sqlite_url: str, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "partner-profiles", tmp_path / "partner-profiles")
+    result = run(["fhir", "replay", "nope"], tmp_path, CGTHUB_DATABASE_URL=sqlite_url)
+    assert result.returncode == 1
+    assert "delivery nope not queued:" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -138,21 +138,37 @@ def list_messages(
     return ctx.store.read(read)
 
 
+# Outbound ids are a BIGINT column: a larger number cannot name one (and PostgreSQL refuses to
+# compare with it, SQLite's driver cannot even bind it).
+_MAX_OUTBOUND_ID = 2**63 - 1
+
+
 def _outbound_id(key: str) -> int | None:
-    if key.startswith("out:") and key[4:].isdigit():
-        return int(key[4:])
+    if key.startswith("out:") and key[4:].isascii() and key[4:].isdigit():
+        number = int(key[4:])
+        if number > _MAX_OUTBOUND_ID:
+            raise NotFound(f"outbound message {key[:40]} is not known (ids are at most {_MAX_OUTBOUND_ID})")
+        return number
     return None
 
 
 def show(ctx: HubContext, key: str, *, unmasked: bool = False, operator: str = "cli") -> str:
-    out_id = _outbound_id(key)
+    """The message as text. An unmasked read is written to the audit trail before it is shown,
+    and only for a message that exists (an unknown id is no read of PHI, and may be too long for
+    the trail)."""
+    text = _render(ctx, key, unmasked=unmasked)
     if unmasked:
-        # Reading PHI in the clear is recorded in the audit trail (who, what, when).
+        out_id = _outbound_id(key)
         entity = ("Hl7v2Outbound", str(out_id)) if out_id is not None else ("InboxMessage", key)
         ctx.store.run(
             lambda w: w.audit("read", entity[0], entity[1], reason="operator viewed the message unmasked"),
             actor=operator,
         )
+    return text
+
+
+def _render(ctx: HubContext, key: str, *, unmasked: bool) -> str:
+    out_id = _outbound_id(key)
     if out_id is not None:
 
         def read_out(session: Any) -> str:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from joserfc import jwt
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, JWKRegistry, RSAKey
 
-from hub.partners.loader import ChannelSchemas, ProfileLoadError, load_profile
+from hub.partners.loader import ChannelSchemas, load_profile
 
 DEFAULT_SCOPES = (
     "system/ServiceRequest.cruds",
@@ -36,6 +37,38 @@ class Registered:
     profile: Path
     client_id: str
     private_key: Path | None
+
+
+@dataclass(frozen=True)
+class ClientChange:
+    """What a registration changes, for the audit trail: the client before (None: a new client) and
+    after, as ids, key thumbprints and scopes (no key material)."""
+
+    partner_id: str
+    old: dict[str, Any] | None
+    new: dict[str, Any]
+
+
+def thumbprints(jwks: Any) -> list[str]:
+    """RFC 7638 thumbprints of a JWKS's keys (a key that cannot be read is named by its kid)."""
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    prints = []
+    for raw in keys if isinstance(keys, list) else []:
+        try:
+            prints.append(JWKRegistry.import_key(raw).thumbprint())
+        except Exception:  # joserfc raises several types; the profile check has judged the keys already
+            prints.append(f"unreadable key (kid {raw.get('kid') if isinstance(raw, dict) else None!r})")
+    return prints
+
+
+def _client_summary(smart: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "client_id": smart.get("client_id"),
+        "jwks_thumbprints": thumbprints(smart["jwks"]) if smart.get("jwks") is not None else None,
+        "jwks_url": smart.get("jwks_url"),
+        "scopes": list(smart.get("scopes") or []),
+        "notify_urls": list(smart.get("notify_urls") or []),
+    }
 
 
 def generate_key(alg: str) -> Any:
@@ -91,7 +124,11 @@ def register_client(
     notify_urls: tuple[str, ...] = (),
     order_defaults: dict[str, str] | None = None,
     replace_key: bool = False,
+    record: Callable[[ClientChange], None] | None = None,
 ) -> Registered:
+    """Write the partner's FHIR client into its profile. ``record`` is called with the change once
+    the new profile has passed the loader and before it replaces the old one: the change is in the
+    audit trail before it takes effect, and if it cannot be recorded, nothing changes."""
     if sum(x is not None for x in (jwks, jwks_url, generate)) != 1:
         raise ValueError("give exactly one of: a JWKS file, a JWKS URL, or --generate-key PATH")
     path = profiles_dir / f"{partner_id}.yaml"
@@ -152,7 +189,11 @@ def register_client(
             for p in tmp_dir.iterdir():
                 p.unlink()
             tmp_dir.rmdir()
-    except ProfileLoadError:
+        if record is not None:
+            before = old.get("smart")
+            prior = _client_summary(before) if isinstance(before, dict) else None
+            record(ClientChange(partner_id, prior, _client_summary(smart)))
+    except BaseException:
         staging.unlink()
         raise
     staging.replace(path)

@@ -63,6 +63,12 @@ class SignatureCheck:
 
 
 def add_user(work: Work, username: str, printed_name: str, roles: set[str], password: str) -> None:
+    # The printed name is what a signature shows of its signer (21 CFR 11.50): never blank.
+    printed_name = printed_name.strip()
+    if not username.strip() or username != username.strip() or len(username) > 64:
+        raise ValidationFailed("a username needs 1 to 64 characters, without spaces at either end")
+    if not printed_name or len(printed_name) > 128:
+        raise ValidationFailed("a signer needs a printed name (1 to 128 characters), shown on every signature")
     if not roles <= ROLES:
         raise ValidationFailed(f"unknown roles {sorted(roles - ROLES)}; known: {sorted(ROLES)}")
     if len(password) < 12:

@@ -80,3 +80,26 @@ def test_list_show_replay_quarantine(db_url: str, partners: PartnerDirectory, lo
     assert store.read(lambda s: s.get(InboxMessage, adt.id)).status == "quarantined"  # type: ignore[union-attr]
     assert cli(["messages", "show", "no-such-id"], db_url).returncode == 1
     store.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["messages", "show", "x" * 200, "--unmasked"],
+        ["messages", "show", "out:99999999999999999999", "--unmasked"],
+        ["messages", "replay", "out:99999999999999999999"],
+        ["messages", "quarantine", "out:99999999999999999999", "--reason", "r"],
+    ],
+)
+def test_an_unknown_message_is_refused_not_a_traceback(db_url: str, args: list[str]) -> None:
+    """Ids no message can have (too long for the audit trail, beyond BIGINT) are "not known", and an
+    unmasked read of nothing is not audited as a read."""
+    result = cli(args, db_url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is not known" in result.stderr
+    assert "Traceback" not in result.stderr
+    store = open_store(db_url)
+    try:
+        assert store.read(lambda s: s.scalars(select(AuditEntry)).all()) == []
+    finally:
+        store.dispose()

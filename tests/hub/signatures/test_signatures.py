@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import select, text
 
 from hub.audit.service import verify_chain
-from hub.db.models import Signature
+from hub.db.models import AppUser, Signature
 from hub.db.uow import Store, Work
 from hub.errors import AuthenticationFailed, Conflict, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository
@@ -132,3 +132,12 @@ def test_a_signature_is_valid_in_the_transaction_that_made_it(store: Store) -> N
     with store.reading() as s:
         stored = s.scalars(select(Signature).where(Signature.record_id == rid)).one()
         assert check_signature(s, stored).valid
+
+
+@pytest.mark.parametrize(("username", "printed_name"), [("eve", "  "), ("eve", ""), ("  ", "Eve E"), (" eve", "Eve E")])
+def test_a_signer_needs_a_name(store: Store, username: str, printed_name: str) -> None:
+    """A signature shows its signer's printed name: a blank one would sign as nobody."""
+    with pytest.raises(ValidationFailed):
+        store.run(lambda w: add_user(w, username, printed_name, {"qa"}, "correct horse battery"))
+    store.run(lambda w: add_user(w, "eve", "  Eve Example ", {"qa"}, "correct horse battery"))
+    assert store.read(lambda s: s.get(AppUser, "eve")).printed_name == "Eve Example"  # type: ignore[union-attr]
