@@ -94,12 +94,23 @@ class Work:
         The entries are written for the whole transaction at COMMIT, outside each job's savepoint:
         an entry the database would refuse must fail here, in its own job, not every job of the
         batch (and again on every retry). So the short columns' limits are checked now, and a NUL,
-        which PostgreSQL text cannot hold, is written out (``\\x00``) in what may quote a partner."""
+        which PostgreSQL text cannot hold, is written out (``\\x00``) in what may quote a partner.
+        Text that is no Unicode at all (a lone surrogate, e.g. from undecodable bytes read with
+        ``surrogateescape``) cannot be hashed or stored, and is refused here too."""
         who = storable(actor or self.actor)
         entity_id = storable(entity_id)
+        reason = storable(reason)
         for name, value in (("actor", who), ("action", action), ("entity_type", entity_type), ("entity_id", entity_id)):
             if len(value) > _AUDIT_LIMITS[name]:
                 raise ValueError(f"audit {name} longer than {_AUDIT_LIMITS[name]} characters")
+        for name, value in (
+            ("actor", who),
+            ("action", action),
+            ("entity_type", entity_type),
+            ("entity_id", entity_id),
+            ("reason", reason),
+        ):
+            _encodable(name, value)
         self._audit.append(
             PendingAudit(
                 at=self.now_iso,
@@ -107,7 +118,7 @@ class Work:
                 action=action,
                 entity_type=entity_type,
                 entity_id=entity_id,
-                reason=storable(reason),
+                reason=reason,
                 old_value="" if old is None else canonical.dumps(old),
                 new_value="" if new is None else canonical.dumps(new),
             )
@@ -160,6 +171,14 @@ class Work:
         transaction is about to commit (see :meth:`Store.run_batch`)."""
         for buffer in self.buffers.values():
             buffer.flush(self.session)
+
+
+def _encodable(name: str, value: str) -> None:
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"audit {name} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _finish(session: Session, audit: list[PendingAudit], events: list[dict[str, Any]]) -> None:

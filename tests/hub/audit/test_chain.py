@@ -94,6 +94,25 @@ def test_refused_job_writes_no_audit(store: Store) -> None:
     assert verify_chain(store).ok
 
 
+@pytest.mark.parametrize("field", ["reason", "entity_id", "actor"])
+def test_text_that_cannot_be_stored_fails_only_its_own_job(store: Store, field: str) -> None:
+    """Entries are chained for the whole group-commit batch at COMMIT: a lone surrogate reaching
+    that point failed every job of the batch. It is refused in the job that wrote it."""
+    fields = {"reason": "fine", "entity_id": "ok", "actor": None} | {field: "x\ud800"}
+
+    def good(w: Any) -> None:
+        w.audit("update", "Thing", "ok", new={"v": 1})
+
+    def bad(w: Any) -> None:
+        w.audit("update", "Thing", fields["entity_id"], new={"v": 1}, reason=fields["reason"], actor=fields["actor"])
+
+    futures = store.run_batch([(good, "a"), (bad, "b"), (good, "c")])
+    with pytest.raises(ValueError, match=f"audit {field} is not valid Unicode"):
+        futures[1].result()
+    assert [futures[0].exception(), futures[2].exception()] == [None, None]
+    assert verify_chain(store).checked == 2
+
+
 tamper = st.one_of(
     st.tuples(
         st.just("edit"),
