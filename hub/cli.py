@@ -238,6 +238,27 @@ def users_add(
     typer.echo(f"user {username} added")
 
 
+@users_app.command("unlock")
+def users_unlock(
+    username: str,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")],
+) -> None:
+    """End a signing lockout (after repeated failed re-authentications) before its time. Audited,
+    with the operator ($USER) and the reason."""
+    from hub.errors import HubError
+    from hub.signatures.service import unlock_user
+
+    store = _open_store()
+    try:
+        store.run(lambda w: unlock_user(w, username, reason), actor=os.environ.get("USER", "cli"))
+    except HubError as exc:
+        typer.echo(f"user {username} not unlocked: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.dispose()
+    typer.echo(f"user {username} may sign again")
+
+
 @events_app.command("drain")
 def events_drain() -> None:
     """Publish every pending outbox event through the configured bus, then stop."""

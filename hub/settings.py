@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     hl7v2_outbound_backoff_max_s: float = 300.0
     hl7v2_outbound_poll_s: float = 0.5
 
+    # Electronic signatures (hub/signatures/service.py): this many failed signing re-authentications
+    # in a row lock the user out of signing for this long (an operator can unlock earlier).
+    signing_max_failures: int = Field(default=5, ge=1)
+    signing_lockout_minutes: float = Field(default=15.0, gt=0)
+
     log_level: str = "INFO"
     # FastAPI's native OpenTelemetry request spans and metrics, for an SDK the operator installs
     # and configures. Off by default: /metrics already serves Prometheus counters, and the check

@@ -227,3 +227,29 @@ def test_fhir_replay_of_an_unknown_delivery(sqlite_url: str, tmp_path: Path) -> 
     assert result.returncode == 1
     assert "delivery nope not queued:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_users_unlock_ends_a_signing_lockout(sqlite_url: str, tmp_path: Path) -> None:
+    from hub.db.models import AppUser, AuditEntry
+    from hub.db.uow import open_store
+    from hub.signatures.service import add_user
+
+    store = open_store(sqlite_url)
+    try:
+        store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+        con = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        con.execute("UPDATE app_user SET locked_until = '2999-01-01 00:00:00', failed_signing_attempts = 0")
+        con.commit()
+        con.close()
+        env = {"CGTHUB_DATABASE_URL": sqlite_url, "USER": "ops.anna"}
+        unknown = run(["users", "unlock", "nobody", "--reason", "typo"], tmp_path, **env)
+        assert unknown.returncode == 1
+        assert "user nobody not unlocked: user nobody is not known" in unknown.stderr
+        done = run(["users", "unlock", "qa.jane", "--reason", "identity confirmed by phone"], tmp_path, **env)
+        assert done.returncode == 0, done.stderr
+        assert store.read(lambda s: s.get(AppUser, "qa.jane")).locked_until is None  # type: ignore[union-attr]
+        last = store.read(lambda s: s.get(AuditEntry, 2))
+        assert last is not None
+        assert (last.actor, last.reason) == ("ops.anna", "identity confirmed by phone")
+    finally:
+        store.dispose()

@@ -281,6 +281,10 @@ class AppUser(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Failed signing re-authentications since the last success or lockout, and the lockout's end
+    # (hub/signatures/service.py; 21 CFR 11.300(d)).
+    failed_signing_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Signature(Base):

@@ -72,6 +72,15 @@ class Work:
     _audit: list[PendingAudit] = field(default_factory=list)
     _events: list[dict[str, Any]] = field(default_factory=list)
     buffers: dict[str, Buffer] = field(default_factory=dict)
+    _independent: list[Callable[[Work], Any]] = field(default_factory=list)
+
+    def independently(self, job: Callable[[Work], Any]) -> None:
+        """Run ``job`` in a transaction of its own once this job's transaction has ended, whether
+        it committed or rolled back, before this job's caller is answered. For what must be kept
+        because the job failed: a failed signing re-authentication is evidence of an attempt at
+        unauthorized use (21 CFR 11.300(d)), and the job's rollback must not erase it.
+        ``Work.attempt`` does not undo it either."""
+        self._independent.append(job)
 
     @cached_property
     def now_iso(self) -> str:
@@ -283,6 +292,8 @@ class Store:
         results only if COMMIT succeeded."""
         futures: list[Future[Any]] = [Future() for _ in jobs]
         outcomes: list[tuple[bool, Any]] = []
+        independent: list[tuple[Job[Any], str]] = []
+        whole_failed = False
         session = self._write_sessions()
         try:
             with session.begin():
@@ -302,10 +313,12 @@ class Store:
                             work.flush()
                         except Exception as exc:
                             outcomes.append((False, _as_hub_error(exc)))
+                            independent += [(j, actor) for j in work._independent]
                             raise _AbortBatch from exc
                         outcomes.append((True, result))
                         audit += work._audit
                         events += work._events
+                        independent += [(j, actor) for j in work._independent]
                         continue
                     nested = session.begin_nested()
                     try:
@@ -321,6 +334,8 @@ class Store:
                         outcomes.append((True, result))
                         audit += work._audit
                         events += work._events
+                    finally:
+                        independent += [(j, actor) for j in work._independent]
                 _finish(session, audit, events)
         except _AbortBatch:
             pass
@@ -330,11 +345,14 @@ class Store:
             log.error("transaction failed: %s", type(exc).__name__)
             unavailable = StoreUnavailable()
             unavailable.__cause__ = exc
+            whole_failed = True
             for f in futures:
                 f.set_exception(unavailable)
-            return futures
         finally:
             session.close()
+        self._run_independent(independent)
+        if whole_failed:  # every caller was answered above
+            return futures
         for f, (ok, value) in zip(futures, outcomes, strict=True):
             if ok:
                 f.set_result(value)
@@ -343,6 +361,17 @@ class Store:
             else:
                 f.set_exception(StoreUnavailable())
         return futures
+
+    def _run_independent(self, jobs: list[tuple[Job[Any], str]]) -> None:
+        """The jobs given to :meth:`Work.independently`, in one transaction of their own (each in
+        its savepoint), after the batch's transaction ended. Their failure is logged; it does not
+        change what the batch's callers are told."""
+        if not jobs:
+            return
+        for f in self.run_batch(jobs):
+            failure = f.exception()
+            if failure is not None:
+                log.critical("an independent record was not written: %s", type(failure).__name__)
 
 
 def _as_hub_error(exc: Exception) -> Exception:

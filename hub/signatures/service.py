@@ -9,7 +9,9 @@ inside a session, and the signing is an audited event in the hash chain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import insert, select
@@ -17,11 +19,12 @@ from sqlalchemy.orm import Session
 
 from hub import canonical
 from hub.db.models import AppUser, AuditEntry, ResourceVersion, Signature
-from hub.db.types import iso_utc
+from hub.db.types import iso_utc, storable
 from hub.db.uow import Work
 from hub.errors import AuthenticationFailed, Conflict, Forbidden, NotFound, ValidationFailed
-from hub.events import EventType, SignatureApplied
+from hub.events import AlertRaised, EventType, SignatureApplied
 from hub.ids import uuid7
+from hub.settings import Settings, get_settings
 from hub.signatures.passwords import hash_password, verify_password
 
 
@@ -88,14 +91,126 @@ def add_user(work: Work, username: str, printed_name: str, roles: set[str], pass
     work.audit("create", "AppUser", username, new={"printed_name": printed_name, "roles": sorted(roles)})
 
 
-def authenticate(session: Session, username: str, password: str) -> AppUser:
-    user = session.get(AppUser, username)
+@dataclass(frozen=True)
+class SigningPolicy:
+    """How many failed signing re-authentications in a row lock a user out of signing, and for
+    how long (CGTHUB_SIGNING_MAX_FAILURES, CGTHUB_SIGNING_LOCKOUT_MINUTES)."""
+
+    max_failures: int = 5
+    lockout: timedelta = timedelta(minutes=15)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SigningPolicy:
+        return cls(settings.signing_max_failures, timedelta(minutes=settings.signing_lockout_minutes))
+
+
+def authenticate(work: Work, username: str, password: str, policy: SigningPolicy | None = None) -> AppUser:
+    """The signer, re-authenticated. Every failure is recorded in a transaction of its own (the
+    signing job rolls back): an audit entry naming the user and why, and the user's failure count;
+    ``policy.max_failures`` in a row lock the user out of signing for ``policy.lockout`` and raise
+    an alert. A locked user cannot sign, even with the right password, until the lockout ends or
+    an operator unlocks (``cgt-hub users unlock``)."""
+    policy = policy or SigningPolicy.from_settings(get_settings())
+    user = work.session.get(AppUser, username)
+    if user is not None and user.locked_until is not None and user.locked_until > work.now:
+        work.independently(_failure_recorder(username, "the user is locked out of signing", policy))
+        until = iso_utc(user.locked_until)
+        raise AuthenticationFailed(
+            f"signing is locked for {username} until {until} after {policy.max_failures} failed "
+            "re-authentications; wait, or ask an operator to unlock (cgt-hub users unlock)"
+        )
     # Verify even for unknown users so timing does not reveal which names exist.
     stored = user.password_hash if user is not None else "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAA"
     ok = verify_password(password, stored)
     if user is None or not user.active or not ok:
+        why = _MISMATCH if user is not None and user.active else "unknown or inactive user"
+        work.independently(_failure_recorder(username, why, policy))
+        left = policy.max_failures - (user.failed_signing_attempts if user is not None else 0) - 1
+        if user is not None and user.active and left <= 0:
+            raise AuthenticationFailed(
+                f"signature re-authentication failed; signing is now locked for {username} for "
+                f"{_minutes(policy.lockout)} (ask an operator to unlock: cgt-hub users unlock)"
+            )
         raise AuthenticationFailed("signature re-authentication failed")
+    if user.failed_signing_attempts or user.locked_until is not None:
+        user.failed_signing_attempts, user.locked_until = 0, None
     return user
+
+
+_MISMATCH = "wrong password"
+
+
+def _minutes(period: timedelta) -> str:
+    return f"{period.total_seconds() / 60:g} min"
+
+
+def _failure_recorder(username: str, why: str, policy: SigningPolicy) -> Callable[[Work], None]:
+    """A job recording one failed signing re-authentication (see :func:`authenticate`)."""
+    # As the audit trail can hold it: no longer name can exist, and a guessed name may hold
+    # anything (a lone surrogate would be refused and the attempt go unrecorded).
+    name = storable(username)[:64].encode("utf-8", "replace").decode()
+
+    def record(work: Work) -> None:
+        user = work.session.get(AppUser, name, with_for_update=True)  # concurrent failures count once each
+        failures: int | None = None
+        locked_until: datetime | None = None
+        if user is not None and why == _MISMATCH:
+            failures = user.failed_signing_attempts + 1
+            user.failed_signing_attempts = failures
+            if failures >= policy.max_failures:
+                # A new count starts with the lockout: after it, max_failures more tries.
+                locked_until = user.locked_until = work.now + policy.lockout
+                user.failed_signing_attempts = 0
+        work.audit(
+            "auth-failed",
+            "AppUser",
+            name,
+            new={"failed_attempts": failures},
+            reason=f"signature re-authentication failed: {why}",
+        )
+        if locked_until is not None:
+            _record_lockout(work, name, locked_until, policy)
+
+    return record
+
+
+def _record_lockout(work: Work, username: str, until: datetime, policy: SigningPolicy) -> None:
+    """Audit the lockout and raise an alert: someone may be trying to sign as this user."""
+    at = iso_utc(until)
+    work.audit(
+        "update",
+        "AppUser",
+        username,
+        old={"locked_until": None},
+        new={"locked_until": at},
+        reason=f"locked out of signing after {policy.max_failures} failed re-authentications",
+    )
+    work.emit(
+        EventType.ALERT_RAISED,
+        username,
+        AlertRaised(
+            order_id=None,
+            severity="warning",
+            kind="signature.lockout",
+            message=f"user {username} locked out of signing until {at} after {policy.max_failures} failed "
+            "re-authentications (possible attempt at unauthorized use)",
+        ),
+    )
+
+
+def unlock_user(work: Work, username: str, reason: str) -> None:
+    """End a signing lockout (and the failure count) before its time, with a reason: audited."""
+    user = work.session.get(AppUser, username, with_for_update=True)
+    if user is None:
+        raise NotFound(f"user {username} is not known")
+    if not reason.strip():
+        raise ValidationFailed("unlocking needs a reason (kept in the audit trail)")
+    old = {
+        "locked_until": iso_utc(user.locked_until) if user.locked_until is not None else None,
+        "failed_attempts": user.failed_signing_attempts,
+    }
+    user.locked_until, user.failed_signing_attempts = None, 0
+    work.audit("update", "AppUser", username, old=old, new={"locked_until": None, "failed_attempts": 0}, reason=reason)
 
 
 def sign(
@@ -109,8 +224,9 @@ def sign(
     meaning: Meaning,
     reason: str | None = None,
     required_role: str | None = None,
+    policy: SigningPolicy | None = None,
 ) -> Signature:
-    user = authenticate(work.session, username, password)
+    user = authenticate(work, username, password, policy)
     work.flush()  # the version to sign may have been written earlier in this job
     if required_role is not None and required_role not in user.roles.split():
         raise Forbidden(f"signing with meaning {meaning.value} here needs the {required_role} role")

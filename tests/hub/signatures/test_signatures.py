@@ -1,15 +1,26 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select, text
 
+from hub import canonical
 from hub.audit.service import verify_chain
-from hub.db.models import AppUser, Signature
+from hub.db.models import AppUser, AuditEntry, OutboxEvent, Signature
 from hub.db.uow import Store, Work
-from hub.errors import AuthenticationFailed, Conflict, ValidationFailed
+from hub.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
 from hub.fhirstore.repository import ResourceRepository
 from hub.signatures.passwords import hash_password, verify_password
-from hub.signatures.service import Meaning, add_user, check_signature, sign, signature_hash
+from hub.signatures.service import (
+    Meaning,
+    SigningPolicy,
+    add_user,
+    check_signature,
+    sign,
+    signature_hash,
+    unlock_user,
+)
 
 
 def _org(store: Store, name: str) -> str:
@@ -141,3 +152,118 @@ def test_a_signer_needs_a_name(store: Store, username: str, printed_name: str) -
         store.run(lambda w: add_user(w, username, printed_name, {"qa"}, "correct horse battery"))
     store.run(lambda w: add_user(w, "eve", "  Eve Example ", {"qa"}, "correct horse battery"))
     assert store.read(lambda s: s.get(AppUser, "eve")).printed_name == "Eve Example"  # type: ignore[union-attr]
+
+
+def _attempt(store: Store, rid: str, password: str, policy: SigningPolicy | None = None) -> Signature:
+    return store.run(
+        lambda w: sign(
+            w,
+            record_type="Organization",
+            record_id=rid,
+            record_version=1,
+            username="qa.jane",
+            password=password,
+            meaning=Meaning.review,
+            policy=policy,
+        ),
+        actor="portal:session-17",
+    )
+
+
+def _trail(store: Store) -> list[tuple[str, str, str]]:
+    return store.read(
+        lambda s: [
+            (e.action, e.actor, e.reason)
+            for e in s.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.entity_type == "AppUser", AuditEntry.entity_id == "qa.jane")
+                .order_by(AuditEntry.seq)
+            )
+        ]
+    )
+
+
+def test_repeated_failed_reauthentication_locks_signing_and_is_reported(store: Store) -> None:
+    """21 CFR 11.300(d): failed signing re-authentications are recorded (the signing job's rollback
+    does not erase them), five in a row (the default) lock the user out of signing and raise an
+    alert, and a locked user cannot sign even with the right password until unlocked."""
+    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+    rid = _org(store, "A")
+    for i in range(4):
+        with pytest.raises(AuthenticationFailed, match=r"re-authentication failed$"):
+            _attempt(store, rid, f"guess-{i:04d}-xxxxx")
+    with pytest.raises(AuthenticationFailed, match=r"signing is now locked for qa\.jane for 15 min"):
+        _attempt(store, rid, "guess-0004-xxxxx")
+    with pytest.raises(AuthenticationFailed, match=r"signing is locked for qa\.jane until .*\(cgt-hub users unlock\)"):
+        _attempt(store, rid, "correct horse battery")
+
+    trail = _trail(store)
+    failed = ("auth-failed", "portal:session-17", "signature re-authentication failed: wrong password")
+    locked = (
+        "auth-failed",
+        "portal:session-17",
+        "signature re-authentication failed: the user is locked out of signing",
+    )
+    assert trail[1:] == [
+        *[failed] * 5,
+        ("update", "portal:session-17", "locked out of signing after 5 failed re-authentications"),
+        locked,
+    ]
+    alerts = store.read(
+        lambda s: [
+            canonical.loads(e.payload)
+            for e in s.scalars(select(OutboxEvent).where(OutboxEvent.event_type == "alert.raised"))
+        ]
+    )
+    assert [(a["kind"], a["severity"]) for a in alerts] == [("signature.lockout", "warning")]
+
+    store.run(lambda w: unlock_user(w, "qa.jane", "identity confirmed by phone"), actor="ops.anna")
+    assert _trail(store)[-1] == ("update", "ops.anna", "identity confirmed by phone")
+    assert _attempt(store, rid, "correct horse battery").printed_name == "Jane Quality"
+    assert verify_chain(store).ok
+
+
+def test_a_lockout_ends_and_a_success_starts_the_count_again(store: Store) -> None:
+    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+    rid = _org(store, "A")
+    policy = SigningPolicy(max_failures=2, lockout=timedelta(minutes=1))
+    with pytest.raises(AuthenticationFailed):
+        _attempt(store, rid, "guess-0000-xxxxx", policy)
+    _attempt(store, rid, "correct horse battery", policy)  # resets the count
+    with pytest.raises(AuthenticationFailed, match=r"failed$"):
+        _attempt(store, rid, "guess-0001-xxxxx", policy)
+    with pytest.raises(AuthenticationFailed, match="now locked"):
+        _attempt(store, rid, "guess-0002-xxxxx", policy)
+    user = store.read(lambda s: s.get(AppUser, "qa.jane"))
+    assert user is not None
+    assert user.locked_until is not None
+    with store.write_engine.begin() as conn:  # a minute later
+        conn.execute(text("UPDATE app_user SET locked_until = :t"), {"t": user.locked_until - timedelta(minutes=2)})
+    assert _attempt(store, rid, "correct horse battery", policy).username == "qa.jane"
+    with pytest.raises(AuthenticationFailed, match=r"failed$"):  # a new count after the lockout
+        _attempt(store, rid, "guess-0003-xxxxx", policy)
+
+
+def test_a_failed_reauthentication_in_a_group_commit_is_recorded(store: Store) -> None:
+    """The failed signing's savepoint rolls back, the batch commits, and the failure still counts."""
+    store.run(lambda w: add_user(w, "qa.jane", "Jane Quality", {"qa"}, "correct horse battery"))
+    rid = _org(store, "A")
+
+    def wrong(w: Work) -> Signature:
+        return sign(
+            w,
+            record_type="Organization",
+            record_id=rid,
+            record_version=1,
+            username="qa.jane",
+            password="guess-0000-xxxxx",
+            meaning=Meaning.review,
+        )
+
+    futures = store.run_batch([(wrong, "a"), (lambda w: w.audit("update", "Thing", "t", new={"v": 1}), "b")])
+    assert isinstance(futures[0].exception(), AuthenticationFailed)
+    assert futures[1].exception() is None
+    assert [a for a, _, _ in _trail(store)] == ["create", "auth-failed"]
+    assert store.read(lambda s: s.get(AppUser, "qa.jane")).failed_signing_attempts == 1  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        store.run(lambda w: unlock_user(w, "nobody", "typo"))
