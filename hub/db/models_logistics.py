@@ -1,6 +1,7 @@
 """Tables of the logistics domain: shipment legs, courier events, temperature, viability clock,
 customs declarations, outbound courier/customs work, alert escalations and the conditioning
-schedule. Migration ``0004`` creates exactly these.
+schedule. Migration ``0004`` creates these (``0006`` adds ``shipment.pickup_after`` and
+``outbound_work.claim_token``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Shipment(Base):
     booking_reference: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
     eta: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The earliest pickup the operator asked for (None: as soon as possible); sent to the courier.
+    pickup_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     picked_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     customs_partner: Mapped[str | None] = mapped_column(String(64))
@@ -158,6 +161,8 @@ class OutboundWork(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who holds the claim: a new token per claim; only the attempt holding it records an outcome here.
+    claim_token: Mapped[str | None] = mapped_column(String(36))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

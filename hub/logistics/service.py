@@ -171,6 +171,7 @@ class ShipmentService:
         if existing is not None:
             return view(existing)
         shipment = self._new_shipment(order, product, leg, cmd.courier, cmd.customs_partner, status="booking")
+        shipment.pickup_after = cmd.pickup_after  # sent to the courier by the dispatcher
         key = shipment.idempotency_key
         self.repo.add(
             OutboundWork(

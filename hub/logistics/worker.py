@@ -186,13 +186,15 @@ class OutboundDispatcher:
             order = OrderRepository.from_session(session).get(s.order_id)
             leg = leg_of(get_product(order.product_code), s.leg_code)
             origin, destination = self.partners.get(s.origin), self.partners.get(s.destination)
+            now = utcnow()
             return BookingRequest(
                 idempotency_key=s.idempotency_key,
                 shipment_id=s.id,
                 reference=f"{order.coi}-{leg.code}",
                 origin=s.origin,
                 destination=s.destination,
-                pickup_after=utcnow(),
+                # The operator's requested time, unless it has passed (a courier refuses a pickup in the past).
+                pickup_after=max(s.pickup_after or now, now),
                 temperature_min_c=leg.temperature.min_c,
                 temperature_max_c=leg.temperature.max_c,
                 material=s.material,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -120,3 +120,26 @@ def test_a_refused_booking_fails_the_leg_and_alerts(ctx: HubContext, monkeypatch
     s = ctx.store.read(lambda s: LogisticsRepository.from_session(s).shipment(view.id))
     assert s.status == "failed"
     assert "shipment.booking-failed" in alert_kinds(ctx.store, driver.order.id)
+
+
+@pytest.mark.slow
+def test_the_requested_pickup_time_reaches_the_courier(ctx: HubContext) -> None:
+    courier = CourierSandbox(token="sandbox-token")  # its ETA is the pickup time it was sent + transit
+    wanted = (datetime.now(UTC) + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
+    booked = []
+    with LocalServer(courier.app()) as server:
+        ports = logistics_ports(ctx, {"polar-courier": server.url + "/v2"})
+        dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, Policy())
+        for pickup in (wanted, datetime.now(UTC) - timedelta(hours=3)):  # a time already passed: now
+            driver = order_at(ctx.store, ctx.partners, "collected")
+            cmd = BookShipment(order_id=driver.order.id, customs_partner="eu-customs-ics2", pickup_after=pickup)
+            view = ctx.store.run(lambda w, cmd=cmd: ShipmentService(w, ctx.partners).book(cmd))
+            before = datetime.now(UTC)
+            asyncio.run(dispatcher.run_once())
+            leg = ctx.store.read(lambda s, i=view.id: LogisticsRepository.from_session(s).shipment(i))
+            booked.append((before, leg))
+    (_, later), (before, past) = booked
+    assert later.pickup_after == wanted
+    assert later.eta == wanted + courier.transit
+    assert past.eta is not None
+    assert past.eta >= before + courier.transit
