@@ -184,6 +184,7 @@ class OutboundAttempt(Base):
     outcome: Mapped[str] = mapped_column(
         String(16)
     )  # ok | retry | failed | sent (a call that cannot be repeated is in flight, or was cut off)
+    # | late (the attempt ended after losing its claim: its answer is recorded, the item left alone)
     detail: Mapped[str] = mapped_column(Text)
 
 

@@ -222,8 +222,9 @@ class LogisticsRepository:
             )
         )
 
-    def claim(self, work_id: str, now: datetime, until: datetime) -> bool:
-        """Take a piece of work for one attempt (one process at a time)."""
+    def claim(self, work_id: str, now: datetime, until: datetime, token: str) -> bool:
+        """Take a piece of work for one attempt (one process at a time); ``token`` names the attempt
+        that holds it, so an attempt that outlived its claim can tell it no longer does."""
         result = self.session.execute(
             update(OutboundWork)
             .where(
@@ -231,7 +232,7 @@ class LogisticsRepository:
                 OutboundWork.status == "pending",
                 or_(OutboundWork.claimed_until.is_(None), OutboundWork.claimed_until < now),
             )
-            .values(claimed_until=until)
+            .values(claimed_until=until, claim_token=token)
         )
         return bool(getattr(result, "rowcount", 0))
 

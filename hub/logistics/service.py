@@ -399,7 +399,21 @@ class ShipmentService:
         s = self.repo.shipment(shipment_id, for_update=True)
         order = self.orders.get(s.order_id, for_update=True)
         if s.status not in ("booking", "planned"):
-            return view(s)  # a late answer to a booking already settled
+            # A late answer to a booking already settled. The same booking again changes nothing;
+            # another one is a real booking at the courier the leg does not know: a person must
+            # register it (or cancel it with the courier), never book once more.
+            if result.tracking_number != s.tracking_number:
+                raise_alert(
+                    self.work,
+                    order.id,
+                    "critical",
+                    "shipment.booking-unrecorded",
+                    f"courier {s.courier} booked leg {s.leg_code} of order {order.id} (booking "
+                    f"{result.booking_reference}, tracking {result.tracking_number}) after shipment {s.id} was "
+                    f"settled as {s.status}: the courier holds this booking. Register the shipment with tracking "
+                    f"number {result.tracking_number} instead of booking again, or cancel it with the courier",
+                )
+            return view(s)
         clash = self.repo.by_tracking(s.courier, result.tracking_number)
         if clash is not None and clash.id != s.id:
             raise GuardFailed(f"courier {s.courier} gave tracking number {result.tracking_number} twice")

@@ -3,8 +3,11 @@
 * :class:`OutboundDispatcher` performs the partner calls the core owes (``outbound_work``): book a
   courier, submit a customs declaration, poll its status. A call never happens inside a database
   transaction: the work item is claimed in one unit of work, the call is made, and its outcome is
-  recorded (with one ``outbound_attempt`` row per attempt) in another. Bookings carry the shipment's
-  idempotency key, so a retry after a lost answer never books twice. Transient failures back off
+  recorded (with one ``outbound_attempt`` row per attempt) in another. A claim lasts longer than the
+  longest call the dispatcher lets run (plus a margin) and carries a token: an attempt that outlives
+  its claim anyway (a stalled process) records what the partner answered, but leaves the work item
+  to the attempt holding it now. Bookings carry the shipment's idempotency key, so a retry after a
+  lost answer never books twice. Transient failures back off
   exponentially (capped), then fail terminally with a critical alert.
 * :func:`sweep` raises due viability escalations, escalates open excursions of silent loggers and
   escalates unacknowledged alerts.
@@ -19,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from hub.alerts.service import AlertService
 from hub.db.models_logistics import OutboundAttempt, OutboundWork
@@ -45,7 +49,9 @@ from hub.partners.loader import PartnerDirectory
 from hub.products.registry import get_product
 
 log = logging.getLogger(__name__)
-CLAIM = timedelta(minutes=2)
+# Around the call itself a claim also covers reading the request, marking a call that cannot be
+# repeated as sent, and recording the outcome.
+CLAIM_MARGIN = timedelta(seconds=60)
 
 
 @dataclass
@@ -70,6 +76,9 @@ class OutboundDispatcher:
     ports: Ports
     policy: Policy
     call_timeout_s: float = 30.0
+    # The shortest claim on a work item; a client that may take longer (``max_call_s``) gets its
+    # bound plus CLAIM_MARGIN, so no other worker takes the item while the call can still answer.
+    claim_s: float = 120.0
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.5, sweep_s: float = 30.0) -> None:
         last_sweep = 0.0
@@ -90,33 +99,47 @@ class OutboundDispatcher:
         due = self.store.read(lambda s: LogisticsRepository.from_session(s).due_work(now))
         done = 0
         for item in due:
-            claimed = await self.store.run_async(_claim(item.id), actor="dispatcher")
-            if not claimed:
+            hold = max(timedelta(seconds=self.claim_s), timedelta(seconds=self._limit(item)) + CLAIM_MARGIN)
+            token = await self.store.run_async(_claim(item.id, hold), actor="dispatcher")
+            if token is None:
                 continue
             done += 1
-            await self._perform(item)
+            await self._perform(item, token)
         return done
 
-    async def _perform(self, item: OutboundWork) -> None:
+    def _limit(self, item: OutboundWork) -> float:
+        """How long one call of this item may run: the dispatcher's timeout, or the client's own bound
+        when it declares one (``max_call_s``: its retries and backoff included) so that the
+        dispatcher does not cut off a call the client would still have ended itself."""
+        try:
+            client: object = (
+                self.ports.booking(item.partner) if item.kind == "booking" else self.ports.customs(item.partner)
+            )
+        except Exception:  # the attempt itself meets the same error and records it
+            client = None
+        return max(self.call_timeout_s, float(getattr(client, "max_call_s", 0.0)))
+
+    async def _perform(self, item: OutboundWork, token: str) -> None:
         started = time.perf_counter()
-        call = _Call()
+        call = _Call(token)
         try:
             if item.kind == "booking":
                 result = await self._book(item, call)
                 call.answer = f"booked {result.booking_reference} (tracking {result.tracking_number})"
                 await self._record(
                     item,
+                    call,
                     started,
                     "ok",
-                    f"booked {result.booking_reference}",
+                    f"booked {result.booking_reference} (tracking {result.tracking_number})",
                     lambda w: self._booked(w, item, result),
-                    marker=call.marker,
                 )
             elif item.kind == "customs-submit":
                 client, submission = self._customs_submission(item)
-                await asyncio.wait_for(asyncio.to_thread(client.submit, submission), self.call_timeout_s)
+                await asyncio.wait_for(asyncio.to_thread(client.submit, submission), self._limit(item))
                 await self._record(
                     item,
+                    call,
                     started,
                     "ok",
                     "declaration lodged",
@@ -126,19 +149,17 @@ class OutboundDispatcher:
                 client, submission = self._customs_submission(item)
                 status = await asyncio.wait_for(
                     asyncio.to_thread(client.status, submission.functional_reference, submission.mrn),
-                    self.call_timeout_s,
+                    self._limit(item),
                 )
-                await self._record(
-                    item, started, "ok", f"status {status.status}", lambda w: self._polled(w, item, status), keep=True
-                )
+                effect = partial(self._polled, item=item, status=status)
+                await self._record(item, call, started, "ok", f"status {status.status}", effect, keep=True)
             else:
                 raise PartnerCallError(f"unknown outbound work kind {item.kind}", retryable=False)
         except PartnerCallError as exc:
-            await self._failure(item, started, exc, marker=call.marker)
+            await self._failure(item, call, started, exc)
         except TimeoutError:
-            await self._failure(
-                item, started, PartnerCallError("the partner did not answer in time", retryable=True, code="timeout")
-            )
+            late = PartnerCallError("the partner did not answer in time", retryable=True, code="timeout")
+            await self._failure(item, call, started, late)
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry, never crash
             log.error("outbound %s %s failed: %s", item.kind, item.id, type(exc).__name__)
             failure = PartnerCallError(f"internal error: {type(exc).__name__}", retryable=True, code="internal")
@@ -151,7 +172,7 @@ class OutboundDispatcher:
                     retryable=False,
                     code="ambiguous",
                 )
-            await self._failure(item, started, failure, marker=call.marker)
+            await self._failure(item, call, started, failure)
 
     # ------------------------------------------------------------------ calls
     async def _book(self, item: OutboundWork, call: _Call) -> BookingResult:
@@ -208,11 +229,8 @@ class OutboundDispatcher:
         req = self.store.read(request)
         if not client.idempotent:
             call.marker = await self.store.run_async(_mark_sent(item.id), actor=f"outbound:{item.partner}")
-        # A client that bounds its own retries says how long that can take; the dispatcher's limit
-        # is then only a guard against a hung call.
-        limit = max(self.call_timeout_s, float(getattr(client, "max_call_s", 0.0)))
         try:
-            return await asyncio.wait_for(client.book(req), limit)
+            return await asyncio.wait_for(client.book(req), self._limit(item))
         except TimeoutError:
             if client.idempotent:
                 raise
@@ -257,23 +275,31 @@ class OutboundDispatcher:
     async def _record(
         self,
         item: OutboundWork,
+        call: _Call,
         started: float,
         outcome: str,
         detail: str,
         effect: Callable[[Work], object],
         *,
         keep: bool = False,
-        marker: str | None = None,
     ) -> None:
         duration = (time.perf_counter() - started) * 1000
+        marker = call.marker
 
         def job(work: Work) -> None:
             row = LogisticsRepository.from_session(work.session).work(item.id)
+            # What the partner did is a fact whoever holds the claim: the effect is recorded either
+            # way (each effect takes a repeat or a settled subject in its stride, and says so).
             result = effect(work)
+            if row.claim_token != call.token:
+                _attempt(work, row.id, marker, duration, "late", f"{detail}; {_LOST}")
+                work.session.flush()
+                return
             finished = not keep or result is True
             _attempt(work, row.id, marker, duration, outcome, detail)
             row.attempts = 0
             row.claimed_until = None
+            row.claim_token = None
             row.last_error = None
             row.updated_at = work.now
             if finished:
@@ -284,22 +310,26 @@ class OutboundDispatcher:
 
         await self.store.run_async(job, actor=f"outbound:{item.partner}")
 
-    async def _failure(
-        self, item: OutboundWork, started: float, exc: PartnerCallError, *, marker: str | None = None
-    ) -> None:
+    async def _failure(self, item: OutboundWork, call: _Call, started: float, exc: PartnerCallError) -> None:
         duration = (time.perf_counter() - started) * 1000
+        marker = call.marker
         log.warning(
             "outbound %s %s to %s failed (%s, retryable=%s)", item.kind, item.id, item.partner, exc.code, exc.retryable
         )
 
         def job(work: Work) -> None:
             row = LogisticsRepository.from_session(work.session).work(item.id)
+            if row.claim_token != call.token:
+                _attempt(work, row.id, marker, duration, "late", f"{exc.code or 'error'}: {exc.message}; {_LOST}")
+                work.session.flush()
+                return
             row.attempts += 1
             final = not exc.retryable or row.attempts >= self.policy.outbound_max_attempts
             outcome = "failed" if final else "retry"
             _attempt(work, row.id, marker, duration, outcome, f"{exc.code or 'error'}: {exc.message}")
             row.last_error = f"{exc.code or 'error'}: {exc.message}"[:2000]
             row.claimed_until = None
+            row.claim_token = None
             row.updated_at = work.now
             if final:
                 row.status = "failed"
@@ -315,9 +345,16 @@ class OutboundDispatcher:
         await self.store.run_async(job, actor=f"outbound:{item.partner}")
 
 
-def _claim(work_id: str) -> Callable[[Work], bool]:
-    def job(work: Work) -> bool:
-        return LogisticsRepository.from_session(work.session).claim(work_id, work.now, work.now + CLAIM)
+_LOST = "this attempt had lost its claim: the work item is left to the attempt holding it"
+
+
+def _claim(work_id: str, hold: timedelta) -> Callable[[Work], str | None]:
+    """Claim the item for ``hold``; the claim's token, or None when another worker holds it."""
+
+    def job(work: Work) -> str | None:
+        token = uuid7()
+        claimed = LogisticsRepository.from_session(work.session).claim(work_id, work.now, work.now + hold, token)
+        return token if claimed else None
 
     return job
 
@@ -328,9 +365,10 @@ def _attempt_no(work: Work, work_id: str) -> int:
 
 @dataclass
 class _Call:
-    """One attempt's state: the in-flight marker of a call that cannot be repeated, and what the
-    partner answered (for the operator, if recording the answer fails)."""
+    """One attempt's state: the token of its claim, the in-flight marker of a call that cannot be
+    repeated, and what the partner answered (for the operator, if recording the answer fails)."""
 
+    token: str
     marker: str | None = None
     answer: str | None = None
 

@@ -527,3 +527,58 @@ def test_ups_sends_no_invoice_within_one_country() -> None:
     shipment = json.loads(ship.calls[0].request.content)["ShipmentRequest"]["Shipment"]
     assert "ShipmentServiceOptions" not in shipment
     assert shipment["Description"] == "apheresis"
+
+
+def test_a_second_worker_never_takes_a_booking_still_in_flight(ctx: HubContext) -> None:
+    # Production's geometry scaled to seconds: UPS may take longer (max_call_s) than the shortest claim.
+    courier = _Courier(delay=1.5, max_call_s=5)
+    a, shipment_id = _leg(ctx, courier, claim_s=0.5)
+    b = OutboundDispatcher(ctx.store, ctx.partners, a.ports, Policy(), claim_s=0.5)
+
+    async def two_workers() -> None:
+        first = asyncio.create_task(a.run_once())
+        while courier.calls == 0:  # A has claimed the leg and sent the ship call
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.6)  # past the shortest claim, A still waiting for the courier
+        assert await b.run_once() == 0
+        await first
+
+    asyncio.run(two_workers())
+    work, outcomes = _work(ctx, shipment_id)
+    s = ctx.store.read(lambda x: LogisticsRepository.from_session(x).shipment(shipment_id))
+    assert (s.status, s.tracking_number) == ("booked", "1Z0000000001")
+    assert (work.status, outcomes, courier.calls) == ("done", ["ok"], 1)
+
+
+def test_an_answer_after_the_claim_was_lost_is_kept_and_alerted(ctx: HubContext) -> None:
+    courier = _Courier(delay=0.5)
+    a, shipment_id = _leg(ctx, courier)
+    b = OutboundDispatcher(ctx.store, ctx.partners, a.ports, Policy())
+
+    async def stalled_worker() -> None:
+        first = asyncio.create_task(a.run_once())
+        while courier.calls == 0:
+            await asyncio.sleep(0.01)
+        # A stalls past its claim (what an expired claim looks like), B takes the leg and, finding
+        # the call in flight, fails it for a person to check.
+        ctx.store.run(
+            lambda w: setattr(
+                LogisticsRepository.from_session(w.session).work(_work(ctx, shipment_id)[0].id), "claimed_until", None
+            )
+        )
+        assert await b.run_once() == 1
+        await first  # then UPS answers A: it did book
+
+    asyncio.run(stalled_worker())
+    work, outcomes = _work(ctx, shipment_id)
+    assert courier.calls == 1
+    assert work.status == "failed"  # B's outcome stands; A did not mark the item done over it
+    assert (work.last_error or "").startswith("ambiguous:")
+    assert outcomes == ["late", "failed"]  # A's answer is kept on its own attempt
+    (late,) = ctx.store.read(
+        lambda x: [a.detail for a in LogisticsRepository.from_session(x).attempts(work.id) if a.outcome == "late"]
+    )
+    assert "booked BK-1 (tracking 1Z0000000001)" in late
+    kinds = alert_kinds(ctx.store)
+    assert "shipment.booking-failed" in kinds
+    assert "shipment.booking-unrecorded" in kinds  # "register 1Z0000000001, do not book again"
