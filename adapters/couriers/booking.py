@@ -14,7 +14,7 @@ backoff, then reported as retryable so the dispatcher tries again later; other 4
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 
@@ -80,14 +80,26 @@ class PolarRestBooking:
     def _result(response: httpx.Response) -> BookingResult:
         try:
             data = response.json()
-            eta = data.get("eta")
             return BookingResult(
                 booking_reference=str(data["booking_id"])[:64],
                 tracking_number=str(data["tracking_number"])[:64],
-                eta=datetime.fromisoformat(eta.replace("Z", "+00:00")) if isinstance(eta, str) else None,
+                eta=_eta(data.get("eta")),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise unreadable("booking") from None
+
+
+def _eta(text: object) -> datetime | None:
+    """The courier's ETA. Without a UTC offset it is read as UTC (the courier API's times are UTC,
+    as EasyPost's are); one that cannot be read is no ETA, not an unreadable booking: the booking
+    exists, and the first tracking event brings the ETA again."""
+    if not isinstance(text, str):
+        return None
+    try:
+        eta = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return eta.replace(tzinfo=UTC) if eta.tzinfo is None else eta
 
 
 def booking_inputs(

@@ -137,6 +137,7 @@ class OutboundDispatcher:
             elif item.kind == "customs-submit":
                 client, submission = self._customs_submission(item)
                 await asyncio.wait_for(asyncio.to_thread(client.submit, submission), self._limit(item))
+                call.answer = f"declaration {submission.functional_reference} lodged"
                 await self._record(
                     item,
                     call,
@@ -162,17 +163,7 @@ class OutboundDispatcher:
             await self._failure(item, call, started, late)
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry, never crash
             log.error("outbound %s %s failed: %s", item.kind, item.id, type(exc).__name__)
-            failure = PartnerCallError(f"internal error: {type(exc).__name__}", retryable=True, code="internal")
-            if call.marker is not None:
-                # A call that cannot be repeated safely was sent: trying again could book twice.
-                failure = PartnerCallError(
-                    f"internal error ({type(exc).__name__}) after a call that cannot be repeated safely was sent"
-                    + (f"; the courier answered: {call.answer}" if call.answer else "")
-                    + ": check the courier, then register the shipment or book again",
-                    retryable=False,
-                    code="ambiguous",
-                )
-            await self._failure(item, call, started, failure)
+            await self._failure(item, call, started, _internal(item, call, exc))
 
     # ------------------------------------------------------------------ calls
     async def _book(self, item: OutboundWork, call: _Call) -> BookingResult:
@@ -343,6 +334,34 @@ class OutboundDispatcher:
             work.session.flush()
 
         await self.store.run_async(job, actor=f"outbound:{item.partner}")
+
+
+def _internal(item: OutboundWork, call: _Call, exc: Exception) -> PartnerCallError:
+    """What an unexpected error during an attempt means for the work item. Before the partner
+    answered it is retried. After it answered (a booking made, a declaration lodged) only recording
+    the answer failed: calling again would book or lodge a second time, or fail the same way again
+    (an answer the store refuses), so the item fails here, naming the answer for the operator."""
+    name = type(exc).__name__
+    if call.answer is not None:
+        todo = (
+            "register the shipment with that tracking number; do not book again"
+            if item.kind == "booking"
+            else "the authority has it: follow it there; do not lodge it again"
+        )
+        return PartnerCallError(
+            f"internal error ({name}) while recording what {item.partner} answered: {call.answer}; {todo}",
+            retryable=False,
+            code="unrecorded",
+        )
+    if call.marker is not None:
+        # A call that cannot be repeated safely was sent: trying again could book twice.
+        return PartnerCallError(
+            f"internal error ({name}) after a call that cannot be repeated safely was sent: check the courier, "
+            "then register the shipment or book again",
+            retryable=False,
+            code="ambiguous",
+        )
+    return PartnerCallError(f"internal error: {name}", retryable=True, code="internal")
 
 
 _LOST = "this attempt had lost its claim: the work item is left to the attempt holding it"

@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import respx
+from sqlalchemy import update
 
 from adapters.couriers.booking import PolarRestBooking
 from adapters.couriers.sandbox import CourierSandbox
 from adapters.local_server import LocalServer
 from hub.context import HubContext
+from hub.db.models_logistics import OutboundWork
 from hub.logistics.policy import Policy
 from hub.logistics.ports import BookingRequest, PartnerCallError
 from hub.logistics.repository import LogisticsRepository
@@ -22,7 +24,7 @@ from hub.logistics.schemas import BookShipment
 from hub.logistics.service import ShipmentService
 from hub.logistics.worker import OutboundDispatcher
 from hub.runtime import logistics_ports
-from tests.logistics_support import alert_kinds, context, order_at
+from tests.logistics_support import alert_kinds, context, order_at, register
 
 REQ = BookingRequest(
     idempotency_key="key-1",
@@ -64,6 +66,17 @@ def test_4xx_is_final_and_exhausted_retries_are_retryable() -> None:
     with pytest.raises(PartnerCallError) as down:
         asyncio.run(client.book(REQ))
     assert down.value.retryable
+
+
+@respx.mock
+def test_an_eta_without_offset_is_utc_and_an_unreadable_one_is_no_eta() -> None:
+    route = respx.post("https://courier.test/v2/bookings")
+    client = PolarRestBooking("https://courier.test/v2", "t0k", retries=0)
+    route.mock(return_value=httpx.Response(201, json={**OK, "eta": "2026-11-26T08:00:00"}))
+    assert asyncio.run(client.book(REQ)).eta == datetime(2026, 11, 26, 8, tzinfo=UTC)
+    route.mock(return_value=httpx.Response(201, json={**OK, "eta": "tomorrow morning"}))
+    booked = asyncio.run(client.book(REQ))  # the booking exists: it is not "unreadable"
+    assert (booked.tracking_number, booked.eta) == ("PLR000000042", None)
 
 
 @pytest.fixture
@@ -143,3 +156,27 @@ def test_the_requested_pickup_time_reaches_the_courier(ctx: HubContext) -> None:
     assert later.eta == wanted + courier.transit
     assert past.eta is not None
     assert past.eta >= before + courier.transit
+
+
+@respx.mock
+def test_an_answer_that_cannot_be_recorded_is_never_booked_again(ctx: HubContext) -> None:
+    # The courier answers with a tracking number another leg already has: recording it fails.
+    other = order_at(ctx.store, ctx.partners, "collected")
+    register(ctx.store, ctx.partners, other.order.id, tracking="PLR000000042")
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    ports = logistics_ports(ctx, {"polar-courier": "https://courier.test/v2"})
+    ports.customs = lambda partner: None  # the leg's declaration is not what this test is about
+    dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, Policy())
+    cmd = BookShipment(order_id=driver.order.id, customs_partner="eu-customs-ics2")
+    view = ctx.store.run(lambda w: ShipmentService(w, ctx.partners).book(cmd))
+    route = respx.post("https://courier.test/v2/bookings").mock(return_value=httpx.Response(201, json=OK))
+    for _ in range(Policy().outbound_max_attempts):
+        ctx.store.run(lambda w: w.session.execute(update(OutboundWork).values(next_attempt_at=w.now)))
+        asyncio.run(dispatcher.run_once())
+    s = ctx.store.read(lambda x: LogisticsRepository.from_session(x).shipment(view.id))
+    (work,) = ctx.store.read(lambda x: LogisticsRepository.from_session(x).work_for("booking", view.id))
+    assert route.call_count == 1
+    assert (s.status, work.status) == ("failed", "failed")
+    assert (work.last_error or "").startswith("unrecorded:")
+    assert "booked BK-1 (tracking PLR000000042)" in (work.last_error or "")
+    assert "shipment.booking-failed" in alert_kinds(ctx.store, driver.order.id)

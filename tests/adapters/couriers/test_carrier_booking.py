@@ -492,7 +492,7 @@ def test_a_failure_after_a_non_idempotent_booking_is_final_and_names_it(
     work, outcomes = _work(ctx, shipment_id)
     assert courier.calls == 1
     assert work.status == "failed"
-    assert "ambiguous:" in (work.last_error or "")
+    assert (work.last_error or "").startswith("unrecorded:")
     assert "booked BK-1 (tracking 1Z0000000001)" in (work.last_error or "")
     assert outcomes == ["failed"]
 
