@@ -124,14 +124,14 @@ class CustomsService:
         if decl.status in TERMINAL:
             return
         self._set(decl, "failed", f"{code or 'error'}: {message}"[:2000])
-        raise_alert(
-            self.work,
-            decl.order_id,
-            "critical",
-            "customs.fault",
-            f"customs {decl.partner} refused declaration {decl.functional_reference} (shipment {decl.shipment_id}): "
-            f"{code or 'error'}: {message[:300]}",
-        )
+        subject = f"declaration {decl.functional_reference} (shipment {decl.shipment_id})"
+        if code == "config":  # the hub's own set-up: nothing reached the authority
+            kind, what = "customs.config", f"{subject} for customs {decl.partner} was not lodged"
+        elif code == "unrecorded":
+            kind, what = "customs.unrecorded", f"{subject} was lodged with customs {decl.partner}, not recorded"
+        else:
+            kind, what = "customs.fault", f"customs {decl.partner} refused {subject}"
+        raise_alert(self.work, decl.order_id, "critical", kind, f"{what}: {code or 'error'}: {message[:600]}")
 
     def _set(self, decl: CustomsDeclaration, status: str, detail: str) -> None:
         old = decl.status

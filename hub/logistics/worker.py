@@ -135,7 +135,7 @@ class OutboundDispatcher:
                     lambda w: self._booked(w, item, result),
                 )
             elif item.kind == "customs-submit":
-                client, submission = self._customs_submission(item)
+                client, submission = self._customs_submission(item, lodging=True)
                 await asyncio.wait_for(asyncio.to_thread(client.submit, submission), self._limit(item))
                 call.answer = f"declaration {submission.functional_reference} lodged"
                 await self._record(
@@ -232,7 +232,12 @@ class OutboundDispatcher:
                 code="ambiguous",
             ) from None
 
-    def _customs_submission(self, item: OutboundWork) -> tuple[CustomsClient, CustomsSubmission]:
+    def _customs_submission(
+        self, item: OutboundWork, *, lodging: bool = False
+    ) -> tuple[CustomsClient, CustomsSubmission]:
+        """The declaration as the client sends it. Lodging needs the declarant's EORI and the office of
+        presentation from the profiles: without them it is refused before any call (a placeholder
+        would be lodged with the authority as if it were a declarant)."""
         client = self.ports.customs(item.partner)
         if client is None:
             raise PartnerCallError(f"no customs channel configured for {item.partner}", retryable=False, code="config")
@@ -246,10 +251,24 @@ class OutboundDispatcher:
             s = repo.shipment(decl.shipment_id)
             courier = self.partners.get(s.courier)
             authority = self.partners.get(decl.partner)
+            eori = (courier.identifiers.get("eori") if courier else None) or ""
+            office = (authority.identifiers.get("office") if authority else None) or ""
+            missing = (
+                [f"courier {s.courier}'s EORI (identifiers.eori: the person presenting the goods)"] if not eori else []
+            )
+            missing += [f"{decl.partner}'s customs office (identifiers.office)"] if not office else []
+            if lodging and missing:
+                raise PartnerCallError(
+                    f"declaration {decl.functional_reference} (shipment {s.id}) cannot be lodged without "
+                    f"{' and '.join(missing)}: add it to the partner profile and restart the hub, then lodge "
+                    f"the declaration with {decl.partner} (the hub does not lodge it again by itself)",
+                    retryable=False,
+                    code="config",
+                )
             return CustomsSubmission(
                 functional_reference=decl.functional_reference,
-                declarant_eori=(courier.identifiers.get("eori") if courier else None) or "UNKNOWN",
-                customs_office=(authority.identifiers.get("office") if authority else None) or "XX000000",
+                declarant_eori=eori,
+                customs_office=office,
                 presented_at=s.eta or utcnow(),
                 mrn=decl.mrn,
             )

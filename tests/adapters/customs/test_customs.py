@@ -173,3 +173,20 @@ def test_profiles_wsdls_exist_under_the_configured_dir() -> None:
 
     assert (Settings().wsdl_dir / CHANNEL.wsdl).is_file()
     assert Settings().wsdl_dir.resolve() == WSDL_DIR.resolve()
+
+
+def test_a_declaration_without_the_declarants_eori_is_refused_before_any_call(ctx: HubContext) -> None:
+    service = CustomsSandbox()
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    # UPS's profile names no EORI: there is nobody to declare as presenting the goods.
+    shipment = register(ctx.store, ctx.partners, driver.order.id, courier="ups-track-alert", tracking="1Z0000000009")
+    with LocalServer(service.app()) as server:
+        ports = logistics_ports(ctx, {"eu-customs-ics2": server.url})
+        asyncio.run(OutboundDispatcher(ctx.store, ctx.partners, ports, Policy()).run_once())
+    assert service.requests == []  # nothing lodged, not even with a placeholder
+    decl = ctx.store.read(lambda s: LogisticsRepository.from_session(s).declaration_for(shipment.id))
+    assert decl is not None
+    assert decl.status == "failed"
+    assert (decl.detail or "").startswith("config: ")
+    assert "ups-track-alert's EORI (identifiers.eori" in (decl.detail or "")
+    assert "customs.config" in alert_kinds(ctx.store, driver.order.id)
