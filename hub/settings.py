@@ -57,6 +57,8 @@ class LogisticsSettings(BaseSettings):
     outbound_backoff_max_s: float = 600
     outbound_max_attempts: int = 6
     customs_poll_s: float = 60
+    # An authority unreachable while a declaration is followed: give up after this long without an answer.
+    customs_poll_give_up_hours: float = Field(default=12, gt=0)
     alert_escalation_minutes: dict[str, float] = Field(default_factory=lambda: {"critical": 15.0, "warning": 120.0})
     alert_escalation_max_levels: int = 3
     # How often the viability clocks and unacknowledged alerts are swept, and outbound work polled.

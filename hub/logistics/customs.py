@@ -3,13 +3,17 @@
 A leg that names a customs partner gets a declaration when it is planned (so it is lodged before
 the goods move). The outbound dispatcher submits it (``customs-submit``) and then follows its
 status (``customs-poll``) until the authority releases or rejects it. Faults from the authority
-are final and alert a person; transport failures are retried with backoff.
+are final and alert a person; transport failures are retried with backoff. While a declaration is
+followed, an unreachable authority says nothing about the declaration: its status stays, a warning
+says the authority cannot be reached, and polling goes on until nothing was heard for
+``Policy.customs_poll_give_up`` (then a critical alert, the status still untouched).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from hub.db.models_logistics import CustomsDeclaration, OutboundWork, Shipment
 from hub.db.uow import Work
@@ -118,6 +122,38 @@ class CustomsService:
                 )
         self.work.session.flush()
         return decl.status in TERMINAL
+
+    def last_heard(self, declaration_id: str) -> datetime:
+        """When the authority last answered about this declaration (its last poll, else lodging)."""
+        decl = self.repo.declaration(declaration_id)
+        return decl.last_polled_at or decl.submitted_at or decl.created_at
+
+    def unreachable(self, declaration_id: str, reason: str, since: datetime, *, giving_up: bool) -> None:
+        """The authority could not be asked about a declaration. Its status is not changed: the
+        declaration is as the authority last said, only the hub cannot see it."""
+        decl = self.repo.declaration(declaration_id)
+        subject = (
+            f"declaration {decl.functional_reference} (shipment {decl.shipment_id}, {decl.status} as last "
+            f"heard at {since.isoformat(timespec='seconds')})"
+        )
+        if giving_up:
+            raise_alert(
+                self.work,
+                decl.order_id,
+                "critical",
+                "customs.poll-abandoned",
+                f"customs {decl.partner} unreachable since {since.isoformat(timespec='seconds')}: the hub stopped "
+                f"following {subject}; follow it with the authority ({reason[:300]})",
+            )
+            return
+        raise_alert(
+            self.work,
+            decl.order_id,
+            "warning",
+            "customs.unreachable",
+            f"customs {decl.partner} cannot be reached about {subject}: {reason[:300]}; the hub keeps asking "
+            f"and gives up after {self.policy.customs_poll_give_up} without an answer",
+        )
 
     def failed(self, declaration_id: str, code: str | None, message: str) -> None:
         decl = self.repo.declaration(declaration_id, for_update=True)

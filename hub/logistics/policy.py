@@ -21,6 +21,9 @@ class Policy:
     outbound_backoff_max: timedelta = timedelta(minutes=10)
     outbound_max_attempts: int = 6
     customs_poll: timedelta = timedelta(seconds=60)
+    # Following a lodged declaration, an unreachable authority never changes its status: the hub
+    # keeps asking (capped backoff) and gives up only when it has heard nothing for this long.
+    customs_poll_give_up: timedelta = timedelta(hours=12)
     # Unacknowledged alerts are escalated every N minutes per severity, up to max_levels times.
     escalation_minutes: dict[str, float] = field(default_factory=lambda: {"critical": 15.0, "warning": 120.0})
     escalation_max_levels: int = 3
@@ -38,6 +41,7 @@ class Policy:
             outbound_backoff_max=timedelta(seconds=raw.outbound_backoff_max_s),
             outbound_max_attempts=raw.outbound_max_attempts,
             customs_poll=timedelta(seconds=raw.customs_poll_s),
+            customs_poll_give_up=timedelta(hours=raw.customs_poll_give_up_hours),
             escalation_minutes=dict(raw.alert_escalation_minutes),
             escalation_max_levels=raw.alert_escalation_max_levels,
         )

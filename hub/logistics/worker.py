@@ -333,6 +333,9 @@ class OutboundDispatcher:
                 _attempt(work, row.id, marker, duration, "late", f"{exc.code or 'error'}: {exc.message}; {_LOST}")
                 work.session.flush()
                 return
+            if item.kind == "customs-poll" and exc.retryable:
+                self._poll_failed(work, row, marker, duration, exc)
+                return
             row.attempts += 1
             final = not exc.retryable or row.attempts >= self.policy.outbound_max_attempts
             outcome = "failed" if final else "retry"
@@ -353,6 +356,31 @@ class OutboundDispatcher:
             work.session.flush()
 
         await self.store.run_async(job, actor=f"outbound:{item.partner}")
+
+    def _poll_failed(
+        self, work: Work, row: OutboundWork, marker: str | None, duration: float, exc: PartnerCallError
+    ) -> None:
+        """A transient failure to follow a lodged declaration: the declaration's status is the
+        authority's and stays; polling goes on with capped backoff, a warning opens the outage, and
+        only a silence longer than ``customs_poll_give_up`` stops it (critical alert)."""
+        customs = CustomsService(work, self.partners, self.policy)
+        since = customs.last_heard(row.subject_id)
+        reason = f"{exc.code or 'error'}: {exc.message}"
+        giving_up = work.now - since >= self.policy.customs_poll_give_up
+        row.attempts += 1
+        _attempt(work, row.id, marker, duration, "failed" if giving_up else "retry", reason)
+        row.last_error = reason[:2000]
+        row.claimed_until = None
+        row.claim_token = None
+        row.updated_at = work.now
+        if giving_up:
+            row.status = "failed"
+            customs.unreachable(row.subject_id, reason, since, giving_up=True)
+        else:
+            if row.attempts == 1:  # once per outage: a successful poll sets attempts back to 0
+                customs.unreachable(row.subject_id, reason, since, giving_up=False)
+            row.next_attempt_at = work.now + self.policy.backoff(row.attempts)
+        work.session.flush()
 
 
 def _internal(item: OutboundWork, call: _Call, exc: Exception) -> PartnerCallError:

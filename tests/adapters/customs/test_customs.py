@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import update
 from zeep import Client
 
 from adapters.customs.client import Ics2CustomsClient, zeep_settings
@@ -16,8 +18,9 @@ from adapters.customs.sandbox import CustomsSandbox
 from adapters.local_server import LocalServer
 from adapters.registry import SoapCustoms
 from hub.context import HubContext
+from hub.db.models_logistics import CustomsDeclaration, OutboundWork
 from hub.logistics.policy import Policy
-from hub.logistics.ports import CustomsSubmission, PartnerCallError
+from hub.logistics.ports import CustomsStatus, CustomsSubmission, PartnerCallError
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.worker import OutboundDispatcher
 from hub.runtime import logistics_ports
@@ -190,3 +193,83 @@ def test_a_declaration_without_the_declarants_eori_is_refused_before_any_call(ct
     assert (decl.detail or "").startswith("config: ")
     assert "ups-track-alert's EORI (identifiers.eori" in (decl.detail or "")
     assert "customs.config" in alert_kinds(ctx.store, driver.order.id)
+
+
+class _Authority:
+    """A customs service whose status endpoint goes down and comes back (the SOAP client itself is
+    tested against the sandbox above)."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.answer = "accepted"
+
+    def submit(self, submission: CustomsSubmission) -> None:
+        return None
+
+    def status(self, functional_reference: str, mrn: str | None) -> CustomsStatus:
+        if self.down:
+            raise PartnerCallError("HTTP 503 from the customs service", retryable=True, code="http-503")
+        return CustomsStatus(self.answer, "26NL0000000000001", f"ENS event for {self.answer}")
+
+
+def _followed(ctx: HubContext, policy: Policy) -> tuple[_Authority, OutboundDispatcher, str, str]:
+    """A declaration lodged and accepted, followed by a dispatcher with ``policy``."""
+    authority = _Authority()
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    shipment = register(ctx.store, ctx.partners, driver.order.id)
+    ports = logistics_ports(ctx)
+    ports.customs = lambda partner: authority
+    dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, policy)
+    for _ in range(2):  # lodge, then the first poll: accepted
+        _due_now(ctx)
+        asyncio.run(dispatcher.run_once())
+    return authority, dispatcher, driver.order.id, shipment.id
+
+
+def _due_now(ctx: HubContext) -> None:
+    ctx.store.run(lambda w: w.session.execute(update(OutboundWork).values(next_attempt_at=w.now)))
+
+
+def _declaration(ctx: HubContext, shipment_id: str) -> tuple[Any, Any]:
+    def read(s: Any) -> tuple[Any, Any]:
+        repo = LogisticsRepository.from_session(s)
+        decl = repo.declaration_for(shipment_id)
+        assert decl is not None
+        (poll,) = repo.work_for("customs-poll", decl.id)
+        return decl, poll
+
+    return ctx.store.read(read)
+
+
+def test_an_unreachable_authority_never_changes_a_declarations_status(ctx: HubContext) -> None:
+    authority, dispatcher, order_id, shipment_id = _followed(ctx, Policy())
+    authority.down = True
+    for _ in range(Policy().outbound_max_attempts + 2):  # more failed polls than any attempt count
+        _due_now(ctx)
+        asyncio.run(dispatcher.run_once())
+    decl, poll = _declaration(ctx, shipment_id)
+    assert (decl.status, poll.status) == ("accepted", "pending")
+    assert (poll.last_error or "").startswith("http-503:")
+    kinds = alert_kinds(ctx.store, order_id)
+    assert kinds.count("customs.unreachable") == 1  # one warning per outage
+    assert "customs.fault" not in kinds
+    authority.down, authority.answer = False, "released"  # the service is back
+    _due_now(ctx)
+    asyncio.run(dispatcher.run_once())
+    decl, poll = _declaration(ctx, shipment_id)
+    assert (decl.status, poll.status) == ("released", "done")
+
+
+def test_following_a_declaration_gives_up_after_a_silence_not_a_count(ctx: HubContext) -> None:
+    authority, dispatcher, order_id, shipment_id = _followed(ctx, Policy(customs_poll_give_up=timedelta(minutes=5)))
+    authority.down = True
+    _due_now(ctx)
+    asyncio.run(dispatcher.run_once())
+    assert _declaration(ctx, shipment_id)[1].status == "pending"
+    silence = update(CustomsDeclaration).values(last_polled_at=datetime.now(UTC) - timedelta(minutes=6))
+    ctx.store.run(lambda w: w.session.execute(silence))  # nothing heard for longer than the limit
+    _due_now(ctx)
+    asyncio.run(dispatcher.run_once())
+    decl, poll = _declaration(ctx, shipment_id)
+    assert (decl.status, poll.status) == ("accepted", "failed")  # as last heard; no longer followed
+    assert "customs.poll-abandoned" in alert_kinds(ctx.store, order_id)
