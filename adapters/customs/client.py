@@ -8,8 +8,9 @@
   WS-Addressing headers). Status: ``ENSConsultationDS.QueryENS`` → ``IE4R05`` whose ``ENSHistory``
   events are mapped to the hub's words by ``mappings/customs/*.yaml``.
 * Every call has a timeout; transport failures and 5xx are retried here with backoff and then
-  reported as retryable; SOAP faults, 4xx, hostile XML and refused requests are final. All of them
-  become :class:`hub.logistics.ports.PartnerCallError`, never an exception the hub does not know.
+  reported as retryable (``max_call_s`` bounds all of it, for the dispatcher); SOAP faults, 4xx,
+  hostile XML and refused requests are final. All of them become
+  :class:`hub.logistics.ports.PartnerCallError`, never an exception the hub does not know.
 """
 
 from __future__ import annotations
@@ -133,6 +134,15 @@ class Ics2CustomsClient:
         if endpoint:
             return client.create_service(port.binding.name, endpoint)
         return client.bind(service.name, port.name)
+
+    @property
+    def max_call_s(self) -> float:
+        """The longest one operation can take here: each try may wait ``timeout_s`` to connect and as
+        long again for the answer, plus the sleeps between tries. The dispatcher waits this long: it
+        cannot cancel a call running in a thread, so giving up earlier would let it try again (lodge a
+        second IE4N10) while this call is still sending the first."""
+        sleeps = sum(self.backoff_s * 2**n for n in range(self.retries))
+        return (self.retries + 1) * 2 * self.channel.timeout_s + sleeps + 5.0
 
     # ------------------------------------------------------------------ operations
     def submit(self, submission: CustomsSubmission) -> None:

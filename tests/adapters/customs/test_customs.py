@@ -4,6 +4,7 @@ service; faults, malformed and hostile XML become clear errors and alerts, never
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,13 +118,34 @@ def test_unknown_declaration_is_a_sender_fault(sandbox: tuple[CustomsSandbox, st
 def test_timeout_is_retryable(sandbox: tuple[CustomsSandbox, str]) -> None:
     service, url = sandbox
     service.mode, service.delay_s = "slow", 3.0
+    client = _client(url)
+    started = time.monotonic()
     try:
         with pytest.raises(PartnerCallError) as caught:
-            _client(url).status("CGTTEST0001", None)
+            client.status("CGTTEST0001", None)
     finally:
         service.mode, service.delay_s = "normal", 0.0
     assert caught.value.retryable
     assert caught.value.code == "transport"
+    assert time.monotonic() - started < client.max_call_s  # what the dispatcher waits for
+
+
+@pytest.mark.slow
+def test_a_slow_lodging_is_waited_for_and_never_sent_twice(ctx: HubContext) -> None:
+    service = CustomsSandbox(mode="slow", delay_s=0.5)  # within the client's timeout, beyond the dispatcher's
+    driver = order_at(ctx.store, ctx.partners, "collected")
+    shipment = register(ctx.store, ctx.partners, driver.order.id)
+    with LocalServer(service.app()) as server:
+        ports = logistics_ports(ctx, {"eu-customs-ics2": server.url})
+        dispatcher = OutboundDispatcher(ctx.store, ctx.partners, ports, Policy(), call_timeout_s=0.1)
+        for _ in range(2):
+            _due_now(ctx)
+            asyncio.run(dispatcher.run_once())
+        time.sleep(1)  # a submission cut off by the dispatcher would still reach the service
+    decl = ctx.store.read(lambda s: LogisticsRepository.from_session(s).declaration_for(shipment.id))
+    assert decl is not None
+    assert decl.status in ("submitted", "accepted")
+    assert service.requests.count("IE4N10submitPresentationInformationReqMsg") == 1
 
 
 @pytest.fixture
