@@ -41,7 +41,7 @@ from hub.logistics.ports import (
     PartnerCallError,
 )
 from hub.logistics.repository import LogisticsRepository
-from hub.logistics.service import ShipmentService, leg_of
+from hub.logistics.service import ShipmentService, leg_of, raise_alert
 from hub.logistics.temperature import TemperatureService
 from hub.logistics.viability import ViabilityService
 from hub.orders.repository import OrderRepository
@@ -331,6 +331,8 @@ class OutboundDispatcher:
             row = LogisticsRepository.from_session(work.session).work(item.id)
             if row.claim_token != call.token:
                 _attempt(work, row.id, marker, duration, "late", f"{exc.code or 'error'}: {exc.message}; {_LOST}")
+                if exc.code == "unrecorded":  # the partner acted: the holder of the claim cannot know it
+                    raise_alert(work, _order_of(work, item), "critical", f"{item.kind}.unrecorded", exc.message)
                 work.session.flush()
                 return
             if item.kind == "customs-poll" and exc.retryable:
@@ -381,6 +383,13 @@ class OutboundDispatcher:
                 customs.unreachable(row.subject_id, reason, since, giving_up=False)
             row.next_attempt_at = work.now + self.policy.backoff(row.attempts)
         work.session.flush()
+
+
+def _order_of(work: Work, item: OutboundWork) -> str:
+    repo = LogisticsRepository.from_session(work.session)
+    if item.kind == "booking":
+        return repo.shipment(item.subject_id).order_id
+    return repo.declaration(item.subject_id).order_id
 
 
 def _internal(item: OutboundWork, call: _Call, exc: Exception) -> PartnerCallError:
