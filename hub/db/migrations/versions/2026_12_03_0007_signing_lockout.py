@@ -6,7 +6,7 @@ report attempts at unauthorized use. ``failed_signing_attempts`` counts failures
 success or lockout; ``locked_until`` refuses signing until then (an operator can unlock earlier).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-03 12:00:00
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"  # chained after 0006 when the branches were merged
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
