@@ -34,8 +34,9 @@ from urllib.parse import parse_qsl
 import httpx
 from sqlalchemy import and_, insert, select, update
 
-from adapters.fhir.webhooks import post, signed_headers
+from adapters.fhir.webhooks import Attempt, post, signed_headers
 from hub.api.auth import smart_settings_of
+from hub.api.subscription_channel import header_line
 from hub.db.models import Lease, OrderParticipant, Resource, SearchReference
 from hub.db.models_fhirapi import ResourceOwner, SubscriptionAttempt, SubscriptionDelivery
 from hub.db.uow import Store, Work
@@ -163,6 +164,7 @@ class Due:
     body: bytes
     headers: dict[str, str]
     secret: str | None
+    problem: str | None = None  # why it cannot be sent at all (recorded as a failed attempt)
 
 
 @dataclass
@@ -203,13 +205,20 @@ class DeliveryWorker:
         await self.store.run_async(self._record_job(list(zip(due, results, strict=True))), actor="fhir-notify")
         return len(due)
 
-    async def _deliver(self, client: httpx.AsyncClient, due: Due) -> Any:
-        from adapters.fhir.webhooks import Attempt
-
+    async def _deliver(self, client: httpx.AsyncClient, due: Due) -> Attempt:
+        if due.problem is not None:
+            return Attempt(None, 0, due.problem, None)
         if due.secret is None:
             return Attempt(None, 0, "no webhook signing secret configured; not sent", None)
-        headers = {**due.headers, **signed_headers(due.secret, due.delivery.id, due.body)}
-        return await post(client, due.endpoint, due.body, headers)
+        try:
+            headers = {**due.headers, **signed_headers(due.secret, due.delivery.id, due.body)}
+            return await post(client, due.endpoint, due.body, headers)
+        except Exception as exc:
+            # One delivery must never sink the round: an exception here (an invalid secret, a
+            # header or URL the HTTP client cannot send) would skip _record_job, and every other
+            # delivery of the batch, already POSTed, would be sent again on the next poll.
+            log.warning("subscription delivery %s not sent: %s", due.delivery.id, type(exc).__name__)
+            return Attempt(None, 0, f"not sent: {type(exc).__name__}", None)
 
     def _lease_job(self) -> Callable[[Work], bool]:
         holder = self.holder
@@ -271,11 +280,13 @@ class DeliveryWorker:
                     "X-CGT-Subscription": f"Subscription/{d.subscription_id}",
                     "X-CGT-Focus": d.focus,
                 }
-                for line in channel.get("header") or []:
-                    name, sep, value = str(line).partition(":")
-                    if sep and name.strip() and "\n" not in line and "\r" not in line:
-                        headers[name.strip()] = value.strip()
-                out.append(Due(d, str(channel.get("endpoint")), body, headers, self._secret(d.partner_id)))
+                problem = None
+                try:  # checked at creation; a Subscription stored before that check may still hold one
+                    headers.update(header_line(line) for line in channel.get("header") or [])
+                except ValueError as exc:
+                    problem = f"not sent: Subscription.channel.header: {exc}"
+                secret = self._secret(d.partner_id)
+                out.append(Due(d, str(channel.get("endpoint")), body, headers, secret, problem))
             return out
 
         return job
@@ -288,7 +299,7 @@ class DeliveryWorker:
         reference = profile.secrets.get(smart.webhook_secret)
         return resolve_secret(reference) if reference else None
 
-    def _record_job(self, results: list[tuple[Due, Any]]) -> Callable[[Work], None]:
+    def _record_job(self, results: list[tuple[Due, Attempt]]) -> Callable[[Work], None]:
         def job(work: Work) -> None:
             for due, attempt in results:
                 d = work.session.get(SubscriptionDelivery, due.delivery.id)

@@ -3,6 +3,9 @@
 Signature (standardwebhooks.com): ``webhook-signature: v1,<base64 HMAC-SHA256(secret,
 "{webhook-id}.{webhook-timestamp}.{body}")>``; the secret is ``whsec_`` + base64 bytes (a secret
 without the prefix is used as raw UTF-8 bytes).
+
+What a Subscription's channel may say (its header lines, the secret's form) is the hub's rule,
+in ``hub.api.subscription_channel``; checked when the Subscription is created and again here.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from dataclasses import dataclass
 
 import httpx
 
+from hub.api.subscription_channel import secret_bytes
+
+__all__ = ["Attempt", "post", "secret_bytes", "sign", "signed_headers"]
+
 EXCERPT = 500
-
-
-def secret_bytes(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
-    return secret.encode()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

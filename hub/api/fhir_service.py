@@ -33,6 +33,7 @@ from hub.api import conformance
 from hub.api.auth import Principal, smart_settings_of
 from hub.api.fhir_orders import OrderParts, place_command, placer_number
 from hub.api.isolation import references, require_references_visible, require_visible, visible_condition
+from hub.api.subscription_channel import header_line, secret_bytes
 from hub.db.models import OrderParticipant, Resource, TherapyOrder
 from hub.db.models_fhirapi import ConditionalKey, ResourceOwner
 from hub.db.uow import Work
@@ -467,10 +468,12 @@ class FhirService:
                     search_conditions(ctype, parse_criteria(ctype, query))
                 except HubError as exc:
                     issues += [Issue(i.message, "Subscription.criteria") for i in exc.issues]
+        issues += _header_issues(channel.get("header"))
         secret = smart.webhook_secret if smart else None
         profile = self.partners.get(self.principal.partner_id)
         reference = profile.secrets.get(secret) if profile and secret else None
-        if reference is None or resolve_secret(reference) is None:
+        resolved = resolve_secret(reference) if reference is not None else None
+        if resolved is None:
             issues.append(
                 Issue(
                     "no webhook signing secret is configured for this partner (smart.webhook_secret); "
@@ -478,6 +481,17 @@ class FhirService:
                     "Subscription.channel",
                 )
             )
+        else:
+            try:
+                secret_bytes(resolved)
+            except ValueError as exc:
+                issues.append(
+                    Issue(
+                        f"the partner's webhook signing secret cannot be used ({exc}); "
+                        "ask the hub operator to fix smart.webhook_secret",
+                        "Subscription.channel",
+                    )
+                )
         if issues:
             raise ValidationFailed("the Subscription cannot be accepted", issues)
         out = dict(body)
@@ -680,6 +694,21 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
                 [Issue("wrong JSON type", w) for w in wrong],
             )
     return entries
+
+
+def _header_issues(lines: Any) -> list[Issue]:
+    """Subscription.channel.header: each line must be one the notification can carry."""
+    if lines is None:
+        return []
+    if not isinstance(lines, list):
+        return [Issue("channel.header must be a list of 'Name: value' lines", "Subscription.channel.header")]
+    issues = []
+    for i, line in enumerate(lines):
+        try:
+            header_line(line)
+        except ValueError as exc:
+            issues.append(Issue(str(exc), f"Subscription.channel.header[{i}]"))
+    return issues
 
 
 def endpoint_registered(endpoint: str, registered: str) -> bool:

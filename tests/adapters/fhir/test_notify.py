@@ -24,12 +24,13 @@ from hub.context import HubContext
 from hub.db.models import OutboxEvent
 from hub.db.models_fhirapi import SubscriptionAttempt, SubscriptionDelivery
 from hub.db.uow import Store
+from hub.fhirstore.repository import ResourceRepository
 from hub.orders.schemas import Advance
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
 from hub.runtime import build_runtime
 from hub.settings import Settings
-from tests.hub.api.conftest import WEBHOOK_SECRET, ClientKey, bearer
+from tests.hub.api.conftest import WEBHOOK_ENV, WEBHOOK_SECRET, ClientKey, bearer
 from tests.hub.api.fhir_data import order
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -257,3 +258,110 @@ def test_subscription_rules(api: TestClient, client_keys: dict[str, ClientKey]) 
 )
 def test_an_endpoint_must_be_under_a_registered_url(endpoint: str, registered: str, allowed: bool) -> None:
     assert endpoint_registered(endpoint, registered) is allowed
+
+
+def _subscription_body(endpoint: str, header: list[Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "follow my orders",
+        "criteria": "ServiceRequest",
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json", "header": header},
+    }
+
+
+def _store_header(store: Store, sid: str, line: str) -> None:
+    """Put a header line into a stored Subscription, as one stored before lines were checked."""
+
+    def job(work: Any) -> None:
+        repo = ResourceRepository.for_work(work)
+        content = dict(repo.read("Subscription", sid).content)
+        content["channel"] = {**content["channel"], "header": [line]}
+        repo.update(work, content)
+
+    store.run(job)
+
+
+@respx.mock
+def test_one_unsendable_delivery_does_not_resend_the_others(
+    api: TestClient,
+    client_keys: dict[str, ClientKey],
+    store: Store,
+    fhir_partners: PartnerDirectory,
+    fhir_settings: Settings,
+) -> None:
+    """A non-ASCII header made httpx raise UnicodeEncodeError: the round failed before recording,
+    and every other delivery of the batch, already POSTed, was sent again on every poll."""
+    good, bad = "http://127.0.0.1:9/good", "http://127.0.0.1:9/bad"
+    h = bearer(api, client_keys["st-marys"])
+    _subscribe(api, h, "ServiceRequest", endpoint=good)
+    bad_sub = _subscribe(api, h, "ServiceRequest", endpoint=bad)
+    _store_header(store, bad_sub, "X-Partner-Token: café")
+    api.post("/fhir/ServiceRequest", json=order(), headers=h)
+    _drain(fhir_settings, store, fhir_partners)
+    good_route = respx.post(good).mock(return_value=httpx.Response(204))
+    bad_route = respx.post(bad).mock(return_value=httpx.Response(204))
+    worker = DeliveryWorker(store, fhir_partners, backoff_base_s=0.0)
+    for _ in range(3):
+        asyncio.run(worker.run_once())
+    assert good_route.call_count == 1
+    assert bad_route.call_count == 0
+    by_sub = {d.subscription_id: d for d in _deliveries(store)}
+    assert by_sub[bad_sub].attempts == 3
+    assert "Subscription.channel.header" in (by_sub[bad_sub].last_error or "")
+    assert [d.status for s, d in by_sub.items() if s != bad_sub] == ["delivered"]
+
+
+@respx.mock
+def test_an_invalid_secret_fails_each_delivery_and_is_recorded(
+    api: TestClient,
+    client_keys: dict[str, ClientKey],
+    store: Store,
+    fhir_partners: PartnerDirectory,
+    fhir_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    _subscribe(api, h, "ServiceRequest")
+    api.post("/fhir/ServiceRequest", json=order(), headers=h)
+    _drain(fhir_settings, store, fhir_partners)
+    monkeypatch.setenv(WEBHOOK_ENV, "whsec_!!!notb64")  # the operator broke the secret afterwards
+    route = respx.post(HOOK).mock(return_value=httpx.Response(204))
+    asyncio.run(DeliveryWorker(store, fhir_partners, backoff_base_s=0.0).run_once())  # no exception
+    assert route.call_count == 0
+    [d] = _deliveries(store)
+    assert (d.status, d.attempts, d.last_error) == ("pending", 1, "not sent: ValueError")
+    attempts = store.read(lambda s: list(s.scalars(select(SubscriptionAttempt))))
+    assert [a.error for a in attempts] == ["not sent: ValueError"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "X-Partner-Token: café",
+        "X-Partner-Token: a\r\nX-Injected: 1",
+        "no colon here",
+        "Bad Name: x",
+        ": no name",
+        "Host: other.example",
+        "webhook-signature: v1,forged",
+        "X-CGT-Focus: Task/1",
+        42,
+    ],
+)
+def test_unsendable_header_lines_are_refused(api: TestClient, client_keys: dict[str, ClientKey], line: Any) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    r = api.post("/fhir/Subscription", json=_subscription_body(HOOK, ["X-Ok: 1", line]), headers=h)
+    assert r.status_code == 422, r.text
+    where = {e for i in r.json()["issue"] for e in i.get("expression", [])}
+    assert "Subscription.channel.header[1]" in where
+
+
+def test_an_invalid_webhook_secret_refuses_the_subscription(
+    api: TestClient, client_keys: dict[str, ClientKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(WEBHOOK_ENV, "whsec_!!!notb64")
+    h = bearer(api, client_keys["st-marys"])
+    r = api.post("/fhir/Subscription", json=_subscription_body(HOOK, []), headers=h)
+    assert r.status_code == 422, r.text
+    assert "webhook signing secret cannot be used" in r.text
