@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -53,6 +55,7 @@ TOKEN_ISSUER = "cgt-hub"  # noqa: S105 - the issuer name, not a secret
 JWKS_DEFAULT_TTL_S = 300
 JWKS_MAX_TTL_S = 24 * 3600
 JWKS_REFRESH_MIN_S = 10  # an unknown kid refetches the JWKS, but not more often than this
+JWKS_MAX_BYTES = 256 * 1024  # a JWKS of a few keys is a few KiB
 LETTERS = "cruds"
 
 
@@ -167,24 +170,48 @@ def smart_settings_of(partners: PartnerDirectory, partner_id: str) -> SmartClien
 # --------------------------------------------------------------------------- JWKS cache
 def cache_lifetime(headers: httpx.Headers, now: float) -> float:
     """Seconds a JWKS response may be reused: Cache-Control max-age (no-store/no-cache: 0), else
-    Expires, else a default; capped at a day."""
+    Expires, else a default; capped at a day.
+
+    The hub is a private cache (RFC 9111 §5.2.2.10): ``s-maxage`` is for shared caches and is
+    ignored. A qualified ``no-cache="set-cookie"`` restricts only those header fields, not the body.
+    A ``max-age`` that is not a non-negative integer makes the response stale (§1.2.2, §4.2.1)."""
     cc = headers.get("cache-control", "").lower()
     directives = {d.strip().split("=", 1)[0]: (d.split("=", 1)[1].strip() if "=" in d else "") for d in cc.split(",")}
-    if "no-store" in directives or "no-cache" in directives:
+    if "no-store" in directives or directives.get("no-cache") == "":
         return 0.0
-    for name in ("s-maxage", "max-age"):
-        if name in directives:
-            try:
-                return float(max(0, min(JWKS_MAX_TTL_S, int(directives[name].strip('"')))))
-            except ValueError:
-                break
+    if "max-age" in directives:
+        value = directives["max-age"].strip('"')
+        return float(min(JWKS_MAX_TTL_S, int(value))) if value.isdigit() else 0.0
     expires = headers.get("expires")
     if expires:
         try:
-            return float(max(0.0, min(JWKS_MAX_TTL_S, parsedate_to_datetime(expires).timestamp() - now)))
+            when = parsedate_to_datetime(expires)
         except (TypeError, ValueError):
             return 0.0
+        if when.tzinfo is None:  # "-0000": UTC with no zone information (RFC 5322 §3.3)
+            when = when.replace(tzinfo=UTC)
+        return float(max(0.0, min(JWKS_MAX_TTL_S, when.timestamp() - now)))
     return float(JWKS_DEFAULT_TTL_S)
+
+
+def key_set(doc: object, what: str = "the client's JWKS") -> KeySet:
+    """A JWKS document (``{"keys": [RSA or EC public keys]}``) as a key set. Anything else is the
+    client's mistake (invalid_client), never a 500: joserfc raises KeyError or TypeError for a bare
+    JWK, ``{}``, a list or an unknown curve."""
+    keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise OAuthError("invalid_client", f"{what} must be a JSON object with a non-empty 'keys' list", 401)
+    if not all(isinstance(k, dict) and k.get("kty") in ("RSA", "EC") for k in keys):
+        raise OAuthError("invalid_client", f"{what} may hold only RSA and EC public keys", 401)
+    try:
+        return KeySet.import_key_set(doc)  # type: ignore[arg-type]
+    except (ValueError, TypeError, KeyError, JoseError) as exc:
+        problem = f"{what} is not a valid key set: check each key's kty, crv and parameters"
+        raise OAuthError("invalid_client", problem, 401) from exc
+
+
+class _JwksUnusable(Exception):
+    """The JWKS URL's answer cannot be used; the message says why (for the client)."""
 
 
 @dataclass
@@ -196,9 +223,14 @@ class _Cached:
 
 @dataclass
 class JwksCache:
-    """Fetches partners' JWKS URLs and keeps them as long as their caching headers allow."""
+    """Fetches partners' JWKS URLs and keeps them as long as their caching headers allow.
+
+    A fetch has a total deadline (``timeout_s``: connecting, waiting for the lock another request
+    holds for the same URL, and reading the whole body) and a size cap (``max_bytes``): a slow or
+    endless JWKS URL costs a token request at most ``timeout_s`` and never much memory."""
 
     timeout_s: float = 5.0
+    max_bytes: int = JWKS_MAX_BYTES
     transport: httpx.AsyncBaseTransport | None = None
     _entries: dict[str, _Cached] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -215,30 +247,55 @@ class JwksCache:
         ):
             return entry.keys
         lock = self._locks.setdefault(url, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(url)
-            if entry is not None and entry.fetched_at > now:
-                return entry.keys  # another request fetched it while we waited
-            return await self._fetch(url)
+        try:
+            async with asyncio.timeout(self.timeout_s), lock:
+                entry = self._entries.get(url)
+                if entry is not None and entry.fetched_at > now:
+                    return entry.keys  # another request fetched it while we waited
+                return await self._fetch(url)
+        except TimeoutError as exc:
+            raise OAuthError(
+                "invalid_client", f"the client's JWKS URL did not answer within {self.timeout_s:g} s", 401
+            ) from exc
 
     async def _fetch(self, url: str) -> KeySet:
         self.fetches += 1
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport) as client:
-                response = await client.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
+            headers, body = await self._download(url)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise OAuthError(
-                "invalid_client", f"the client's JWKS could not be fetched ({type(exc).__name__})"
+                "invalid_client", f"the client's JWKS could not be fetched ({type(exc).__name__})", 401
             ) from exc
-        if response.status_code != 200:
-            raise OAuthError("invalid_client", f"the client's JWKS URL answered {response.status_code}")
+        except _JwksUnusable as exc:
+            raise OAuthError("invalid_client", str(exc), 401) from exc
         try:
-            keys = KeySet.import_key_set(response.json())
-        except (ValueError, JoseError) as exc:
-            raise OAuthError("invalid_client", "the client's JWKS is not a valid key set") from exc
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise OAuthError("invalid_client", "the client's JWKS is not JSON", 401) from exc
+        keys = key_set(doc)
         now = time.time()
-        self._entries[url] = _Cached(keys, now, now + cache_lifetime(response.headers, now))
+        self._entries[url] = _Cached(keys, now, now + cache_lifetime(headers, now))
         return keys
+
+    async def _download(self, url: str) -> tuple[httpx.Headers, bytes]:
+        """Status 200 and at most ``max_bytes`` of body, streamed (never read whole first)."""
+        request_headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        async with (
+            httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport) as client,
+            client.stream("GET", url, headers=request_headers) as response,
+        ):
+            if response.status_code != 200:
+                raise _JwksUnusable(f"the client's JWKS URL answered {response.status_code}")
+            too_big = _JwksUnusable(f"the client's JWKS is larger than {self.max_bytes // 1024} KiB")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise too_big
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise too_big
+            return response.headers, bytes(body)
 
 
 def _has_kid(keys: KeySet, kid: str) -> bool:
@@ -342,10 +399,7 @@ class TokenService:
 
     async def _keys(self, client: Client, kid: str | None) -> KeySet:
         if client.settings.jwks is not None:
-            try:
-                return KeySet.import_key_set(client.settings.jwks)  # type: ignore[arg-type]
-            except (ValueError, JoseError) as exc:
-                raise OAuthError("invalid_client", "the registered JWKS is not a valid key set", 401) from exc
+            return key_set(client.settings.jwks, "the registered JWKS")
         assert client.settings.jwks_url is not None
         return await self.jwks.keys(client.settings.jwks_url, kid=kid)
 
@@ -397,7 +451,6 @@ class TokenService:
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims of a compact JWS, unverified (to find the client and its keys)."""
     import base64
-    import json
 
     parts = token.split(".")
     if len(parts) != 3:

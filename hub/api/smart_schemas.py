@@ -18,8 +18,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+EC_CURVES = ("P-256", "P-384", "P-521")
 SCOPE_RE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(\*|read|write|[cruds]{1,5})$")
 
 
@@ -69,6 +72,12 @@ class SmartClientSettings(BaseModel):
                 raise ValueError("each JWKS key must be an RSA or EC public key")
             if any(k in key for k in ("d", "p", "q", "dp", "dq", "qi")):
                 raise ValueError("the JWKS holds a PRIVATE key; register only the public part")
+            if key["kty"] == "EC" and key.get("crv") not in EC_CURVES:
+                raise ValueError(f"an EC key's crv must be one of {', '.join(EC_CURVES)} (ES384 uses P-384)")
+        try:  # what the token endpoint will do with it: refuse here, at load time, not per request
+            KeySet.import_key_set(value)  # type: ignore[arg-type]
+        except (ValueError, TypeError, KeyError, JoseError) as exc:
+            raise ValueError(f"the JWKS is not a valid key set ({type(exc).__name__}: {exc})") from exc
         return value
 
     @model_validator(mode="after")

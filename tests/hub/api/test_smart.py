@@ -276,3 +276,143 @@ def test_a_conditional_create_or_reference_needs_the_search_scope(
     assert r.status_code == 403, r.text
     assert "system/ServiceRequest.s" in r.json()["issue"][0]["diagnostics"]
     assert api.post("/fhir/Observation", json=body, headers=h).status_code == 201  # plain create: fine
+
+
+def _with_jwks_url(partners: PartnerDirectory, url: str) -> PartnerDirectory:
+    """st-marys' client registered by a JWKS URL instead of an inline JWKS."""
+    profile = partners.profiles["st-marys"]
+    channels = tuple(
+        c.model_copy(update={"smart": c.smart.model_copy(update={"jwks": None, "jwks_url": url})})
+        if getattr(c, "adapter", None) == "fhir-rest"
+        else c
+        for c in profile.channels
+    )
+    return PartnerDirectory({**partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})})
+
+
+@pytest.mark.parametrize(
+    "name", ["bare_jwk", "empty_object", "list", "string", "keys_not_a_list", "unknown_crv", "oct_key", "deep"]
+)
+@respx.mock
+def test_a_malformed_jwks_document_is_invalid_client(
+    store: Store,
+    fhir_partners: PartnerDirectory,
+    fhir_settings: Settings,
+    client_keys: dict[str, ClientKey],
+    name: str,
+) -> None:
+    """joserfc raised KeyError / TypeError (and json RecursionError) for these: a 500."""
+    ck = client_keys["st-marys"]
+    public = {**ck.key.as_dict(private=False), "kid": ck.key.kid}
+    docs = {
+        "bare_jwk": json.dumps(public).encode(),
+        "empty_object": b"{}",
+        "list": json.dumps([public]).encode(),
+        "string": b'"keys"',
+        "keys_not_a_list": b'{"keys": {"kty": "EC"}}',
+        "unknown_crv": b'{"keys": [{"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA"}]}',
+        "oct_key": b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}',
+        "deep": b"[" * 100_000 + b"]" * 100_000,
+    }
+    url = "https://ehr.example/jwks.json"
+    respx.get(url).mock(return_value=httpx.Response(200, content=docs[name]))
+    app = create_app(HubContext(fhir_settings, store, _with_jwks_url(fhir_partners, url)))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/auth/token", data=token_form(ck, AUD, "system/ServiceRequest.rs"))
+    assert r.status_code == 401, r.text
+    assert r.json()["error"] == "invalid_client"
+    assert "JWKS" in r.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "jwks",
+    [
+        {"keys": [{"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA"}]},
+        {"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]},
+    ],
+)
+def test_a_profile_with_an_unusable_inline_jwks_is_refused_at_load(jwks: dict[str, object]) -> None:
+    from pydantic import ValidationError
+
+    from hub.api.smart_schemas import SmartClientSettings
+
+    with pytest.raises(ValidationError, match=r"crv|not a valid key set"):
+        SmartClientSettings(jwks=jwks)
+
+
+class _JwksServer:
+    """A JWKS URL that drips its answer (one byte a second) or sends an endless body."""
+
+    def __init__(self, mode: str, doc: bytes) -> None:
+        import socket
+
+        self.mode, self.doc = mode, doc
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks.json"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                if self.mode == "drip":
+                    body = b" " * 8 + self.doc
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                    for byte in body:
+                        time.sleep(1.0)
+                        conn.sendall(bytes([byte]))
+                else:  # no Content-Length: the body ends when the connection closes
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    for _ in range(64 * 16):  # 64 MiB
+                        conn.sendall(b" " * 65536)
+            except OSError:
+                return  # the hub gave up and closed the connection, as it should
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["drip", "endless"])
+def test_a_jwks_fetch_has_a_total_deadline_and_a_size_cap(client_keys: dict[str, ClientKey], mode: str) -> None:
+    """httpx's timeout is per read: a byte a second kept the token request waiting for minutes, and
+    the body was read whole into memory whatever its size."""
+    import asyncio
+
+    from hub.api.auth import OAuthError
+
+    ck = client_keys["st-marys"]
+    server = _JwksServer(mode, json.dumps({"keys": [ck.key.as_dict(private=False)]}).encode())
+    started = time.perf_counter()
+    try:
+        with pytest.raises(OAuthError) as refused:
+            asyncio.run(JwksCache(timeout_s=1.5).keys(server.url))
+    finally:
+        server.close()
+    assert time.perf_counter() - started < 3.0
+    assert refused.value.status == 401
+    assert ("within 1.5 s" if mode == "drip" else "larger than 256 KiB") in refused.value.message
+
+
+@respx.mock
+def test_a_jwks_with_a_large_content_length_is_refused_unread() -> None:
+    import asyncio
+
+    from hub.api.auth import OAuthError
+
+    respx.get("https://ehr.example/big.json").mock(return_value=httpx.Response(200, content=b" " * 300_000))
+    with pytest.raises(OAuthError, match="larger than"):
+        asyncio.run(JwksCache().keys("https://ehr.example/big.json"))
+
+
+def test_jwks_cache_lifetime_is_that_of_a_private_cache() -> None:
+    now = time.time()
+    life = lambda cc: cache_lifetime(httpx.Headers({"cache-control": cc}), now)  # noqa: E731
+    assert life("s-maxage=86400, max-age=0") == 0  # s-maxage is for shared caches only
+    assert life("s-maxage=86400") == 300  # ... so the default applies
+    assert life('max-age=60, no-cache="set-cookie"') == 60  # no-cache of a header field, not the body
+    assert life("no-cache") == 0
+    for invalid in ("max-age=abc", "max-age=1.5", "max-age=-5", "max-age="):
+        assert life(invalid) == 0, invalid  # an invalid max-age makes the response stale
+    naive = httpx.Headers({"expires": "Thu, 01 Jan 2099 00:00:00 -0000"})
+    assert cache_lifetime(naive, now) == 24 * 3600
