@@ -6,8 +6,9 @@
 * ``POST /auth/token`` takes ``grant_type=client_credentials`` with a ``private_key_jwt`` client
   assertion signed RS384 or ES384 (nothing else: ``none`` and HMAC are refused). The assertion's
   ``iss`` = ``sub`` = client id, ``aud`` = this token endpoint, ``exp`` in the future and at most
-  five minutes ahead, and a ``jti`` never seen before: each accepted ``jti`` is stored under a
-  primary key until it expires, so a replay (even a concurrent one) hits the key and is refused.
+  five minutes ahead, ``nbf``/``iat`` not in the future, and a ``jti`` never seen before: each
+  accepted ``jti`` is stored under a primary key until it expires (plus the clock skew it is still
+  accepted within), so a replay (even a concurrent one) hits the key and is refused.
 * The access token is a JWT (HS256, key derived from ``CGTHUB_SECRET_KEY``) valid for 300 s at
   most. No refresh tokens: a ``refresh_token`` grant is refused (``unsupported_grant_type``).
 * Scopes are SMART ``system/<Type>.<cruds>`` (v2) or ``.read``/``.write``/``.*`` (v1). Every FHIR
@@ -390,6 +391,7 @@ class TokenService:
             problems.append("the assertion has expired")
         elif exp > now + ASSERTION_MAX_AHEAD_S + CLOCK_SKEW_S:
             problems.append("exp may be at most 5 minutes ahead")
+        problems += _not_yet_valid(c, now)
         jti = c.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > 255:
             problems.append("jti is missing")
@@ -404,9 +406,10 @@ class TokenService:
         return await self.jwks.keys(client.settings.jwks_url, kid=kid)
 
     async def _remember_jti(self, client_id: str, jti: str, exp: int) -> None:
-        from datetime import UTC, datetime
+        from datetime import datetime
 
-        expires = datetime.fromtimestamp(exp, UTC)
+        # Kept as long as the assertion is accepted (exp + skew), or it could be used once more.
+        expires = datetime.fromtimestamp(exp + CLOCK_SKEW_S, UTC)
 
         def job(work: Work) -> None:
             work.session.execute(delete(SmartAssertion).where(SmartAssertion.expires_at < work.now))
@@ -446,6 +449,21 @@ class TokenService:
         scope_text = str(c.get("scope", ""))
         scopes = tuple(s for s in (Scope.parse(t) for t in scope_text.split()) if s is not None)
         return Principal("partner", partner, str(c.get("sub")), scopes, scope_text)
+
+
+def _not_yet_valid(claims: dict[str, Any], now: float) -> list[str]:
+    """RFC 7523 §3: an assertion whose ``nbf`` (or ``iat``) is in the future is not to be accepted;
+    a value that is not a number of seconds is refused too (it compares as nothing)."""
+    problems = []
+    for name, meaning in (("nbf", "not valid before"), ("iat", "issued at")):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            problems.append(f"{name} must be a number of seconds")
+        elif value > now + CLOCK_SKEW_S:
+            problems.append(f"{name} ({meaning}) is in the future: check the client's clock")
+    return problems
 
 
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

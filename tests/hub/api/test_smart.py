@@ -416,3 +416,37 @@ def test_jwks_cache_lifetime_is_that_of_a_private_cache() -> None:
         assert life(invalid) == 0, invalid  # an invalid max-age makes the response stale
     naive = httpx.Headers({"expires": "Thu, 01 Jan 2099 00:00:00 -0000"})
     assert cache_lifetime(naive, now) == 24 * 3600
+
+
+def test_an_assertion_accepted_within_the_clock_skew_cannot_be_replayed(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """exp 2 s ago is still accepted (5 s of clock skew), but its jti row was kept only until exp:
+    the next request purged it and took the same assertion again."""
+    form = token_form(client_keys["st-marys"], AUD, "system/ServiceRequest.rs", exp=int(time.time()) - 2)
+    assert api.post("/auth/token", data=form).status_code == 200
+    assert "already used" in _refused(api, form)
+
+
+@pytest.mark.parametrize(
+    ("claims", "problem"),
+    [
+        ({"nbf": 3600}, "nbf (not valid before) is in the future"),
+        ({"iat": 3600}, "iat (issued at) is in the future"),
+        ({"nbf": "soon"}, "nbf must be a number"),
+        ({"iat": True}, "iat must be a number"),
+        ({"iat": float("nan")}, "iat must be a number"),
+    ],
+)
+def test_an_assertion_not_yet_valid_is_refused(
+    api: TestClient, client_keys: dict[str, ClientKey], claims: dict[str, object], problem: str
+) -> None:
+    now = int(time.time())
+    shifted = {k: now + v if isinstance(v, int) and not isinstance(v, bool) else v for k, v in claims.items()}
+    assert problem in _refused(api, token_form(client_keys["st-marys"], AUD, **shifted))
+
+
+def test_nbf_and_iat_within_the_clock_skew_are_accepted(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    now = int(time.time())
+    form = token_form(client_keys["st-marys"], AUD, "system/ServiceRequest.rs", nbf=now + 2, iat=now - 30)
+    assert api.post("/auth/token", data=form).status_code == 200
