@@ -91,6 +91,31 @@ class Scope:
     def allows(self, resource_type: str, letter: str) -> bool:
         return (self.resource_type in ("*", resource_type)) and letter in self.letters
 
+    def intersect(self, other: Scope) -> Scope | None:
+        """What both scopes allow (``system/*.rs`` ∩ ``system/Task.cruds`` = ``system/Task.rs``)."""
+        if self.resource_type == "*":
+            rtype = other.resource_type
+        elif other.resource_type in ("*", self.resource_type):
+            rtype = self.resource_type
+        else:
+            return None
+        letters = self.letters & other.letters
+        return Scope(rtype, letters) if letters else None
+
+    @property
+    def text(self) -> str:
+        return f"system/{self.resource_type}.{''.join(x for x in LETTERS if x in self.letters)}"
+
+
+def still_allowed(granted: str, allowed: tuple[str, ...]) -> tuple[Scope, ...]:
+    """The scopes of a token as far as the client's registration allows them now."""
+    permitted = [s for s in (Scope.parse(a) for a in allowed) if s is not None]
+    out = []
+    for scope in (Scope.parse(t) for t in granted.split()):
+        if scope is not None:
+            out += [both for p in permitted if (both := scope.intersect(p)) is not None]
+    return tuple(dict.fromkeys(out))
+
 
 def grant(requested: str, allowed: tuple[str, ...]) -> list[str]:
     """The requested scopes the client may have (SMART: the server may grant a subset)."""
@@ -446,9 +471,13 @@ class TokenService:
         partner = c.get("partner")
         if not isinstance(partner, str) or partner not in self.partners:
             raise AuthenticationFailed("the access token names no known partner")
-        scope_text = str(c.get("scope", ""))
-        scopes = tuple(s for s in (Scope.parse(t) for t in scope_text.split()) if s is not None)
-        return Principal("partner", partner, str(c.get("sub")), scopes, scope_text)
+        # A token outlives neither its client's removal nor a cut of the client's scopes: both are
+        # checked against the registration on every request, not only when the token was issued.
+        client = self._clients.get(str(c.get("sub")))
+        if client is None or client.partner_id != partner:
+            raise AuthenticationFailed("the access token's client is no longer registered for this partner")
+        scopes = still_allowed(str(c.get("scope", "")), client.settings.scopes)
+        return Principal("partner", partner, client.client_id, scopes, " ".join(s.text for s in scopes))
 
 
 def _not_yet_valid(claims: dict[str, Any], now: float) -> list[str]:

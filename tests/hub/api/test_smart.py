@@ -278,16 +278,21 @@ def test_a_conditional_create_or_reference_needs_the_search_scope(
     assert api.post("/fhir/Observation", json=body, headers=h).status_code == 201  # plain create: fine
 
 
-def _with_jwks_url(partners: PartnerDirectory, url: str) -> PartnerDirectory:
-    """st-marys' client registered by a JWKS URL instead of an inline JWKS."""
+def _with_smart(partners: PartnerDirectory, **update: object) -> PartnerDirectory:
+    """st-marys' profile with its SMART client registration changed."""
     profile = partners.profiles["st-marys"]
     channels = tuple(
-        c.model_copy(update={"smart": c.smart.model_copy(update={"jwks": None, "jwks_url": url})})
+        c.model_copy(update={"smart": c.smart.model_copy(update=update)})
         if getattr(c, "adapter", None) == "fhir-rest"
         else c
         for c in profile.channels
     )
     return PartnerDirectory({**partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})})
+
+
+def _with_jwks_url(partners: PartnerDirectory, url: str) -> PartnerDirectory:
+    """st-marys' client registered by a JWKS URL instead of an inline JWKS."""
+    return _with_smart(partners, jwks=None, jwks_url=url)
 
 
 @pytest.mark.parametrize(
@@ -450,3 +455,49 @@ def test_nbf_and_iat_within_the_clock_skew_are_accepted(api: TestClient, client_
     now = int(time.time())
     form = token_form(client_keys["st-marys"], AUD, "system/ServiceRequest.rs", nbf=now + 2, iat=now - 30)
     assert api.post("/auth/token", data=form).status_code == 200
+
+
+def test_a_token_does_not_outlive_its_client(
+    store: Store, fhir_partners: PartnerDirectory, fhir_settings: Settings, client_keys: dict[str, ClientKey]
+) -> None:
+    """The hub restarted with st-marys' SMART client removed (the partner kept): its token from
+    before still read and wrote for up to 5 minutes."""
+    ck = client_keys["st-marys"]
+    with TestClient(create_app(HubContext(fhir_settings, store, fhir_partners))) as c:
+        h = bearer(c, ck, "system/ServiceRequest.rs")
+    profile = fhir_partners.profiles["st-marys"]
+    channels = tuple(c for c in profile.channels if getattr(c, "adapter", None) != "fhir-rest")
+    partners = PartnerDirectory(
+        {**fhir_partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})}
+    )
+    with TestClient(create_app(HubContext(fhir_settings, store, partners))) as c:
+        r = c.get("/fhir/ServiceRequest", headers=h)
+    assert r.status_code == 401, r.text
+    assert "no longer registered" in r.text
+
+
+def test_a_token_loses_the_scopes_cut_from_its_client(
+    store: Store, fhir_partners: PartnerDirectory, fhir_settings: Settings, client_keys: dict[str, ClientKey]
+) -> None:
+    ck = client_keys["st-marys"]
+    with TestClient(create_app(HubContext(fhir_settings, store, fhir_partners))) as c:
+        h = bearer(c, ck, "system/ServiceRequest.cruds system/Patient.cruds system/Task.rs")
+    cut = _with_smart(fhir_partners, scopes=("system/*.rs",))  # read-only now
+    with TestClient(create_app(HubContext(fhir_settings, store, cut))) as c:
+        assert c.get("/fhir/ServiceRequest", headers=h).status_code == 200
+        assert c.get("/fhir/Task", headers=h).status_code == 200
+        r = c.post("/fhir/ServiceRequest", json=order(), headers=h)
+        assert r.status_code == 403, r.text
+        assert c.get("/fhir/Observation", headers=h).status_code == 403  # never in the token
+
+
+def test_scope_intersection() -> None:
+    from hub.api.auth import still_allowed
+
+    texts = lambda granted, allowed: [s.text for s in still_allowed(granted, allowed)]  # noqa: E731
+    assert texts("system/*.cruds", ("system/Task.rs", "system/Patient.read")) == [
+        "system/Task.rs",
+        "system/Patient.rs",
+    ]
+    assert texts("system/Task.cu system/Patient.write", ("system/*.rs",)) == []
+    assert texts("system/Task.*", ("system/*.cruds",)) == ["system/Task.cruds"]
