@@ -11,8 +11,9 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -96,6 +97,13 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     operator_token: SecretStr = SecretStr(DEV_OPERATOR_TOKEN)
 
+    # The hub's public base URL as partners reach it (e.g. https://hub.example.org, behind any proxy).
+    # The SMART token endpoint is {public_url}/auth/token: the only audience (aud) a client assertion
+    # may name, and what discovery announces. Unset (development only: production refuses to start)
+    # it is taken from each request's Host header, which the client chooses, so an assertion made
+    # for another server that names its host would pass.
+    public_url: str | None = None
+
     # The issuing facility for chain-of-identity identifiers (ISBT 128 FIN, 5 characters).
     coi_fin: str = "A9998"
     # Site time zone used when an event carries no zone of its own.
@@ -145,6 +153,18 @@ class Settings(BaseSettings):
     # Logistics (issue 5): CGTHUB_LOGISTICS__SWEEP_S=… and so on.
     logistics: LogisticsSettings = Field(default_factory=LogisticsSettings)
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("CGTHUB_PUBLIC_URL must be an http(s) URL such as https://hub.example.org")
+        if parts.query or parts.fragment:
+            raise ValueError("CGTHUB_PUBLIC_URL is a base URL: no query or fragment")
+        return value.rstrip("/")
+
     @property
     def lock_limits(self) -> LockLimits:
         from hub.db.engine import LockLimits
@@ -156,7 +176,7 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     def check_production(self) -> None:
-        """Refuse production mode with empty or default secrets or without durable services."""
+        """Refuse production mode with empty or default secrets or without a public URL."""
         if self.env is not Environment.production:
             return
         problems: list[str] = []
@@ -169,6 +189,11 @@ class Settings(BaseSettings):
                 problems.append(f"{name} is empty or the development default")
             elif len(raw) < 32:
                 problems.append(f"{name} is shorter than 32 characters")
+        if not self.public_url:
+            problems.append(
+                "CGTHUB_PUBLIC_URL is not set (the hub's URL as partners reach it, e.g. https://hub.example.org; "
+                "SMART client assertions must name {CGTHUB_PUBLIC_URL}/auth/token as their audience)"
+            )
         if problems:
             raise ProductionConfigError("refusing to start in production mode: " + "; ".join(problems))
 

@@ -15,7 +15,10 @@ TOKEN_PATH = "/auth/token"  # noqa: S105 - a path, not a secret
 
 
 def token_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + TOKEN_PATH
+    """The token endpoint, and the only ``aud`` a client assertion may name: from
+    ``CGTHUB_PUBLIC_URL``; without it (development) from the request, i.e. its Host header."""
+    public: str | None = request.app.state.ctx.settings.public_url
+    return (public or str(request.base_url).rstrip("/")) + TOKEN_PATH
 
 
 def smart_configuration(request: Request) -> dict[str, Any]:

@@ -501,3 +501,22 @@ def test_scope_intersection() -> None:
     ]
     assert texts("system/Task.cu system/Patient.write", ("system/*.rs",)) == []
     assert texts("system/Task.*", ("system/*.cruds",)) == ["system/Task.cruds"]
+
+
+def test_aud_is_the_configured_public_url_not_the_host_header(
+    store: Store, fhir_partners: PartnerDirectory, fhir_settings: Settings, client_keys: dict[str, ClientKey]
+) -> None:
+    """The expected audience came from request.base_url: an assertion a client made for another
+    server was accepted when the request's Host header named that server."""
+    ck = client_keys["st-marys"]
+    public = "https://hub.example.org/auth/token"
+    settings = fhir_settings.model_copy(update={"public_url": "https://hub.example.org"})
+    with TestClient(create_app(HubContext(settings, store, fhir_partners))) as c:
+        other = token_form(ck, "http://other-fhir-server.example/auth/token", "system/ServiceRequest.rs")
+        r = c.post("/auth/token", data=other, headers={"Host": "other-fhir-server.example"})
+        assert r.status_code == 401, r.text
+        assert public in r.json()["error_description"]
+        assert c.post("/auth/token", data=token_form(ck, AUD, "system/ServiceRequest.rs")).status_code == 401
+        assert c.post("/auth/token", data=token_form(ck, public, "system/ServiceRequest.rs")).status_code == 200
+        conf = c.get("/.well-known/smart-configuration", headers={"Host": "other-fhir-server.example"}).json()
+        assert conf["token_endpoint"] == public

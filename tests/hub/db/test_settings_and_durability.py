@@ -26,9 +26,24 @@ def test_production_refuses_default_or_empty_secrets() -> None:
             env=Environment.production, secret_key=SecretStr("x" * 10), operator_token=SecretStr("y" * 40)
         ).check_production()
     Settings(
-        env=Environment.production, secret_key=SecretStr("x" * 40), operator_token=SecretStr("y" * 40)
+        env=Environment.production,
+        secret_key=SecretStr("x" * 40),
+        operator_token=SecretStr("y" * 40),
+        public_url="https://hub.example.org",
     ).check_production()
     Settings().check_production()  # development mode may use defaults
+
+
+def test_production_needs_the_public_url() -> None:
+    """Without it the SMART token endpoint's audience came from the request's Host header."""
+    with pytest.raises(ProductionConfigError, match="CGTHUB_PUBLIC_URL"):
+        Settings(
+            env=Environment.production, secret_key=SecretStr("x" * 40), operator_token=SecretStr("y" * 40)
+        ).check_production()
+    assert Settings(public_url="https://hub.example.org/cgt/").public_url == "https://hub.example.org/cgt"
+    for bad in ("hub.example.org", "ftp://hub.example.org", "https://hub.example.org/?x=1", "https://a@b.example"):
+        with pytest.raises(ValueError, match="CGTHUB_PUBLIC_URL"):
+            Settings(public_url=bad)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
