@@ -28,7 +28,7 @@ from hub.api.capability import capability_statement
 from hub.api.deps import CtxDep
 from hub.api.fhir_service import BadRequest, FhirService, Result, precheck
 from hub.api.idempotency import InFlight, Reply, external_id, inbound_job, raw_request
-from hub.api.isolation import enter_partner_scope
+from hub.api.isolation import enter_partner_scope, references
 from hub.api.outcomes import operation_outcome
 from hub.api.smart import token_url
 from hub.errors import HubError, Issue, NotFound
@@ -216,9 +216,19 @@ def reply_for(result: Result, prefer: str, base: str) -> Reply:
     return Reply(result.status, headers, body, result.order_id)
 
 
+Needs = Callable[[bytes], list[tuple[str, str]]]
+
+
 async def _write(
-    request: Request, ctx: Any, principal: Principal, message_type: str, handle: Callable[[FhirService, bytes], Reply]
+    request: Request,
+    ctx: Any,
+    principal: Principal,
+    message_type: str,
+    handle: Callable[[FhirService, bytes], Reply],
+    needs: Needs,
 ) -> Response:
+    """``needs``: the (type, letter) scopes the request needs, checked again before a stored answer
+    is replayed for an Idempotency-Key (the key must not stand in for the scope)."""
     body = await request.body()
     key = request.headers.get("idempotency-key")
     external = external_id(key)
@@ -229,12 +239,44 @@ async def _write(
     def handler(work: Any) -> Reply:
         return handle(FhirService(work, principal, ctx.partners, ctx.settings.coi_fin), body)
 
+    def authorize() -> None:
+        for rtype, letter in needs(body):
+            principal.require(rtype, letter)
+
+    job = inbound_job(
+        partner=partner, external=external, raw=raw, message_type=message_type, handle=handler, authorize=authorize
+    )
     with inflight.claim(partner, key):
-        reply = await ctx.store.run_async(
-            inbound_job(partner=partner, external=external, raw=raw, message_type=message_type, handle=handler),
-            actor=principal.actor,
-        )
+        reply = await ctx.store.run_async(job, actor=principal.actor)
     return Response(reply.body or b"", status_code=reply.status, headers=reply.headers, media_type=None)
+
+
+def bundle_needs(body: bytes) -> list[tuple[str, str]]:
+    """The scopes a transaction or batch Bundle's entries need, as their processing checks them:
+    the method's letter, and ``s`` for a conditional create, a search and a conditional reference.
+    A body that cannot be read needs nothing: its stored answer is the refusal."""
+    try:
+        entries = _parse(body).get("entry")
+    except HubError:
+        return []
+    needs: list[tuple[str, str]] = []
+    for entry in entries if isinstance(entries, list) else []:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            continue
+        method, url = str(request.get("method") or "").upper(), str(request.get("url") or "")
+        path, _, query = url.partition("?")
+        parts = path.strip("/").split("/")
+        if method == "GET":
+            needs.append((parts[0], "r" if len(parts) > 1 and not query else "s"))
+        elif method in ("POST", "PUT", "DELETE"):
+            needs.append((parts[0], {"POST": "c", "PUT": "u", "DELETE": "d"}[method]))
+            if request.get("ifNoneExist") or query:
+                needs.append((parts[0], "s"))
+        for ref in references(entry.get("resource")):
+            if "?" in ref:
+                needs.append((ref.split("?", 1)[0], "s"))
+    return [(rtype, letter) for rtype, letter in needs if rtype in SUPPORTED_TYPES]
 
 
 def _bundle_reader(svc: FhirService, base: str) -> Callable[[str], dict[str, Any]]:
@@ -275,7 +317,7 @@ async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: Form
                 entry["fullUrl"] = f"{base}/{entry['fullUrl']}"
         return Reply(200, {"Content-Type": FHIR_JSON}, canonical.dumpb(result))
 
-    return await _write(request, ctx, principal, "Bundle.transaction", handle)
+    return await _write(request, ctx, principal, "Bundle.transaction", handle, bundle_needs)
 
 
 @router.post("/{resource_type}/$validate", openapi_extra=JSON_BODY)
@@ -327,7 +369,8 @@ async def create(
         result = svc.create(rtype, doc, if_none_exist, prechecked=issues)
         return reply_for(result, prefer, base)
 
-    return await _write(request, ctx, principal, f"{rtype}.create", handle)
+    needs = [(rtype, "c"), (rtype, "s")] if if_none_exist else [(rtype, "c")]
+    return await _write(request, ctx, principal, f"{rtype}.create", handle, lambda _: needs)
 
 
 @router.put("/{resource_type}/{rid}", openapi_extra=JSON_BODY)
@@ -345,7 +388,7 @@ async def update(
         result = svc.update(rtype, rid, _parse(body), _if_match(if_match))
         return reply_for(result, prefer, base)
 
-    return await _write(request, ctx, principal, f"{rtype}.update", handle)
+    return await _write(request, ctx, principal, f"{rtype}.update", handle, lambda _: [(rtype, "u")])
 
 
 # --------------------------------------------------------------------------- reads

@@ -6,7 +6,9 @@ before it is interpreted; the exact HTTP answer (status, headers, body) is store
 the key, scoped to the partner:
 
 * same key, same request (method, path and body: the fingerprint is the hash of the raw request)
-  → the original answer, byte for byte, nothing changes (``Idempotent-Replayed: true``);
+  → the original answer, byte for byte, nothing changes (``Idempotent-Replayed: true``) — if the
+  caller's token still has the scopes the request needs (``authorize``): the stored answer holds
+  the resource, and a key must not let a token read what it may not;
 * same key, another request → 422;
 * same key while the first request is still being processed → 409 (tracked in this process; across
   processes the inbox's unique key makes the second wait for the first and then answer like a
@@ -126,8 +128,11 @@ def inbound_job(
     raw: bytes,
     message_type: str,
     handle: Callable[[Work], Reply],
+    authorize: Callable[[], None] | None = None,
 ) -> Callable[[Work], Reply]:
-    """A unit-of-work job: store the request, run ``handle`` (nested), store and return the answer."""
+    """A unit-of-work job: store the request, run ``handle`` (nested), store and return the answer.
+    ``authorize`` raises (Forbidden) when the caller may not have a stored answer replayed; a new
+    request is authorised by ``handle`` itself, and its refusal is stored like any other answer."""
 
     def job(work: Work) -> Reply:
         def interpret(w: Work, message_id: str) -> Interpretation:
@@ -155,6 +160,8 @@ def inbound_job(
         )
         reply = Reply.from_bytes(outcome.response) if outcome.response else error_reply(None)
         if outcome.duplicate:
+            if authorize is not None:
+                authorize()
             reply.headers["Idempotent-Replayed"] = "true"
         return reply
 

@@ -109,6 +109,61 @@ def test_idempotency_key(api: TestClient, client_keys: dict[str, ClientKey], fhi
     assert api.post("/fhir/ServiceRequest", json=order(), headers={**h, "Idempotency-Key": busy}).status_code == 201
 
 
+def test_a_replay_needs_the_scope_of_the_request(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """The stored answer was replayed before any scope check: a token without
+    system/ServiceRequest.c got the 201 and the whole resource by repeating someone's key."""
+    ck = client_keys["st-marys"]
+    full, task_only = bearer(api, ck), bearer(api, ck, "system/Task.rs")
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = order()
+    assert api.post("/fhir/ServiceRequest", json=body, headers={**full, **key}).status_code == 201
+    again = api.post("/fhir/ServiceRequest", json=body, headers={**task_only, **key})
+    assert again.status_code == 403, again.text
+    assert "system/ServiceRequest.c" in again.text
+    assert "idempotent-replayed" not in again.headers
+    assert api.post("/fhir/ServiceRequest", json=body, headers={**full, **key}).status_code == 201  # still replays
+
+    location = bearer(api, ck, "system/Location.c")
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": _location("Ward 9", "w9"), "request": {"method": "POST", "url": "Location"}},
+            {"request": {"method": "GET", "url": "ServiceRequest?status=active"}},
+        ],
+    }
+    tx_key = {"Idempotency-Key": str(uuid.uuid4())}
+    assert api.post("/fhir", json=tx, headers={**full, **tx_key}).status_code == 200
+    replay = api.post("/fhir", json=tx, headers={**location, **tx_key})
+    assert replay.status_code == 403, replay.text
+    assert "system/ServiceRequest.s" in replay.text
+
+
+def test_bundle_needs() -> None:
+    from hub.api.fhir import bundle_needs
+
+    body = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=x|1"}},
+            {
+                "resource": {"resourceType": "Task", "focus": {"reference": "Specimen?identifier=x|2"}},
+                "request": {"method": "PUT", "url": "Task/t1"},
+            },
+            {"request": {"method": "GET", "url": "Patient/p1"}},
+            {"request": {"method": "GET", "url": "Banana?x=1"}},
+        ],
+    }
+    assert bundle_needs(json.dumps(body).encode()) == [
+        ("Observation", "c"),
+        ("Observation", "s"),
+        ("Task", "u"),
+        ("Specimen", "s"),
+        ("Patient", "r"),
+    ]
+    assert bundle_needs(b"not json") == []
+
+
 def test_failed_request_is_replayed_too(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
     h = bearer(api, client_keys["st-marys"])
     key = {"Idempotency-Key": str(uuid.uuid4())}
