@@ -272,7 +272,13 @@ def replay(ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "o
         if m.status not in (InboxStatus.failed.value, InboxStatus.rejected.value, InboxStatus.quarantined.value):
             raise GuardFailed(f"inbox message {key} is {m.status}; replaying it would repeat its effects")
         route = _route_for(router, m.partner)
-        tx = parse_all(m.raw)
+        try:
+            tx = parse_all(m.raw)
+        except ParseError as exc:
+            raise GuardFailed(
+                f"inbox message {key} is not a readable HL7 v2 message ({exc}); replaying it cannot change"
+                " its answer: the sender must send it corrected"
+            ) from None
         msg = tx.messages[0]
         context = AckContext.of(msg)
         policy = policy_for(msg, route.ack_mode)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from adapters.hl7v2.listener import MllpListener
 from hub.db.models import AuditEntry, InboxMessage
@@ -103,3 +103,27 @@ def test_an_unknown_message_is_refused_not_a_traceback(db_url: str, args: list[s
         assert store.read(lambda s: s.scalars(select(AuditEntry)).all()) == []
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_replaying_an_unreadable_message_says_why(db_url: str, partners: PartnerDirectory, loop: Loop) -> None:
+    """A stored message of a known partner that cannot be parsed ended `messages replay` in a
+    traceback. (The listener answers such bytes itself; here the stored raw bytes are made
+    unreadable, as bytes kept from an earlier version of the parser could be.)"""
+    store = open_store(db_url)
+    listener = MllpListener(make_ctx(store, partners), host="127.0.0.1", port=0)
+    loop.run(listener.start())
+    sender = Sender(listener.port)
+    try:
+        sender.send(m.siu("S12", "APT-UNREAD", "PL-NONE", "MRN-UNREAD"), expect=2)  # no such order: rejected
+    finally:
+        sender.close()
+        loop.run(listener.stop())
+    (row,) = store.read(lambda s: list(s.scalars(select(InboxMessage))))
+    assert row.status == "rejected"
+    store.run(lambda w: w.session.execute(update(InboxMessage).values(raw=b"PID|1||X\r")))
+    replayed = cli(["messages", "replay", row.id], db_url)
+    assert replayed.returncode == 1
+    assert "Traceback" not in replayed.stderr
+    assert "not a readable HL7 v2 message" in replayed.stderr
+    assert store.read(lambda s: s.get(InboxMessage, row.id)).status == "rejected"  # type: ignore[union-attr]
