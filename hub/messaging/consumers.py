@@ -6,6 +6,9 @@ commit together, so a redelivered event is skipped. A handler that keeps failing
 capped exponential backoff and, after ``max_attempts``, recorded in ``dead_letter`` and
 acknowledged, so one poison event does not block its partition forever. Operators replay it once
 the cause is fixed (:func:`replay_dead_letter`, ``cgt-hub events replay``).
+
+The store being unavailable is not the consumer's failure: it does not use up attempts and never
+dead-letters; :meth:`ConsumerRunner.process` raises and the bus redelivers once the store answers.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy import insert, select
 
 from hub.db.models import ConsumerHandled, DeadLetter
 from hub.db.uow import Store, Work
-from hub.errors import Conflict, GuardFailed, NotFound
+from hub.errors import Conflict, GuardFailed, NotFound, StoreUnavailable
 from hub.events import Envelope
 from hub.ids import uuid7
 
@@ -47,12 +50,17 @@ class ConsumerRunner:
         return float(min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1))))
 
     async def process(self, consumer: Consumer, envelope: Envelope) -> str:
-        """Handle one delivery: 'handled', 'duplicate' or 'dead'. Raises only if the store is down
-        while recording a dead letter (then the bus must redeliver)."""
+        """Handle one delivery: 'handled', 'duplicate' or 'dead'. Raises :class:`StoreUnavailable`
+        (or whatever failed while recording a dead letter) when the store is down: then the bus
+        must redeliver the event once the store answers."""
         last_error = ""
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return await self.store.run_async(_job(consumer, envelope), actor=f"consumer:{consumer.name}")
+            except StoreUnavailable:
+                # Not this event's fault: retrying here would only use up its attempts (and, if
+                # the store came back just then, dead-letter an event nothing was wrong with).
+                raise
             except Exception as exc:
                 last_error = f"{type(exc).__name__}: {str(exc)[:500]}"
                 log.warning(
@@ -107,8 +115,9 @@ def _dead_letter_job(consumer: Consumer, envelope: Envelope, attempts: int, erro
 
 def record_dead_letter(
     work: Work, *, consumer: str, event_id: str, event_type: str, payload: str, attempts: int, error: str
-) -> None:
-    """Keep an event a consumer could not handle, once per (consumer, event), for replay."""
+) -> bool:
+    """Keep an event a consumer could not handle, once per (consumer, event), for replay. True if
+    this call recorded it (False: it was already kept)."""
     exists = work.session.execute(
         select(DeadLetter.id).where(DeadLetter.consumer == consumer, DeadLetter.event_id == event_id)
     ).first()
@@ -126,6 +135,7 @@ def record_dead_letter(
                 replayed_at=None,
             )
         )
+    return exists is None
 
 
 def replay_dead_letter(store: Store, consumers: list[Consumer], dead_letter_id: str, *, actor: str) -> str:

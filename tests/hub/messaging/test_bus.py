@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from hub.alerts.tasks import CONSUMERS as ALERTS
 from hub.db.models import Alert, ConsumerHandled, DeadLetter, OutboxEvent
 from hub.db.uow import Store, Work
-from hub.errors import Conflict, GuardFailed
+from hub.errors import Conflict, GuardFailed, StoreUnavailable
 from hub.events import AlertRaised, Envelope, EventType
 from hub.messaging.bus import MemoryBus
 from hub.messaging.consumers import Consumer, ConsumerRunner, replay_dead_letter
@@ -68,6 +68,33 @@ def test_retry_then_dead_letter(store: Store) -> None:
     assert len(attempts) == 3
     assert _count(store, DeadLetter) == 1
     assert _count(store, ConsumerHandled) == 0
+
+
+def test_a_store_outage_uses_no_attempts_and_dead_letters_nothing(store: Store, monkeypatch: Any) -> None:
+    """The store down for each of a consumer's attempts, and back when the dead letter was
+    written: an event nothing was wrong with was dead-lettered (its effect never happened). The
+    store being down is not the event's failure: the bus is told to redeliver it."""
+    outage = iter(range(3))  # the next 3 commits fail
+    real_run_async = store.run_async
+
+    async def run_async(job: Any, *, actor: str = "system") -> Any:
+        if next(outage, None) is not None:
+            raise StoreUnavailable()
+        return await real_run_async(job, actor=actor)
+
+    monkeypatch.setattr(store, "run_async", run_async)
+    runner = ConsumerRunner(store, [*ALERTS], max_attempts=3, backoff_base_s=0.001)
+    _emit(store, 1)
+    envelope = envelope_of(store.read(lambda s: s.scalars(select(OutboxEvent)).one()))
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(runner.process(runner.consumers[0], envelope))
+    assert _count(store, DeadLetter) == 0
+    # The redelivery, once the store answers, is handled like any event.
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(runner.process(runner.consumers[0], envelope))
+    assert asyncio.run(runner.process(runner.consumers[0], envelope)) == "handled"
+    assert (_count(store, Alert), _count(store, DeadLetter)) == (1, 0)
 
 
 def test_a_dead_letter_is_replayed_once_its_cause_is_fixed(store: Store) -> None:
