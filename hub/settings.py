@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     # process) is ended by PostgreSQL, so it cannot hold the others up.
     db_lock_timeout_s: float = Field(default=15.0, gt=0)
     db_idle_in_transaction_timeout_s: float = Field(default=60.0, gt=0)
+    # PostgreSQL only (LockLimits): connecting to a server that does not answer fails after this
+    # long; TCP keepalives end a connection to a server gone silent after about idle + 30 s.
+    db_connect_timeout_s: float = Field(default=10.0, ge=2)
+    db_keepalive_idle_s: float = Field(default=30.0, ge=1)
     # Messaging
     consumer_max_attempts: int = 5
     consumer_backoff_base_s: float = 0.2
@@ -169,7 +173,12 @@ class Settings(BaseSettings):
     def lock_limits(self) -> LockLimits:
         from hub.db.engine import LockLimits
 
-        return LockLimits(self.db_lock_timeout_s, self.db_idle_in_transaction_timeout_s)
+        return LockLimits(
+            self.db_lock_timeout_s,
+            self.db_idle_in_transaction_timeout_s,
+            connect_timeout_s=self.db_connect_timeout_s,
+            keepalive_idle_s=self.db_keepalive_idle_s,
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -13,6 +13,7 @@ process must not stall the others.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,35 @@ class LockLimits:
 
     lock_timeout_s: float = 15.0
     idle_in_transaction_s: float = 60.0
+    # How long the hub waits for a server that does not answer, on the network itself (libpq):
+    # - ``connect_timeout_s``: establishing a connection (a partitioned or hung server) fails
+    #   after this long instead of never (libpq's default waits forever; its minimum is 2 s).
+    # - ``keepalive_idle_s``: TCP keepalives start after this idle time and, with
+    #   ``keepalive_interval_s`` x ``keepalive_count`` unanswered probes, end a connection to a
+    #   server that is gone (a pooled connection would otherwise look alive for hours, and a
+    #   query on it wait for ~15 minutes of retransmissions). ``tcp_user_timeout`` is the same
+    #   bound for data sent and never acknowledged (keepalives are not sent while data is in
+    #   flight). A server that is stopped but whose kernel still answers (SIGSTOP) is not
+    #   detected by either: the event loop stays free (blocking calls run in threads) and
+    #   /readyz answers "not ready" within its own bound.
+    connect_timeout_s: float = 10.0
+    keepalive_idle_s: float = 30.0
+    keepalive_interval_s: float = 10.0
+    keepalive_count: int = 3
+
+    def connect_args(self) -> dict[str, Any]:
+        """libpq connection parameters for the limits above."""
+        if min(self.connect_timeout_s, self.keepalive_idle_s, self.keepalive_interval_s, self.keepalive_count) <= 0:
+            raise ValueError("a PostgreSQL connection limit must be positive (0 would mean: wait forever)")
+        dead_after_s = self.keepalive_idle_s + self.keepalive_interval_s * self.keepalive_count
+        return {
+            "connect_timeout": max(2, math.ceil(self.connect_timeout_s)),
+            "keepalives": 1,
+            "keepalives_idle": max(1, math.ceil(self.keepalive_idle_s)),
+            "keepalives_interval": max(1, math.ceil(self.keepalive_interval_s)),
+            "keepalives_count": self.keepalive_count,
+            "tcp_user_timeout": _milliseconds(dead_after_s),
+        }
 
     def statements(self) -> list[str]:
         return [
@@ -109,7 +139,11 @@ def _postgres_engine(url: str, limits: LockLimits) -> Engine:
     # lookups ~5x slower here (generic plans). Multi-row INSERTs go out as one statement
     # (insertmanyvalues) instead of one execution per row: ~2x faster measured on this machine.
     engine = create_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"prepare_threshold": None}
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args={"prepare_threshold": None, **limits.connect_args()},
     )
     engine.dialect.use_insertmanyvalues_wo_returning = True
     statements = limits.statements()

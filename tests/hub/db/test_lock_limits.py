@@ -3,6 +3,7 @@ other one up, and a message caught behind someone else's lock is told to retry, 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -100,3 +101,48 @@ def test_a_stalled_hub_session_holding_the_audit_head_is_ended(limited: Store, c
         stalled.close()
     finally:
         other.dispose()
+
+
+def test_every_hub_connection_has_a_connect_timeout_and_tcp_keepalives(limited: Store) -> None:
+    """Without them a partitioned server hangs a connection attempt, or a pooled connection, forever."""
+    with limited.write_engine.connect() as conn:
+        params = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+    assert params["connect_timeout"] == "10"
+    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"]) == ("1", "30", "10")
+    assert (params["keepalives_count"], params["tcp_user_timeout"]) == ("3", "60000")
+    limits = Settings(db_connect_timeout_s=3, db_keepalive_idle_s=5).lock_limits.connect_args()
+    assert (limits["connect_timeout"], limits["keepalives_idle"]) == (3, 5)
+    with pytest.raises(ValueError, match="positive"):
+        LockLimits(keepalive_count=0).connect_args()
+
+
+def test_a_server_that_never_answers_is_unavailable_after_the_connect_timeout() -> None:
+    """A server whose kernel accepts the connection but which says nothing (hung, or a proxy in
+    front of a partitioned one): reading fails as StoreUnavailable after the connect timeout.
+    libpq's default is to wait forever."""
+    silent = socket.create_server(("127.0.0.1", 0))  # listens; never accepts, never answers
+    port = silent.getsockname()[1]
+    store = open_store(
+        f"postgresql://postgres@127.0.0.1:{port}/hub", check=False, limits=LockLimits(connect_timeout_s=2)
+    )
+    outcome: dict[str, object] = {}
+
+    def read() -> None:
+        started = time.monotonic()
+        try:
+            store.read(lambda s: s.execute(text("SELECT 1")).scalar_one())
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["waited"] = time.monotonic() - started
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        reader.start()
+        reader.join(timeout=15)
+        assert not reader.is_alive(), "the read was still waiting for a server that never answers"
+    finally:
+        silent.close()  # resets the pending connection: a reader still waiting ends
+        reader.join(timeout=5)
+        store.dispose()
+    assert isinstance(outcome["error"], StoreUnavailable)
+    assert 1.5 < float(str(outcome["waited"])) < 10
