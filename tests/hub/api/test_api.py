@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -7,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from hub.api.app import create_app
 from hub.context import HubContext
-from hub.db.uow import Store
+from hub.db.engine import LockLimits
+from hub.db.uow import Store, open_store
 from hub.partners.loader import PartnerDirectory
 from hub.settings import Settings
 from tests.builders import Driver
@@ -124,3 +129,47 @@ def test_not_ready_on_a_database_migrated_by_other_code(client: TestClient) -> N
         assert ready.json()["checks"]["schema"] == "not at this code's revision"
     finally:
         ctx.store.run(lambda w: w.session.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": current}))
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never says a word: a hung database server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()  # ends the connection attempts still waiting for an answer
+
+
+def test_readyz_answers_within_its_bound_when_the_database_hangs(partners: PartnerDirectory) -> None:
+    """A database that accepts connections and never answers: /readyz says "not ready" within its
+    bound instead of hanging with it, and repeated probes wait for the one check already stuck
+    rather than each leaving another thread and connection behind."""
+    from hub.api.health import CHECK_TIMEOUT_S
+
+    server = SilentServer()
+    url = f"postgresql://postgres@127.0.0.1:{server.port}/hub"
+    hung = open_store(url, check=False, limits=LockLimits(connect_timeout_s=30))
+    settings = Settings(database_url=url, operator_token=TOKEN)  # type: ignore[arg-type]
+    with TestClient(create_app(HubContext(settings, hung, partners))) as c:
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                ready = c.get("/readyz")
+                assert time.monotonic() - started < CHECK_TIMEOUT_S + 1.5
+                assert ready.status_code == 503
+                assert ready.json()["checks"]["database"] == f"down: no answer within {CHECK_TIMEOUT_S:g} s"
+            assert len(server.accepted) == 1  # one check stuck, not one per probe
+        finally:
+            server.close()  # before the client's loop closes: it waits for the stuck thread
+    hung.dispose()
