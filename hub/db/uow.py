@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +31,10 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
+import psycopg
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub import canonical
@@ -205,9 +208,15 @@ Job = Callable[[Work], T]
 
 
 def _is_connectivity_error(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError):
+    """The database could not be reached or answered nothing usable: a refused or lost connection,
+    a server shutting down, a lock or pool wait that timed out, a SQLite file that cannot be
+    opened. Retrying later is the answer, not a 500."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    # Raised by the driver itself, outside SQLAlchemy's wrapping.
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError))
 
 
 class Store:
@@ -254,12 +263,22 @@ class Store:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only session. Closing it ends (rolls back) its transaction without expiring the
-        objects it loaded, so they stay readable after the block."""
+        objects it loaded, so they stay readable after the block.
+
+        A database that cannot be reached raises :class:`StoreUnavailable` (HTTP 503 with
+        Retry-After, OperationOutcome "transient"), as a failed write does, instead of the driver's
+        error: a partner's GET during an outage was answered 500 with a traceback in the log."""
         session = self._read_sessions()
         try:
             yield session
+        except Exception as exc:
+            if isinstance(exc, HubError) or not _is_connectivity_error(exc):
+                raise
+            log.warning("read failed, store unavailable: %s", type(exc).__name__)
+            raise StoreUnavailable() from exc
         finally:
-            session.close()
+            with contextlib.suppress(Exception):  # closing a lost connection must not hide the error
+                session.close()
 
     def read(self, fn: Callable[[Session], T]) -> T:
         with self.reading() as session:

@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -129,6 +130,40 @@ def test_not_ready_on_a_database_migrated_by_other_code(client: TestClient) -> N
         assert ready.json()["checks"]["schema"] == "not at this code's revision"
     finally:
         ctx.store.run(lambda w: w.session.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": current}))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_reads_answer_503_not_500_when_the_database_is_unreachable(
+    backend: str, tmp_path: Path, partners: PartnerDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database that is down turns a GET into "retry later" (503, Retry-After, OperationOutcome
+    for FHIR, problem JSON elsewhere), as a POST already was, with one log line and no traceback:
+    it was a 500 text/plain with a traceback logged per request."""
+    # SQLite: a directory cannot be opened as a database file. PostgreSQL: nothing listens on port 1.
+    url = f"sqlite:///{tmp_path}" if backend == "sqlite" else "postgresql://postgres@127.0.0.1:1/hub"
+    down = open_store(url, check=False)
+    settings = Settings(database_url=url, operator_token=TOKEN)  # type: ignore[arg-type]
+    try:
+        with TestClient(create_app(HubContext(settings, down, partners)), raise_server_exceptions=False) as c:
+            for path in ("/fhir/Organization?_count=1", "/fhir/Patient/does-not-matter"):
+                caplog.clear()
+                r = c.get(path, headers=auth())
+                assert r.status_code == 503, (path, r.text)
+                assert r.headers["retry-after"] == "5"
+                assert r.headers["content-type"].startswith("application/fhir+json")
+                assert r.json()["resourceType"] == "OperationOutcome"
+                assert r.json()["issue"][0]["code"] == "transient"
+                assert not [rec for rec in caplog.records if rec.exc_info], path
+                assert "read failed, store unavailable: OperationalError" in caplog.text
+            alerts = c.get("/alerts", headers=auth())
+            assert alerts.status_code == 503
+            assert alerts.headers["content-type"] == "application/problem+json"
+            assert alerts.headers["retry-after"] == "5"
+            ready = c.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"] == "down: OperationalError"
+    finally:
+        down.dispose()
 
 
 class SilentServer:
