@@ -2,7 +2,8 @@
 
 * only the unit of work commits;
 * no message bodies, raw bytes, resources or names in log calls (ids and hashes only);
-* hub/ never imports an adapter (the composition root ``hub/runtime.py`` excepted).
+* hub/ never imports an adapter (the composition root ``hub/runtime.py`` excepted);
+* no blocking store call on the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hub", "adapters", "portal")
 UOW = ROOT / "hub" / "db" / "uow.py"
+BLOCKING_STORE_CALLS = {"read", "reading", "run", "run_batch"}
 LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
 PHI_NAMES = {
     "raw",
@@ -96,4 +98,38 @@ def test_hub_does_not_import_adapters() -> None:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
             if isinstance(node, ast.Import) and any(a.name.startswith("adapters") for a in node.names):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == [], offenders
+
+
+def _runs_on_the_loop(fn: ast.AsyncFunctionDef) -> list[ast.AST]:
+    """The nodes of an ``async def`` that run on the event loop: not the bodies of the functions
+    and lambdas it defines (jobs handed to the committer or to a thread)."""
+    nodes: list[ast.AST] = []
+    todo: list[ast.AST] = list(fn.body)
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.append(child)
+    return nodes
+
+
+def test_no_blocking_store_call_on_the_event_loop() -> None:
+    """``store.read``/``run`` wait for the database; called in an ``async def`` they stop the whole
+    loop (health checks, MLLP ACKs, the API) for as long as it takes, forever when it hangs. Use
+    ``read_async``/``run_async`` or ``asyncio.to_thread``."""
+    offenders = []
+    for path in _files():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.AsyncFunctionDef):
+                continue
+            for node in _runs_on_the_loop(fn):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in BLOCKING_STORE_CALLS
+                    and ast.unparse(node.func.value).endswith("store")
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node.func)}")
     assert offenders == [], offenders

@@ -53,5 +53,5 @@ async def acknowledge(alert_id: str, body: Acknowledge, ctx: CtxDep, operator: O
     alert = await ctx.store.run_async(
         lambda w: AlertService(w).acknowledge(alert_id, body.by, body.note), actor=f"{operator}:{body.by}"
     )
-    level = ctx.store.read(lambda s: AlertRepository.from_session(s).escalation_level(alert.id))
+    level = await ctx.store.read_async(lambda s: AlertRepository.from_session(s).escalation_level(alert.id))
     return _view(alert, level)

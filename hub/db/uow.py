@@ -284,6 +284,12 @@ class Store:
         with self.reading() as session:
             return fn(session)
 
+    async def read_async(self, fn: Callable[[Session], T]) -> T:
+        """For asyncio edges and workers: the read runs in a thread. Called on the event loop,
+        :meth:`read` stops everything the loop serves (health checks, MLLP ACKs, the API) for as
+        long as the database takes to answer, which is forever when it hangs."""
+        return await asyncio.to_thread(self.read, fn)
+
     # ------------------------------------------------------------------ writes
     def run(self, job: Job[T], *, actor: str = "system") -> T:
         """Run one job in its own transaction (through the committer when it runs)."""

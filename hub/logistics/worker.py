@@ -96,7 +96,7 @@ class OutboundDispatcher:
     async def run_once(self) -> int:
         """Perform every due work item once. Returns how many were attempted."""
         now = utcnow()
-        due = self.store.read(lambda s: LogisticsRepository.from_session(s).due_work(now))
+        due = await self.store.read_async(lambda s: LogisticsRepository.from_session(s).due_work(now))
         done = 0
         for item in due:
             hold = max(timedelta(seconds=self.claim_s), timedelta(seconds=self._limit(item)) + CLAIM_MARGIN)
@@ -135,7 +135,7 @@ class OutboundDispatcher:
                     lambda w: self._booked(w, item, result),
                 )
             elif item.kind == "customs-submit":
-                client, submission = self._customs_submission(item, lodging=True)
+                client, submission = await self._customs_submission(item, lodging=True)
                 await asyncio.wait_for(asyncio.to_thread(client.submit, submission), self._limit(item))
                 call.answer = f"declaration {submission.functional_reference} lodged"
                 await self._record(
@@ -147,7 +147,7 @@ class OutboundDispatcher:
                     lambda w: CustomsService(w, self.partners, self.policy).submitted(item.subject_id),
                 )
             elif item.kind == "customs-poll":
-                client, submission = self._customs_submission(item)
+                client, submission = await self._customs_submission(item)
                 status = await asyncio.wait_for(
                     asyncio.to_thread(client.status, submission.functional_reference, submission.mrn),
                     self._limit(item),
@@ -176,7 +176,7 @@ class OutboundDispatcher:
             # A call that cannot be repeated is marked as sent, durably, before it is made. A marker
             # still there at the next attempt means the hub stopped (crash, shutdown, lost
             # database) while the courier may have acted: never call again blindly.
-            unanswered = self.store.read(
+            unanswered = await self.store.read_async(
                 lambda s: [
                     a.attempt for a in LogisticsRepository.from_session(s).attempts(item.id) if a.outcome == "sent"
                 ]
@@ -217,7 +217,7 @@ class OutboundDispatcher:
                 goods=leg.customs,
             )
 
-        req = self.store.read(request)
+        req = await self.store.read_async(request)
         if not client.idempotent:
             call.marker = await self.store.run_async(_mark_sent(item.id), actor=f"outbound:{item.partner}")
         try:
@@ -232,7 +232,7 @@ class OutboundDispatcher:
                 code="ambiguous",
             ) from None
 
-    def _customs_submission(
+    async def _customs_submission(
         self, item: OutboundWork, *, lodging: bool = False
     ) -> tuple[CustomsClient, CustomsSubmission]:
         """The declaration as the client sends it. Lodging needs the declarant's EORI and the office of
@@ -273,7 +273,7 @@ class OutboundDispatcher:
                 mrn=decl.mrn,
             )
 
-        return client, self.store.read(build)
+        return client, await self.store.read_async(build)
 
     # ------------------------------------------------------------------ outcomes
     def _booked(self, work: Work, item: OutboundWork, result: BookingResult) -> None:

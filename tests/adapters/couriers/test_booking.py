@@ -4,6 +4,7 @@ real local courier service through the outbound dispatcher."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -16,15 +17,20 @@ from adapters.couriers.booking import PolarRestBooking
 from adapters.couriers.sandbox import CourierSandbox
 from adapters.local_server import LocalServer
 from hub.context import HubContext
+from hub.db.engine import LockLimits
 from hub.db.models_logistics import OutboundWork
+from hub.db.uow import open_store
+from hub.errors import StoreUnavailable
 from hub.logistics.policy import Policy
 from hub.logistics.ports import BookingRequest, PartnerCallError
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.schemas import BookShipment
 from hub.logistics.service import ShipmentService
-from hub.logistics.worker import OutboundDispatcher
+from hub.logistics.worker import OutboundDispatcher, Ports
+from hub.partners.loader import PartnerDirectory
 from hub.runtime import logistics_ports
 from tests.logistics_support import alert_kinds, context, order_at, register
+from tests.support.hung_db import HungDatabase
 
 REQ = BookingRequest(
     idempotency_key="key-1",
@@ -180,3 +186,42 @@ def test_an_answer_that_cannot_be_recorded_is_never_booked_again(ctx: HubContext
     assert (work.last_error or "").startswith("unrecorded:")
     assert "booked BK-1 (tracking PLR000000042)" in (work.last_error or "")
     assert "shipment.booking-failed" in alert_kinds(ctx.store, driver.order.id)
+
+
+def test_a_hung_database_does_not_freeze_the_event_loop_during_a_dispatcher_pass(
+    partners: PartnerDirectory,
+) -> None:
+    """The dispatcher shares the hub's event loop with /healthz, the MLLP listener and the API. Its
+    reads ran on the loop, so a database that hangs froze all of them; now the pass waits in a
+    thread while the loop goes on (here: another coroutine keeps ticking)."""
+    server = HungDatabase()
+    hung = open_store(server.url, check=False, limits=LockLimits(connect_timeout_s=2))
+    dispatcher = OutboundDispatcher(hung, partners, Ports(lambda p: None, lambda p: None), Policy())
+
+    async def a_pass_and_the_ticks_meanwhile() -> tuple[int, float, BaseException | None]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        try:
+            await dispatcher.run_once()
+            failure = None
+        except Exception as exc:
+            failure = exc
+        ticker.cancel()
+        return ticks, time.monotonic() - started, failure
+
+    try:
+        ticks, waited, failure = asyncio.run(a_pass_and_the_ticks_meanwhile())
+    finally:
+        server.close()
+        hung.dispose()
+    assert isinstance(failure, StoreUnavailable)  # after the connect timeout: the pass fails, retried later
+    assert waited > 1.5
+    assert ticks >= waited / 0.05 * 0.5  # the loop ran on while the pass waited for the database

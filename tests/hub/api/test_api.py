@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ from hub.db.uow import Store, open_store
 from hub.partners.loader import PartnerDirectory
 from hub.settings import Settings
 from tests.builders import Driver
+from tests.support.hung_db import HungDatabase
 
 TOKEN = "test-operator-token-0123456789abcdef"
 
@@ -166,34 +164,14 @@ def test_reads_answer_503_not_500_when_the_database_is_unreachable(
         down.dispose()
 
 
-class SilentServer:
-    """A TCP server that accepts connections and never says a word: a hung database server."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self.accepted.append(self.sock.accept()[0])
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()  # ends the connection attempts still waiting for an answer
-
-
 def test_readyz_answers_within_its_bound_when_the_database_hangs(partners: PartnerDirectory) -> None:
     """A database that accepts connections and never answers: /readyz says "not ready" within its
     bound instead of hanging with it, and repeated probes wait for the one check already stuck
     rather than each leaving another thread and connection behind."""
     from hub.api.health import CHECK_TIMEOUT_S
 
-    server = SilentServer()
-    url = f"postgresql://postgres@127.0.0.1:{server.port}/hub"
+    server = HungDatabase()
+    url = server.url
     hung = open_store(url, check=False, limits=LockLimits(connect_timeout_s=30))
     settings = Settings(database_url=url, operator_token=TOKEN)  # type: ignore[arg-type]
     with TestClient(create_app(HubContext(settings, hung, partners))) as c:
