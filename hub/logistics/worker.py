@@ -80,8 +80,14 @@ class OutboundDispatcher:
     # bound plus CLAIM_MARGIN, so no other worker takes the item while the call can still answer.
     claim_s: float = 120.0
 
-    async def run(self, stop: asyncio.Event, poll_s: float = 0.5, sweep_s: float = 30.0) -> None:
+    async def run(
+        self, stop: asyncio.Event, poll_s: float = 0.5, sweep_s: float = 30.0, max_backoff_s: float = 30.0
+    ) -> None:
+        """Passes every ``poll_s``. After a failed pass (the database down, say) the next waits
+        twice as long as the last, up to ``max_backoff_s``, and the outage is logged once when it
+        begins and once when it ends: it was an ERROR line every 0.5 s for as long as it lasted."""
         last_sweep = 0.0
+        failures = 0
         while not stop.is_set():
             try:
                 await self.run_once()
@@ -89,9 +95,23 @@ class OutboundDispatcher:
                     last_sweep = time.monotonic()
                     await asyncio.to_thread(sweep, self.store, self.policy, self.partners)
             except Exception as exc:  # the loop must survive a bad pass; the work stays pending
-                log.error("logistics dispatcher pass failed: %s", type(exc).__name__)
+                failures += 1
+                if failures == 1:
+                    log.error(
+                        "logistics dispatcher pass failed: %s; retrying with backoff up to %g s, "
+                        "logged again when a pass succeeds",
+                        type(exc).__name__,
+                        max_backoff_s,
+                    )
+                else:
+                    log.debug("logistics dispatcher pass %d in a row failed: %s", failures, type(exc).__name__)
+            else:
+                if failures:
+                    log.warning("logistics dispatcher recovered after %d failed passes", failures)
+                failures = 0
+            wait = min(max_backoff_s, poll_s * 2 ** min(failures, 32)) if failures else poll_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+                await asyncio.wait_for(stop.wait(), timeout=wait)
 
     async def run_once(self) -> int:
         """Perform every due work item once. Returns how many were attempted."""

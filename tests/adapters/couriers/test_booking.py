@@ -4,9 +4,12 @@ real local courier service through the outbound dispatcher."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -225,3 +228,41 @@ def test_a_hung_database_does_not_freeze_the_event_loop_during_a_dispatcher_pass
     assert isinstance(failure, StoreUnavailable)  # after the connect timeout: the pass fails, retried later
     assert waited > 1.5
     assert ticks >= waited / 0.05 * 0.5  # the loop ran on while the pass waited for the database
+
+
+def test_a_database_outage_backs_the_dispatcher_off_and_is_logged_once(
+    tmp_path: Path, sqlite_template: Path, partners: PartnerDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database is down the passes space out (capped exponential backoff) and one line
+    says so; one more says when it is back. It was an ERROR line every 0.5 s for the whole outage."""
+    database = tmp_path / "hub.db"
+    database.mkdir()  # a directory is no database: every read fails until the file is there
+    store = open_store(f"sqlite:///{database}", check=False)
+    dispatcher = OutboundDispatcher(store, partners, Ports(lambda p: None, lambda p: None), Policy())
+
+    async def outage_then_recovery() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(dispatcher.run(stop, poll_s=0.05, max_backoff_s=0.4))
+        await asyncio.sleep(2.0)  # without backoff: 40 passes
+        database.rmdir()
+        shutil.copy(sqlite_template, database)
+        for _ in range(100):
+            if "recovered" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="hub"):
+            asyncio.run(outage_then_recovery())
+    finally:
+        store.dispose()
+    failed_passes = [r for r in caplog.records if r.getMessage().startswith("read failed, store unavailable")]
+    assert 4 <= len(failed_passes) <= 10  # 0.1 + 0.2 + 0.4 + 0.4 + ... s apart
+    said = [r.getMessage() for r in caplog.records if r.name == "hub.logistics.worker" and r.levelno >= logging.INFO]
+    assert said == [
+        "logistics dispatcher pass failed: StoreUnavailable; retrying with backoff up to 0.4 s, "
+        "logged again when a pass succeeds",
+        f"logistics dispatcher recovered after {len(failed_passes)} failed passes",
+    ]
