@@ -192,6 +192,22 @@ class DeliveryWorker:
             if done == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+        try:
+            await self.release_lease()
+        except Exception as exc:
+            log.warning("subscription delivery: could not release its lease (it will expire): %s", type(exc).__name__)
+
+    async def release_lease(self) -> None:
+        """Give the lease up on shutdown, as the relay and the HL7 sender do: a hub started next (or
+        another process) delivers at once instead of waiting for it to expire (30 s or more)."""
+        holder = self.holder
+
+        def job(work: Work) -> None:
+            row = work.session.get(Lease, LEASE)
+            if row is not None and row.holder == holder:
+                work.session.delete(row)
+
+        await self.store.run_async(job, actor="fhir-notify")
 
     async def run_once(self) -> int:
         """One round: take the lease, deliver what is due. Returns the number of attempts made."""

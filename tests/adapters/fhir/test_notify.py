@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
-from adapters.fhir.notify import DeliveryWorker, backoff, replay
+from adapters.fhir.notify import LEASE, DeliveryWorker, backoff, replay
 from adapters.fhir.webhooks import sign
 from hub.api.fhir_service import endpoint_registered
 from hub.context import HubContext
-from hub.db.models import OutboxEvent
+from hub.db.models import Lease, OutboxEvent
 from hub.db.models_fhirapi import SubscriptionAttempt, SubscriptionDelivery
 from hub.db.uow import Store
 from hub.fhirstore.repository import ResourceRepository
@@ -365,3 +365,21 @@ def test_an_invalid_webhook_secret_refuses_the_subscription(
     r = api.post("/fhir/Subscription", json=_subscription_body(HOOK, []), headers=h)
     assert r.status_code == 422, r.text
     assert "webhook signing secret cannot be used" in r.text
+
+
+def test_the_delivery_lease_is_released_on_shutdown(store: Store, fhir_partners: PartnerDirectory) -> None:
+    """A stopped worker gives its lease up, as the relay and the HL7 sender do: the next hub (or
+    another process) delivers at once instead of after the lease expires."""
+    stopping = DeliveryWorker(store, fhir_partners, holder="stopping")
+
+    async def one_round_then_stop() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(stopping.run(stop))
+        while await store.read_async(lambda s: s.get(Lease, LEASE)) is None:  # it took the lease
+            await asyncio.sleep(0.01)
+        stop.set()
+        await running
+
+    asyncio.run(one_round_then_stop())
+    assert store.read(lambda s: s.get(Lease, LEASE)) is None
+    assert store.run(DeliveryWorker(store, fhir_partners, holder="next")._lease_job()) is True
