@@ -14,7 +14,7 @@ import typer
 
 from hub import cli_decisions
 from hub.logs import configure
-from hub.settings import Settings, get_settings
+from hub.settings import Settings
 
 if TYPE_CHECKING:
     from hub.api.onboarding import ClientChange
@@ -53,7 +53,7 @@ orders_app.command("cancel")(cli_decisions.cancel)
 
 
 def _settings() -> Settings:
-    return get_settings()
+    return cli_decisions.load_settings()
 
 
 def _open_store(*, check: bool = True) -> Store:

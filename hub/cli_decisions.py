@@ -30,11 +30,26 @@ if TYPE_CHECKING:
     from hub.db.uow import Work
     from hub.orders.schemas import SignerCredentials
     from hub.orders.service import OrderService
+    from hub.settings import Settings
 
 T = TypeVar("T")
 Signer = Annotated[str, typer.Option(help="username of the person signing (see `cgt-hub users add`)")]
 PasswordStdin = Annotated[bool, typer.Option(help="read the signer's password from stdin instead of a prompt")]
 OrderKey = Annotated[str, typer.Argument(help="order id or CoI")]
+
+
+def load_settings() -> Settings:
+    """The settings, or exit 2 with one line naming the invalid variables (every command that
+    reads settings goes through here, so a typo is not answered with a pydantic traceback)."""
+    from pydantic import ValidationError
+
+    from hub.settings import get_settings, settings_problem
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        typer.echo(f"refused: {settings_problem(exc)}", err=True)
+        raise typer.Exit(2) from None
 
 
 def holds(key: OrderKey) -> None:
@@ -145,9 +160,8 @@ def _run(job: Callable[[Work, OrderService], T], *, actor: str) -> T:
     from hub.context import build_context
     from hub.errors import HubError
     from hub.orders.service import OrderService
-    from hub.settings import get_settings
 
-    ctx = build_context(get_settings())
+    ctx = build_context(load_settings())
     try:
         return ctx.store.run(lambda work: job(work, OrderService(work, ctx.partners)), actor=actor)
     except HubError as exc:

@@ -28,6 +28,7 @@ Nagle's algorithm on, and every keep-alive response then waits ~40 ms for a dela
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -37,6 +38,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +110,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
             "queue on its file lock (slower than one process, and with 0.9 s waits). Run one worker on "
             "SQLite (CGTHUB_WORKERS=1)."
         )
-    _check_schema(settings)
+    _preflight(settings)
     http = listening_socket(host, port)
     mllp = listening_socket(settings.mllp_host, settings.mllp_port, "MLLP") if settings.mllp_enabled else None
     scheme = "https" if settings.http_tls.enabled else "http"
@@ -119,18 +121,58 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     return _Supervisor(settings, workers, http, mllp).run()
 
 
-def _check_schema(settings: Settings) -> None:
-    from hub.db.engine import make_engines
-    from hub.db.migrate import SchemaNotReady, check_schema
+def _preflight(settings: Settings) -> None:
+    """What would stop every worker, checked once before any listens: production secrets, the
+    database reachable, at this code's schema and durable. A refusal is one line (exit 2), not a
+    traceback, and ``--workers N`` does not start N workers that each fail the same way."""
+    from hub.db.engine import check_durability, make_engines
+    from hub.db.migrate import check_schema
 
-    write, read = make_engines(settings.database_url, settings.lock_limits)
+    with _refusals(settings):
+        settings.check_production()
+        write, read = make_engines(settings.database_url, settings.lock_limits)
+        try:
+            check_schema(write, settings.database_url)
+            check_durability(write)
+        finally:
+            write.dispose()
+            read.dispose()
+
+
+@contextlib.contextmanager
+def _refusals(settings: Settings) -> Iterator[None]:
+    """Start-up failures an operator fixes outside the code, as a ServeRefused saying what to do."""
+    from sqlalchemy.exc import OperationalError
+
+    from hub.context import ProfileErrors
+    from hub.db.engine import DurabilityError
+    from hub.db.migrate import SchemaNotReady
+    from hub.settings import ProductionConfigError
+
     try:
-        check_schema(write, settings.database_url)
-    except SchemaNotReady as exc:
+        yield
+    except (SchemaNotReady, ProductionConfigError, ProfileErrors) as exc:
         raise ServeRefused(str(exc)) from None
-    finally:
-        write.dispose()
-        read.dispose()
+    except DurabilityError as exc:
+        raise ServeRefused(f"{exc}: turn it on in the database's configuration, or in CGTHUB_DATABASE_URL") from None
+    except OperationalError as exc:
+        raise ServeRefused(
+            f"cannot reach the database {_where(settings.database_url)}: {_first_line(exc.orig or exc)} "
+            "(is it running? check CGTHUB_DATABASE_URL)"
+        ) from None
+
+
+def _where(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from hub.db.engine import normalise_url
+
+    return make_url(normalise_url(database_url)).render_as_string(hide_password=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    # psycopg's message goes on with hints ("Is the server running on that host…") on more lines.
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass
@@ -207,7 +249,11 @@ class _Supervisor:
 
 def _worker_main(settings: Settings, index: int, http: socket.socket, mllp: socket.socket | None) -> None:
     configure(settings.log_level, f"%(asctime)s %(levelname)s worker-{index} %(name)s %(message)s")
-    _run_worker(settings, index=index, edge=index > 0, http=http, mllp=mllp)
+    try:
+        _run_worker(settings, index=index, edge=index > 0, http=http, mllp=mllp)
+    except ServeRefused as exc:  # e.g. the database went away since the parent's checks
+        log.critical("worker %d cannot start: %s", index, exc)
+        sys.exit(3)
 
 
 def _run_worker(settings: Settings, *, index: int, edge: bool, http: socket.socket, mllp: socket.socket | None) -> None:
@@ -216,7 +262,8 @@ def _run_worker(settings: Settings, *, index: int, edge: bool, http: socket.sock
     from hub.api.app import create_app
     from hub.runtime import build_runtime
 
-    runtime = build_runtime(settings, services=True, edge=edge, mllp_socket=mllp)
+    with _refusals(settings):
+        runtime = build_runtime(settings, services=True, edge=edge, mllp_socket=mllp)
     application = create_app(runtime.ctx, runtime, settle_heap=True)
     server = uvicorn.Server(uvicorn.Config(application, **uvicorn_options(settings)))
     log.info("worker %d serving (%s)", index, "edge" if edge else "runtime")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -217,6 +217,16 @@ def project_path(path: Path) -> Path:
 
 def generate_secret() -> str:
     return secrets.token_urlsafe(48)
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming each invalid variable and why. The values are not repeated: one may be a
+    secret or a URL with a password in it."""
+    problems = []
+    for error in exc.errors():
+        name = "CGTHUB_" + "__".join(str(part).upper() for part in error["loc"]) if error["loc"] else "settings"
+        problems.append(f"{name}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems) + " (fix the environment variables)"
 
 
 @lru_cache(maxsize=1)

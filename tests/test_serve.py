@@ -201,10 +201,10 @@ def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     assert "refused: 2 workers need PostgreSQL" in done.stderr
 
 
-def _refused(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
+def _refused(tmp_path: Path, *args: str, command: str = "serve", **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")} | env
     return subprocess.run(
-        [str(CLI), "serve", *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+        [str(CLI), command, *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
     )
 
 
@@ -230,3 +230,31 @@ def test_serve_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
     assert f"cannot listen for HTTP on 127.0.0.1:{port}" in done.stderr
     assert "CGTHUB_HTTP_PORT" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("unreachable database", "cannot reach the database postgresql+psycopg://127.0.0.1:"),
+        ("synchronous_commit off", "PostgreSQL has synchronous_commit=off; refusing to start"),
+        ("production defaults", "refusing to start in production mode: CGTHUB_SECRET_KEY is empty"),
+        ("bad setting", "invalid configuration: CGTHUB_HTTP_PORT: Input should be a valid integer"),
+    ],
+)
+def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, pg_url: str, case: str, said: str) -> None:
+    """Each was a traceback of 50 to 142 lines (exit 1); a refusal is one line saying what to do, exit 2."""
+    env = {
+        "unreachable database": {"CGTHUB_DATABASE_URL": f"postgresql://127.0.0.1:{free_port()}/hub"},
+        "synchronous_commit off": {"CGTHUB_DATABASE_URL": f"{pg_url}?options=-csynchronous_commit%3Doff"},
+        "production defaults": {"CGTHUB_ENV": "production", "CGTHUB_DATABASE_URL": pg_url},
+        "bad setting": {"CGTHUB_HTTP_PORT": "abc"},
+    }[case]
+    done = _refused(tmp_path, "--port", str(free_port()), CGTHUB_MLLP_PORT=str(free_port()), **env)
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
+    assert done.stderr.startswith(f"refused: {said}"), done.stderr
+
+
+def test_every_command_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+    done = _refused(tmp_path, "list", command="orders", CGTHUB_WORKERS="0", CGTHUB_SECRET_KEY="abc")
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
+    assert "CGTHUB_WORKERS: Input should be greater than or equal to 1" in done.stderr
