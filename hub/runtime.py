@@ -114,6 +114,9 @@ class Service(Protocol):
 
     async def start(self) -> None: ...
 
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: take no new work (what is in flight finishes in ``stop``)."""
+
     async def stop(self) -> None: ...
 
 
@@ -173,14 +176,27 @@ class Runtime:
         for service in self.services:
             await service.start()
 
+    def stop_accepting(self) -> None:
+        """Shutdown has begun (`cgt-hub serve`, before it waits for HTTP requests in flight): the
+        listeners take no new connection or message from now on."""
+        for service in self.services:
+            service.stop_accepting()
+
     async def stop(self) -> None:
         for service in reversed(self.services):
             with contextlib.suppress(Exception):
                 await service.stop()
         self._stop.set()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(t, timeout=10)
+        if self._tasks:
+            # Together, not one after another: the stop is bounded by one timeout, not one per loop.
+            done, late = await asyncio.wait(self._tasks, timeout=10)
+            for t in late:
+                t.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2)
+            for t in done:
+                if not t.cancelled():
+                    t.exception()  # retrieved, as wait_for did: asyncio would log it as never retrieved
         await self.bus.close()
 
 

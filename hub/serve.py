@@ -40,15 +40,22 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
 
 from hub.logs import configure
 from hub.settings import Settings
 
+if TYPE_CHECKING:
+    from hub.runtime import Runtime
+
 log = logging.getLogger(__name__)
 
 RESTARTS_PER_MINUTE = 5
-STOP_GRACE_S = 30.0
+# A worker's stop after its HTTP grace (CGTHUB_SHUTDOWN_GRACE_S): the MLLP frames in flight, the
+# runtime's loops and the bus (each bounded, hub/runtime.py). Past both the parent kills it.
+STOP_MARGIN_S = 30.0
 
 
 class ServeRefused(Exception):
@@ -87,7 +94,14 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     # log_config=None: uvicorn's loggers go to the hub's handler (hub/logs.py), whose tracebacks
     # carry no exception messages; uvicorn's default config would print them.
-    options: dict[str, Any] = {"access_log": False, "log_level": settings.log_level.lower(), "log_config": None}
+    # timeout_graceful_shutdown: on SIGTERM, requests still running after this are cancelled (a
+    # client stalled mid-body held the stop for as long as it stalled: 60 s, 300 s).
+    options: dict[str, Any] = {
+        "access_log": False,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+    }
     tls = settings.http_tls
     if tls.enabled:
         options |= {
@@ -235,11 +249,12 @@ class _Supervisor:
             for proc in procs.values():
                 if proc.is_alive():
                     proc.terminate()  # SIGTERM: uvicorn finishes in-flight requests, the runtime stops
-            deadline = time.monotonic() + STOP_GRACE_S
+            grace = self.settings.shutdown_grace_s + STOP_MARGIN_S
+            deadline = time.monotonic() + grace
             for proc in procs.values():
                 proc.join(max(0.1, deadline - time.monotonic()))
                 if proc.is_alive():
-                    log.error("worker %s did not stop in %.0f s: killed", proc.name, STOP_GRACE_S)
+                    log.error("worker %s did not stop in %.0f s: killed", proc.name, grace)
                     proc.kill()
                     proc.join()
             for s, handler in previous.items():
@@ -257,16 +272,51 @@ def _worker_main(settings: Settings, index: int, http: socket.socket, mllp: sock
 
 
 def _run_worker(settings: Settings, *, index: int, edge: bool, http: socket.socket, mllp: socket.socket | None) -> None:
-    import uvicorn
-
     from hub.api.app import create_app
     from hub.runtime import build_runtime
 
-    with _refusals(settings):
-        runtime = build_runtime(settings, services=True, edge=edge, mllp_socket=mllp)
-    application = create_app(runtime.ctx, runtime, settle_heap=True)
-    server = uvicorn.Server(uvicorn.Config(application, **uvicorn_options(settings)))
-    log.info("worker %d serving (%s)", index, "edge" if edge else "runtime")
-    server.run(sockets=[http])
+    # uvicorn handles SIGTERM and SIGINT while it runs and, once stopped, restores the handlers it
+    # found and raises the signal again: with the default handlers a clean stop on SIGTERM died of
+    # it (exit 143), which systemd and Kubernetes count as a failure. The handlers it finds are
+    # these, which only ask for a stop: a signal during start-up is served as soon as the server
+    # runs, and the one raised again after the stop does nothing, so a clean stop exits 0.
+    stop = _StopRequest()
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _refusals(settings):
+            runtime = build_runtime(settings, services=True, edge=edge, mllp_socket=mllp)
+        application = create_app(runtime.ctx, runtime, settle_heap=True)
+        server = stop.server = _Server(uvicorn.Config(application, **uvicorn_options(settings)), runtime)
+        server.should_exit = stop.requested
+        log.info("worker %d serving (%s)", index, "edge" if edge else "runtime")
+        server.run(sockets=[http])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if not server.started:  # start-up failed (e.g. the database is down): say so to the service manager
         sys.exit(3)
+
+
+@dataclass
+class _StopRequest:
+    requested: bool = False
+    server: uvicorn.Server | None = None
+
+    def handle(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also tells the runtime when shutdown begins: the MLLP listener then
+    stops taking connections and messages at once, rather than after every HTTP request has ended
+    (it accepted and acknowledged new messages all through the HTTP grace period)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.runtime.stop_accepting()
+        await super().shutdown(sockets)

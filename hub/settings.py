@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     http_tls: TLSSettings = Field(default_factory=TLSSettings)
     # `cgt-hub serve` processes sharing the HTTP and MLLP listeners (PostgreSQL only; see hub/serve.py).
     workers: int = Field(default=1, ge=1, le=32)
+    # On SIGTERM/SIGINT, how long `cgt-hub serve` waits for HTTP requests in flight before it cancels
+    # them (a client stalled mid-body would otherwise hold the stop for as long as it likes).
+    shutdown_grace_s: float = Field(default=15.0, gt=0, le=300)
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
     mllp_tls: TLSSettings = Field(default_factory=TLSSettings)

@@ -232,6 +232,76 @@ def test_serve_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_with_exit_0(tmp_path: Path, sig: signal.Signals) -> None:
+    """A clean stop is exit 0 for systemd and Kubernetes: uvicorn re-raised the SIGTERM it had
+    handled, and the process died of it (143)."""
+    env = {"CGTHUB_MLLP_PORT": str(free_port())}
+    with launched(tmp_path, **env) as (port, proc):
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+
+
+def _stall_mid_body(port: int) -> socket.socket:
+    """A request whose body never ends (a slow client, a dead peer)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(
+        b"POST /fhir/Organization HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer dev-only-operator-token\r\n"
+        b'Content-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n{"resourceType":'
+    )
+    return sock
+
+
+def _refuses(port: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _unanswered(conn: socket.socket, data: bytes) -> bool:
+    """Sent on an open connection: closed by the hub without a byte of answer."""
+    try:
+        conn.sendall(data)
+        return conn.recv(65536) == b""
+    except OSError:  # reset: the hub had closed it
+        return True
+
+
+def test_serve_stops_within_the_grace_despite_a_stalled_client_and_takes_no_new_message(tmp_path: Path) -> None:
+    """SIGTERM with a client stalled mid-body: the stop waited for that client (60 s, 300 s) while
+    the MLLP listener went on accepting and acknowledging. Now MLLP takes nothing new from the
+    start of the stop, the stalled request is answered 503 after CGTHUB_SHUTDOWN_GRACE_S, and the
+    process exits 0."""
+    import sqlite3
+
+    from adapters.hl7v2.framer import frame
+    from tests.adapters.hl7v2.messages import orm
+
+    mllp_port = free_port()
+    env = {"CGTHUB_MLLP_PORT": str(mllp_port), "CGTHUB_SHUTDOWN_GRACE_S": "1"}
+    with launched(tmp_path, **env) as (port, proc):
+        waiting = socket.create_connection(("127.0.0.1", mllp_port), timeout=10)
+        with waiting, _stall_mid_body(port) as stalled:
+            waiting.sendall(frame(orm("PS00001", "MS00001", cid="BEFORE-STOP")))
+            assert b"MSA|" in waiting.recv(65536)
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert _refuses(mllp_port, within_s=2), "a new MLLP connection was accepted after SIGTERM"
+            assert _unanswered(waiting, frame(orm("PS00002", "MS00002", cid="AFTER-STOP")))
+            assert proc.wait(timeout=20) == 0
+            assert time.monotonic() - stopped_at < 10
+            assert stalled.recv(65536).startswith(b"HTTP/1.1 503 ")
+    with sqlite3.connect(tmp_path / "var" / "cgthub.db") as db:
+        stored = {row[0] for row in db.execute("SELECT external_id FROM inbox_message")}
+    assert stored == {"BEFORE-STOP"}
+
+
 @pytest.mark.parametrize(
     ("case", "said"),
     [

@@ -12,7 +12,10 @@ Failure modes, all without an AA:
 * a frame larger than ``max_frame`` → the connection is closed at once (nothing buffered past the
   cap); an idle connection is closed after ``idle_timeout_s``;
 * an address outside every partner's ``allow_from`` (or without a certificate a partner's
-  ``tls_client_names`` asks for) → the connection is closed before reading.
+  ``tls_client_names`` asks for) → the connection is closed before reading;
+* shutdown has begun (``stop_accepting``) → no new connection is accepted; a frame being handled
+  is committed and answered, then its connection is closed; a frame that arrives from then on is
+  not answered (nor stored), so the sender resends it to the next process.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from hub.settings import TLSSettings
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
+# At stop, how long frames in flight may take to commit and be answered before they are cancelled
+# (a cancelled frame's job still commits, unanswered: the sender resends and gets the duplicate's ACK).
+STOP_GRACE_S = 10.0
 
 
 def server_ssl_context(tls: TLSSettings) -> ssl.SSLContext | None:
@@ -109,6 +115,8 @@ class MllpListener:
         self.stats = Stats()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._reading: set[asyncio.Task[None]] = set()  # connections waiting for their next frame
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -126,11 +134,24 @@ class MllpListener:
         )
         log.info("MLLP listener on %s:%d (tls=%s)", self.host, self.port, self.tls.enabled)
 
-    async def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """Accept no new connection and no new frame; frames being handled finish (see ``stop``)."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
+        for task in list(self._reading):
+            task.cancel()
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        self.stop_accepting()
+        if self._connections:
+            _, late = await asyncio.wait(list(self._connections), timeout=grace_s)
+            for task in late:
                 task.cancel()
+            if late:
+                log.warning("MLLP: %d message(s) in flight after %.0f s at stop: not answered", len(late), grace_s)
+                await asyncio.wait(late, timeout=2)
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
             self._server = None
@@ -152,13 +173,13 @@ class MllpListener:
                 return
             self.stats.connections += 1
             deframer = Deframer(self.max_frame)
-            while True:
+            while not self._stopping:
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout=self.idle_timeout_s)
+                    data = await self._read(reader, task)
                 except TimeoutError:
                     log.info("MLLP connection from %s idle for %.0fs; closed", address, self.idle_timeout_s)
                     return
-                if not data:
+                if not data or self._stopping:
                     return
                 try:
                     payloads = deframer.feed(data)
@@ -167,6 +188,8 @@ class MllpListener:
                     log.warning("MLLP frame from %s over %d bytes; connection closed", address, exc.limit)
                     return
                 for payload in payloads:
+                    if self._stopping:
+                        return  # not answered: the sender resends it
                     self.stats.frames += 1
                     responses = await self.handle_frame(payload, peer)
                     if responses is None:
@@ -184,6 +207,16 @@ class MllpListener:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=2)
+
+    async def _read(self, reader: asyncio.StreamReader, task: asyncio.Task[None] | None) -> bytes:
+        """The next chunk; ``stop_accepting`` cancels the wait (the connection is then closed)."""
+        if task is not None:
+            self._reading.add(task)
+        try:
+            return await asyncio.wait_for(reader.read(READ_CHUNK), timeout=self.idle_timeout_s)
+        finally:
+            if task is not None:
+                self._reading.discard(task)
 
     # ------------------------------------------------------------------ frames
     async def handle_frame(self, payload: bytes, peer: Peer) -> list[bytes] | None:

@@ -64,6 +64,10 @@ class Hl7v2Service:
         if self.sender is not None:
             self._task = asyncio.create_task(self.sender.run(self._stop))
 
+    def stop_accepting(self) -> None:
+        if self.listener is not None:
+            self.listener.stop_accepting()
+
     async def stop(self) -> None:
         self._stop.set()
         if self.listener is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -39,15 +41,26 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        responded = False
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            # Still running when the shutdown grace (CGTHUB_SHUTDOWN_GRACE_S) ran out: uvicorn
+            # cancels this, the request's own task, and would log the cancellation as a crash with
+            # its traceback. The client is told to retry instead; nothing awaits this task's result,
+            # so the cancellation ends here.
+            log.warning("%s request still running at the end of the shutdown grace: cancelled", scope.get("method"))
+            if not responded:
+                status = 503
+                with contextlib.suppress(Exception):
+                    await _unavailable(send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
@@ -57,3 +70,10 @@ class ObserveMiddleware:
             HTTP_LATENCY.labels(method, template).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info("%s %s -> %d in %.1f ms", method, template, status, elapsed * 1000)
+
+
+async def _unavailable(send: Any) -> None:
+    body = b'{"status": 503, "detail": "the server is stopping; retry"}'
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

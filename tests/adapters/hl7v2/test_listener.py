@@ -3,10 +3,13 @@ conflicts, store down, every message kind, batches, framing limits, allow-lists,
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -416,6 +419,59 @@ def test_oversized_frame_closes_the_connection(ctx: HubContext, loop: Loop) -> N
         ok.close()
     finally:
         loop.run(listener.stop())
+
+
+def _refuses_connections(port: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stop_answers_the_message_in_flight_and_takes_no_new_one(ctx: HubContext, loop: Loop, store: Store) -> None:
+    """At shutdown the frame being committed is answered (its ACK was promised by the commit); a
+    connection waiting for its next frame is closed, and a frame sent after the stop began is
+    neither stored nor answered, so the sender resends it. No new connection is accepted."""
+    listener = MllpListener(ctx, host="127.0.0.1", port=0)
+    loop.run(listener.start())
+    waiting = Sender(listener.port)
+    assert codes(waiting.send(m.orm("PL-W1", "MRN-W1", accept="AL", app="AL"), expect=2)) == ["CA", "AA"]
+    busy = Sender(listener.port)
+    committing, go_on = threading.Event(), threading.Event()
+
+    def hold(conn: object) -> None:  # the commit of the frame in flight waits until the stop has begun
+        committing.set()
+        go_on.wait(10)
+
+    event.listen(store.write_engine, "commit", hold)
+    answered: list[bytes] = []
+    sending = threading.Thread(
+        target=lambda: answered.extend(busy.send(m.orm("PL-B1", "MRN-B1", accept="AL", app="AL"), expect=2))
+    )
+    try:
+        sending.start()
+        assert committing.wait(10)
+        stopping = asyncio.run_coroutine_threadsafe(listener.stop(), loop.loop)
+        assert _refuses_connections(listener.port)
+        with pytest.raises(ConnectionError):  # sent after the stop began: closed, no ACK
+            waiting.send(m.orm("PL-W2", "MRN-W2", accept="AL", app="AL"), expect=2)
+        go_on.set()
+        sending.join(10)
+        stopping.result(10)
+    finally:
+        go_on.set()
+        event.remove(store.write_engine, "commit", hold)
+        waiting.close()
+        busy.close()
+        loop.run(listener.stop())
+    assert codes(answered) == ["CA", "AA"]
+    assert count(store, TherapyOrder, TherapyOrder.placer_number == "PL-B1") == 1
+    assert count(store, TherapyOrder, TherapyOrder.placer_number == "PL-W2") == 0
+    assert count(store, InboxMessage) == 2
 
 
 def test_idle_connection_is_closed(ctx: HubContext, loop: Loop) -> None:
