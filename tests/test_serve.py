@@ -302,6 +302,20 @@ def test_serve_stops_within_the_grace_despite_a_stalled_client_and_takes_no_new_
     assert stored == {"BEFORE-STOP"}
 
 
+def test_serve_counts_a_client_gone_mid_body_as_499_without_a_traceback(tmp_path: Path) -> None:
+    """A client that disconnects before its body ends was a 500 with a traceback: its doing."""
+    with launched(tmp_path, CGTHUB_MLLP_PORT=str(free_port())) as (port, _):
+        _stall_mid_body(port).close()
+        counted = ""
+        deadline = time.monotonic() + 10
+        while "499" not in counted and time.monotonic() < deadline:
+            time.sleep(0.1)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            counted = "".join(line for line in metrics.splitlines() if 'route="/fhir/{resource_type}"' in line)
+        assert 'method="POST",route="/fhir/{resource_type}",status="499"} 1.0' in counted
+        assert 'status="500"' not in counted
+
+
 @pytest.mark.parametrize(
     ("case", "said"),
     [

@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("hub.http")
+CLIENT_CLOSED = 499
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -51,6 +53,11 @@ class ObserveMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client went away before its request ended (mid-body): its doing, not a server
+            # error, so neither a 500 in the counters nor a traceback in the log; nobody is left
+            # to answer. 499 is nginx's "client closed request".
+            status = CLIENT_CLOSED
         except asyncio.CancelledError:
             # Still running when the shutdown grace (CGTHUB_SHUTDOWN_GRACE_S) ran out: uvicorn
             # cancels this, the request's own task, and would log the cancellation as a crash with
