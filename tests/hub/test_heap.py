@@ -33,7 +33,9 @@ def test_settle_freezes_the_survivors_and_collects_the_garbage_first() -> None:
     kept = _Node()
     dropped = weakref.ref(_Node())  # cyclic garbage, not yet collected
     frozen = heap.settle()
-    assert frozen == gc.get_freeze_count() > 0
+    # Frozen objects that other threads of the test session free meanwhile leave the count (it
+    # went down by 12 once, in a clean-clone run), so it can only be lower than what was frozen.
+    assert 0 < gc.get_freeze_count() <= frozen
     assert dropped() is None, "garbage present at start-up must be collected, not frozen"
     assert kept.me is kept
 
