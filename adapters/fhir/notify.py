@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +35,8 @@ from sqlalchemy import and_, insert, select, update
 from adapters.fhir.webhooks import Attempt, post, signed_headers
 from hub.api.auth import smart_settings_of
 from hub.api.subscription_channel import header_line
-from hub.db.models import Lease, OrderParticipant, Resource, SearchReference
+from hub.db import leases
+from hub.db.models import OrderParticipant, Resource, SearchReference
 from hub.db.models_fhirapi import ResourceOwner, SubscriptionAttempt, SubscriptionDelivery
 from hub.db.uow import Store, Work
 from hub.errors import NotFound
@@ -180,7 +179,7 @@ class DeliveryWorker:
     holder: str = ""
 
     def __post_init__(self) -> None:
-        self.holder = self.holder or f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self.holder = self.holder or leases.holder_name(self)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -200,14 +199,7 @@ class DeliveryWorker:
     async def release_lease(self) -> None:
         """Give the lease up on shutdown, as the relay and the HL7 sender do: a hub started next (or
         another process) delivers at once instead of waiting for it to expire (30 s or more)."""
-        holder = self.holder
-
-        def job(work: Work) -> None:
-            row = work.session.get(Lease, LEASE)
-            if row is not None and row.holder == holder:
-                work.session.delete(row)
-
-        await self.store.run_async(job, actor="fhir-notify")
+        await self.store.run_async(leases.release(self.holder, LEASE), actor="fhir-notify")
 
     async def run_once(self) -> int:
         """One round: take the lease, deliver what is due. Returns the number of attempts made."""
@@ -237,20 +229,7 @@ class DeliveryWorker:
             return Attempt(None, 0, f"not sent: {type(exc).__name__}", None)
 
     def _lease_job(self) -> Callable[[Work], bool]:
-        holder = self.holder
-
-        def job(work: Work) -> bool:
-            row = work.session.execute(select(Lease).where(Lease.name == LEASE).with_for_update()).scalar_one_or_none()
-            expires = work.now + timedelta(seconds=max(30.0, self.poll_s * 10))
-            if row is None:
-                work.session.add(Lease(name=LEASE, holder=holder, expires_at=expires))
-                return True
-            if row.holder == holder or row.expires_at < work.now:
-                row.holder, row.expires_at = holder, expires
-                return True
-            return False
-
-        return job
+        return leases.take(LEASE, self.holder, max(30.0, self.poll_s * 10))
 
     def _due_job(self) -> Callable[[Work], list[Due]]:
         def job(work: Work) -> list[Due]:

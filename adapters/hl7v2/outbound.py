@@ -44,7 +44,8 @@ from adapters.hl7v2.mapping import MappingDefinitionError, load_mapping_set
 from adapters.hl7v2.mapping import mapping_root as resolve_mapping_root
 from hub import canonical
 from hub.context import HubContext
-from hub.db.models import Lease, OrderParticipant, TherapyOrder
+from hub.db import leases
+from hub.db.models import OrderParticipant, TherapyOrder
 from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
 from hub.db.models_scheduling import CollectionAppointment
 from hub.db.types import iso_utc
@@ -544,29 +545,12 @@ class OutboundSender:
         return job
 
     async def _lease(self, partner: str) -> bool:
-        holder, lease_s, name = self.holder, self.settings.lease_span_s, f"hl7v2-out:{partner}"[:64]
-
-        def job(work: Work) -> bool:
-            row = work.session.get(Lease, name, with_for_update=True)
-            expires = work.now + timedelta(seconds=lease_s)
-            if row is None:
-                work.session.add(Lease(name=name, holder=holder, expires_at=expires))
-                return True
-            if row.holder == holder or row.expires_at < work.now:
-                row.holder, row.expires_at = holder, expires
-                return True
-            return False
-
+        name = f"hl7v2-out:{partner}"[: leases.NAME_MAX]
+        job = leases.take(name, self.holder, self.settings.lease_span_s)
         return bool(await self.store.run_async(job, actor="hl7v2-sender"))
 
     async def release_leases(self) -> None:
-        holder = self.holder
-
-        def job(work: Work) -> None:
-            for row in work.session.scalars(select(Lease).where(Lease.holder == holder)):
-                work.session.delete(row)
-
-        await self.store.run_async(job, actor="hl7v2-sender")
+        await self.store.run_async(leases.release(self.holder), actor="hl7v2-sender")
 
 
 def _save_payload(outbound_id: int, payload: bytes) -> Callable[[Work], None]:

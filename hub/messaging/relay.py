@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from hub import canonical
-from hub.db.models import Lease, OutboxEvent
+from hub.db import leases
+from hub.db.models import OutboxEvent
 from hub.db.uow import Store, Work
 from hub.events import Envelope
 from hub.messaging.bus import Bus
@@ -48,36 +46,14 @@ class OutboxRelay:
         self.batch = batch
         self.poll_s = poll_s
         self.lease_s = lease_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self.holder = leases.holder_name(self)
         self.published = 0
 
     async def acquire_lease(self) -> bool:
-        holder, lease_s = self.holder, self.lease_s
-
-        def job(work: Work) -> bool:
-            row = work.session.execute(
-                select(Lease).where(Lease.name == LEASE_NAME).with_for_update()
-            ).scalar_one_or_none()
-            expires = work.now + timedelta(seconds=lease_s)
-            if row is None:
-                work.session.add(Lease(name=LEASE_NAME, holder=holder, expires_at=expires))
-                return True
-            if row.holder == holder or row.expires_at < work.now:
-                row.holder, row.expires_at = holder, expires
-                return True
-            return False
-
-        return await self.store.run_async(job, actor="relay")
+        return bool(await self.store.run_async(leases.take(LEASE_NAME, self.holder, self.lease_s), actor="relay"))
 
     async def release_lease(self) -> None:
-        holder = self.holder
-
-        def job(work: Work) -> None:
-            row = work.session.get(Lease, LEASE_NAME)
-            if row is not None and row.holder == holder:
-                work.session.delete(row)
-
-        await self.store.run_async(job, actor="relay")
+        await self.store.run_async(leases.release(self.holder, LEASE_NAME), actor="relay")
 
     def _pending(self) -> list[Envelope]:
         def read(session: Session) -> list[Envelope]:
