@@ -6,8 +6,9 @@ reads. The CapabilityStatement lists exactly these (plus ``_id`` and ``_lastUpda
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -74,6 +75,37 @@ def parse_instant(value: str) -> datetime | None:
         return parsed.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC: no instant to compare
         return None
+
+
+_TIME = re.compile(r"^T(?P<hm>\d\d:\d\d)(?P<s>:\d\d)?(?P<f>\.\d+)?")
+
+
+def instant_range(value: str) -> tuple[datetime, datetime] | None:
+    """A search value's implicit range ``[start, end)`` from its precision (FHIR search, date
+    parameters): ``2026`` is the whole year, ``2026-12-03`` the whole day, ``…T10:15Z`` the
+    minute, ``…T10:15:00Z`` the second; fractional seconds name one instant."""
+    start = parse_instant(value)
+    if start is None:
+        return None
+    if len(value) == 4:
+        return start, start.replace(year=start.year + 1) if start.year < 9999 else datetime.max.replace(tzinfo=UTC)
+    if len(value) == 7:
+        year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+        end = start.replace(year=year, month=month) if year <= 9999 else datetime.max.replace(tzinfo=UTC)
+        return start, end
+    time = _TIME.match(value[10:])
+    if time is None:
+        step = timedelta(days=1)
+    elif time.group("f"):
+        step = timedelta(microseconds=1)
+    elif time.group("s"):
+        step = timedelta(seconds=1)
+    else:
+        step = timedelta(minutes=1)
+    try:
+        return start, start + step
+    except OverflowError:
+        return start, datetime.max.replace(tzinfo=UTC)
 
 
 def extract(resource: dict[str, Any]) -> Extracted:

