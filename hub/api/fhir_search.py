@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hub.api.auth import Principal
@@ -114,6 +114,7 @@ class Page:
     has_next: bool
     params: list[tuple[str, str]]  # the selecting parameters, for self/next links
     includes: list[str]
+    total: int | None = None  # counted when _count=0
 
 
 def parse_search(query: list[tuple[str, str]]) -> tuple[list[SearchParam], int, int, list[str]]:
@@ -166,8 +167,12 @@ def search(session: Session, principal: Principal, rtype: str, query: list[tuple
         .limit(count + 1)
         .offset(offset)
     )
+    total = None
+    if count == 0:  # _count=0: only how many match (a next link would name this same empty page)
+        total = session.execute(select(func.count()).select_from(stmt.limit(None).offset(None).subquery())).scalar()
+        stmt = stmt.limit(0)
     rows = [_row_to_stored(r) for r in session.execute(stmt).scalars()]
-    has_next = len(rows) > count
+    has_next = count > 0 and len(rows) > count
     rows = rows[:count]
     included: list[Stored] = []
     if include_elements:
@@ -190,7 +195,7 @@ def search(session: Session, principal: Principal, rtype: str, query: list[tuple
                 except NotFound:
                     continue
     selecting = [(p.name, p.value) for p in params]
-    return Page(rows, included, offset, count, has_next, selecting, includes)
+    return Page(rows, included, offset, count, has_next, selecting, includes, total)
 
 
 def search_bundle(page: Page, rtype: str, base: str) -> dict[str, Any]:
@@ -213,7 +218,9 @@ def search_bundle(page: Page, rtype: str, base: str) -> dict[str, Any]:
         for s in page.included
     ]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-    if not page.has_next and page.offset == 0:
+    if page.total is not None:
+        bundle["total"] = page.total
+    elif not page.has_next and page.offset == 0:
         bundle["total"] = len(page.entries)
     return bundle
 

@@ -57,3 +57,15 @@ def test_dates_are_ranges_by_precision(api: TestClient, client_keys: dict[str, C
         assert _names(api, h, {**only, "_lastUpdated": value}) == [], value
     stamp = made["meta"]["lastUpdated"]
     assert _names(api, h, {**only, "_lastUpdated": f"eq{stamp}"}) == ["dated"]
+
+
+def test_count_zero_gives_the_total_and_no_endless_next_link(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    for i in range(3):
+        api.post("/fhir/Location", json=_location(f"c{i}", "C-0"), headers=h)
+    page = api.get("/fhir/Location", params={"identifier": f"{SYSTEM}|C-0", "_count": "0"}, headers=h).json()
+    assert page["entry"] == []
+    assert page["total"] == 3
+    assert [link["relation"] for link in page["link"]] == ["self"]
