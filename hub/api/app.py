@@ -21,7 +21,7 @@ from hub.api.direct import DirectRoutes, marked
 from hub.api.guard import RefuseNul
 from hub.api.idempotency import InFlight
 from hub.api.metrics import ObserveMiddleware
-from hub.api.outcomes import error_response, operation_outcome
+from hub.api.outcomes import FHIR_JSON_UTF8, error_response, operation_outcome
 from hub.context import HubContext
 from hub.errors import HubError, Issue
 
@@ -62,7 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if _is_fhir(request):
             body = operation_outcome([Issue(str(exc.detail))], code)
-            return Response(canonical.dumpb(body), status_code=exc.status_code, media_type=fhir.FHIR_JSON)
+            return Response(canonical.dumpb(body), status_code=exc.status_code, media_type=FHIR_JSON_UTF8)
         return JSONResponse(
             {"status": exc.status_code, "detail": exc.detail},
             status_code=exc.status_code,

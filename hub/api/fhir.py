@@ -29,7 +29,7 @@ from hub.api.deps import CtxDep
 from hub.api.fhir_service import BadRequest, FhirService, Result, precheck
 from hub.api.idempotency import InFlight, Reply, external_id, inbound_job, raw_request
 from hub.api.isolation import enter_partner_scope, references
-from hub.api.outcomes import operation_outcome
+from hub.api.outcomes import FHIR_JSON_UTF8, operation_outcome
 from hub.api.smart import token_url
 from hub.errors import HubError, Issue, NotFound
 from hub.fhirstore.repository import Stored
@@ -100,7 +100,7 @@ def fhir_response(body: dict[str, Any] | None, status: int = 200, stored: Stored
         headers["ETag"] = stored.etag
         headers["Last-Modified"] = format_datetime(stored.last_updated, usegmt=True)
     content = b"" if body is None else canonical.dumpb(body)
-    return Response(content, status_code=status, media_type=FHIR_JSON, headers=headers)
+    return Response(content, status_code=status, media_type=FHIR_JSON_UTF8, headers=headers)
 
 
 def _type(resource_type: str) -> str:
@@ -195,7 +195,7 @@ def _precheck(rtype: str, body: bytes, principal: Principal) -> tuple[dict[str, 
 
 def reply_for(result: Result, prefer: str, base: str) -> Reply:
     stored = result.stored
-    headers = {"Content-Type": FHIR_JSON}
+    headers = {"Content-Type": FHIR_JSON_UTF8}
     if stored is None:
         return Reply(result.status, headers, canonical.dumpb(result.body or {}), result.order_id)
     headers["ETag"] = stored.etag
@@ -315,7 +315,7 @@ async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: Form
         for entry in result.get("entry", []):  # Bundle.entry.fullUrl is an absolute URL
             if "fullUrl" in entry and "://" not in entry["fullUrl"]:
                 entry["fullUrl"] = f"{base}/{entry['fullUrl']}"
-        return Reply(200, {"Content-Type": FHIR_JSON}, canonical.dumpb(result))
+        return Reply(200, {"Content-Type": FHIR_JSON_UTF8}, canonical.dumpb(result))
 
     return await _write(request, ctx, principal, "Bundle.transaction", handle, bundle_needs)
 

@@ -26,13 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from hub import canonical
-from hub.api.outcomes import operation_outcome, outcome_for
+from hub.api.outcomes import FHIR_JSON_UTF8, operation_outcome, outcome_for
 from hub.db.uow import Work
 from hub.errors import Conflict, HubError, Issue
 from hub.messaging.inbox import InboxStatus, Interpretation, receive
 
 CHANNEL = "fhir-rest"
-FHIR_JSON = "application/fhir+json"
 MAX_KEY = 200
 
 
@@ -58,8 +57,8 @@ class Reply:
 def error_reply(error: HubError | None) -> Reply:
     if error is None:
         body = operation_outcome([Issue("internal error; the request was kept and can be replayed")], "exception")
-        return Reply(500, {"Content-Type": FHIR_JSON}, canonical.dumpb(body))
-    headers = {"Content-Type": FHIR_JSON}
+        return Reply(500, {"Content-Type": FHIR_JSON_UTF8}, canonical.dumpb(body))
+    headers = {"Content-Type": FHIR_JSON_UTF8}
     if error.retryable:
         headers["Retry-After"] = "5"
     return Reply(error.status, headers, canonical.dumpb(outcome_for(error)))
@@ -69,7 +68,7 @@ def conflict_reply() -> Reply:
     body = operation_outcome(
         [Issue("this Idempotency-Key was already used for a different request", "Idempotency-Key")], "conflict"
     )
-    return Reply(422, {"Content-Type": FHIR_JSON}, canonical.dumpb(body))
+    return Reply(422, {"Content-Type": FHIR_JSON_UTF8}, canonical.dumpb(body))
 
 
 class InFlight:

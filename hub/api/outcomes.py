@@ -10,6 +10,9 @@ from hub import canonical
 from hub.errors import HubError, Issue
 
 FHIR_JSON = "application/fhir+json"
+# What FHIR answers carry: R4 (http.html, "Content Types and encodings") requires responses to name
+# UTF-8 explicitly, since HTTP's default character set is ISO-8859-1.
+FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
 
 
 def operation_outcome(issues: list[Issue], code: str, *, severity: str = "error") -> dict[str, Any]:
@@ -44,5 +47,5 @@ def error_response(path: str, error: HubError) -> Response:
     """The one rendering of an error: OperationOutcome under /fhir, problem JSON elsewhere."""
     headers = {"Retry-After": "5"} if error.retryable else None
     if path.startswith("/fhir"):
-        return Response(canonical.dumpb(outcome_for(error)), error.status, headers, FHIR_JSON)
+        return Response(canonical.dumpb(outcome_for(error)), error.status, headers, FHIR_JSON_UTF8)
     return Response(canonical.dumpb(problem_for(error)), error.status, headers, "application/problem+json")

@@ -69,3 +69,19 @@ def test_count_zero_gives_the_total_and_no_endless_next_link(
     assert page["entry"] == []
     assert page["total"] == 3
     assert [link["relation"] for link in page["link"]] == ["self"]
+
+
+def test_answers_name_utf8(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    made = api.post("/fhir/Location", json=_location("Zürich Apherese", "U-1"), headers=h)
+    rid = made.json()["id"]
+    answers = [
+        made,
+        api.get(f"/fhir/Location/{rid}", headers=h),
+        api.get("/fhir/Location", params={"identifier": f"{SYSTEM}|U-1"}, headers=h),
+        api.get("/fhir/metadata"),
+        api.get("/fhir/Location/missing", headers=h),  # OperationOutcome from a HubError
+        api.delete(f"/fhir/Location/{rid}", headers=h),  # OperationOutcome from the router (405)
+    ]
+    for r in answers:
+        assert r.headers["content-type"] == "application/fhir+json; charset=utf-8", (r.status_code, r.headers)
