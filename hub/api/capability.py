@@ -35,7 +35,7 @@ def capability_statement(base_url: str, token_url: str) -> dict[str, Any]:
             "readHistory": True,
             "updateCreate": False,
             "conditionalCreate": "create" in codes,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "full-support",
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
             "interaction": [{"code": c} for c in codes],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -418,11 +418,43 @@ def type_history(
     return fhir_response(fhir_search.history_bundle(versions, base_url(request), next_url))
 
 
+def _not_modified(request: Request, stored: Stored) -> bool:
+    """Conditional read: ``If-None-Match`` names the current version, or (without it)
+    ``If-Modified-Since`` is not before the last change (HTTP dates have whole seconds)."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+        return "*" in tags or stored.etag.removeprefix("W/") in tags
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        when = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # an unreadable date is ignored (RFC 9110 13.1.3)
+    if when.tzinfo is None:
+        return False
+    return stored.last_updated.replace(microsecond=0) <= when
+
+
 @router.get("/{resource_type}/{rid}")
 def read(
-    resource_type: TypeParam, rid: IdParam, session: ScopedSession, principal: PrincipalDep, _: FormatDep
+    resource_type: TypeParam,
+    rid: IdParam,
+    request: Request,
+    session: ScopedSession,
+    principal: PrincipalDep,
+    _: FormatDep,
 ) -> Response:
     stored = fhir_search.read(session, principal, _type(resource_type), rid)
+    if _not_modified(request, stored):
+        return Response(
+            status_code=304,
+            headers={
+                "ETag": stored.etag,
+                "Last-Modified": format_datetime(stored.last_updated, usegmt=True),
+            },
+        )
     return fhir_response(stored.content, stored=stored)
 
 

@@ -85,3 +85,24 @@ def test_answers_name_utf8(api: TestClient, client_keys: dict[str, ClientKey]) -
     ]
     for r in answers:
         assert r.headers["content-type"] == "application/fhir+json; charset=utf-8", (r.status_code, r.headers)
+
+
+def test_conditional_read(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    made = api.post("/fhir/Location", json=_location("cached", "R-1"), headers=h)
+    rid, etag, modified = made.json()["id"], made.headers["etag"], made.headers["last-modified"]
+    same = api.get(f"/fhir/Location/{rid}", headers={**h, "If-None-Match": etag})
+    assert same.status_code == 304
+    assert same.content == b""
+    assert same.headers["etag"] == etag
+    assert api.get(f"/fhir/Location/{rid}", headers={**h, "If-Modified-Since": modified}).status_code == 304
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert api.get(f"/fhir/Location/{rid}", headers={**h, "If-Modified-Since": old}).status_code == 200
+    changed = api.put(f"/fhir/Location/{rid}", json={**made.json(), "name": "renamed"}, headers=h)
+    assert changed.status_code == 200
+    fresh = api.get(f"/fhir/Location/{rid}", headers={**h, "If-None-Match": etag})
+    assert fresh.status_code == 200
+    assert fresh.json()["name"] == "renamed"
+    cs = api.get("/fhir/metadata").json()
+    location = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Location")
+    assert location["conditionalRead"] == "full-support"
