@@ -151,6 +151,16 @@ def _prefer(request: Request) -> str:
     return "representation"
 
 
+def _lenient(request: Request) -> bool:
+    """``Prefer: handling=lenient``: unknown search parameters are ignored (the default, and
+    ``handling=strict``, refuse them)."""
+    for part in request.headers.get("prefer", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "handling":
+            return value.strip().strip('"').lower() == "lenient"
+    return False
+
+
 def _parse(body: bytes) -> dict[str, Any]:
     try:
         value = canonical.loads(body)
@@ -484,7 +494,8 @@ def search_type(
     resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     rtype = _type(resource_type)
-    page = fhir_search.search(session, principal, rtype, list(request.query_params.multi_items()))
+    query = list(request.query_params.multi_items())
+    page = fhir_search.search(session, principal, rtype, query, lenient=_lenient(request))
     return fhir_response(fhir_search.search_bundle(page, rtype, base_url(request)))
 
 

@@ -20,7 +20,14 @@ from hub.api.isolation import require_visible, visible_condition, visible_ids
 from hub.db.models import Resource, ResourceVersion
 from hub.errors import Issue, NotFound, ValidationFailed
 from hub.fhirstore import indexing
-from hub.fhirstore.repository import ResourceRepository, SearchParam, Stored, _row_to_stored, search_conditions
+from hub.fhirstore.repository import (
+    ResourceRepository,
+    SearchParam,
+    Stored,
+    _row_to_stored,
+    is_supported,
+    search_conditions,
+)
 from hub.fhirstore.validation import SUPPORTED_TYPES
 
 DEFAULT_COUNT = 50
@@ -151,9 +158,15 @@ def _include_elements(rtype: str, include: str) -> tuple[str, ...]:
     return elements
 
 
-def search(session: Session, principal: Principal, rtype: str, query: list[tuple[str, str]]) -> Page:
+def search(
+    session: Session, principal: Principal, rtype: str, query: list[tuple[str, str]], *, lenient: bool = False
+) -> Page:
+    """``lenient`` (``Prefer: handling=lenient``): parameters this server does not serve are
+    ignored instead of refused; the self link shows the ones that were applied."""
     principal.require(rtype, "s")
     params, count, offset, includes = parse_search(query)
+    if lenient:
+        params = [p for p in params if is_supported(rtype, p.name)]
     include_elements = [(inc, _include_elements(rtype, inc)) for inc in includes]
     stmt = (
         select(Resource)

@@ -71,6 +71,21 @@ def test_count_zero_gives_the_total_and_no_endless_next_link(
     assert [link["relation"] for link in page["link"]] == ["self"]
 
 
+def test_prefer_handling(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    api.post("/fhir/Location", json=_location("lenient", "L-1"), headers=h)
+    params = {"identifier": f"{SYSTEM}|L-1", "_sort": "name"}
+    strict = api.get("/fhir/Location", params=params, headers={**h, "Prefer": "handling=strict"})
+    assert strict.status_code == 422
+    assert strict.json()["resourceType"] == "OperationOutcome"
+    assert api.get("/fhir/Location", params=params, headers=h).status_code == 422  # strict is the default
+    lenient = api.get("/fhir/Location", params=params, headers={**h, "Prefer": "handling=lenient"})
+    assert lenient.status_code == 200
+    bundle = lenient.json()
+    assert [e["resource"]["name"] for e in bundle["entry"]] == ["lenient"]
+    assert "_sort" not in bundle["link"][0]["url"]  # the self link shows what was applied
+
+
 def test_answers_name_utf8(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
     h = bearer(api, client_keys["st-marys"])
     made = api.post("/fhir/Location", json=_location("Zürich Apherese", "U-1"), headers=h)
