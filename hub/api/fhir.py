@@ -38,6 +38,7 @@ from hub.fhirstore.validation import SUPPORTED_TYPES
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir", "xml")
+FORM = "application/x-www-form-urlencoded"
 router = APIRouter(prefix="/fhir")
 
 
@@ -64,6 +65,10 @@ def fhir_format(request: Request) -> None:
             raise UnsupportedMediaType("XML is not supported by this server; accept application/fhir+json", 406)
     if request.method in ("POST", "PUT"):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.url.path.endswith("/_search"):
+            if ctype and ctype != FORM:
+                raise UnsupportedMediaType(f"POST _search takes its parameters as {FORM}, not {ctype}")
+            return
         if ctype in XML_TYPES:
             raise UnsupportedMediaType("XML is not supported by this server; send application/fhir+json")
         if ctype and ctype not in JSON_TYPES:
@@ -496,6 +501,38 @@ def search_type(
     rtype = _type(resource_type)
     query = list(request.query_params.multi_items())
     page = fhir_search.search(session, principal, rtype, query, lenient=_lenient(request))
+    return fhir_response(fhir_search.search_bundle(page, rtype, base_url(request)))
+
+
+async def form_params(request: Request) -> list[tuple[str, str]]:
+    """The parameters of ``POST [type]/_search``: the form body's, then the URL's."""
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the form body is not UTF-8", [Issue("not UTF-8", "body")]) from None
+    return [*parse_qsl(text, keep_blank_values=True), *request.query_params.multi_items()]
+
+
+FormParams = Annotated[list[tuple[str, str]], Depends(form_params)]
+
+
+@router.post(
+    "/{resource_type}/_search",
+    openapi_extra={"requestBody": {"content": {FORM: {"schema": {"type": "object"}}}}},
+)
+def search_post(
+    resource_type: TypeParam,
+    request: Request,
+    _: FormatDep,
+    form: FormParams,
+    session: ScopedSession,
+    principal: PrincipalDep,
+) -> Response:
+    """Search with the parameters in the body (FHIR search by POST), so identifiers such as MRNs
+    stay out of URLs and access logs."""
+    rtype = _type(resource_type)
+    page = fhir_search.search(session, principal, rtype, form, lenient=_lenient(request))
     return fhir_response(fhir_search.search_bundle(page, rtype, base_url(request)))
 
 

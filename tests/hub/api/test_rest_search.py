@@ -86,6 +86,27 @@ def test_prefer_handling(api: TestClient, client_keys: dict[str, ClientKey]) -> 
     assert "_sort" not in bundle["link"][0]["url"]  # the self link shows what was applied
 
 
+def test_search_by_post(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    for i in range(3):
+        api.post("/fhir/Location", json=_location(f"p{i}", "P-1"), headers=h)
+    r = api.post("/fhir/Location/_search", data={"identifier": f"{SYSTEM}|P-1", "_count": "2"}, headers=h)
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert page["type"] == "searchset"
+    assert len(page["entry"]) == 2
+    nxt = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    rest = api.get(nxt, headers=h).json()
+    assert len(rest["entry"]) == 1
+    names = {e["resource"]["name"] for e in page["entry"] + rest["entry"]}
+    assert names == {"p0", "p1", "p2"}
+    as_json = api.post("/fhir/Location/_search", json={"identifier": "x"}, headers=h)
+    assert as_json.status_code == 415
+    assert as_json.json()["resourceType"] == "OperationOutcome"
+    unknown = api.post("/fhir/Location/_search", data={"colour": "red"}, headers=h)
+    assert unknown.status_code == 422
+
+
 def test_answers_name_utf8(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
     h = bearer(api, client_keys["st-marys"])
     made = api.post("/fhir/Location", json=_location("Zürich Apherese", "U-1"), headers=h)
