@@ -264,7 +264,7 @@ def type_history(
         stmt = stmt.where(visible_condition(principal, rtype, ResourceVersion.resource_type, ResourceVersion.id))
     stmt = stmt.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.id, ResourceVersion.version_id.desc())
     rows = [_row_to_stored(r) for r in session.execute(stmt.limit(count + 1).offset(offset)).scalars()]
-    return rows[:count], count, offset, len(rows) > count
+    return rows[:count], count, offset, count > 0 and len(rows) > count  # _count=0: no next (same page)
 
 
 def history_bundle(versions: list[Stored], base: str, next_url: str | None = None) -> dict[str, Any]:

@@ -142,3 +142,12 @@ def test_conditional_read(api: TestClient, client_keys: dict[str, ClientKey]) ->
     cs = api.get("/fhir/metadata").json()
     location = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Location")
     assert location["conditionalRead"] == "full-support"
+
+
+def test_history_count_zero_has_no_endless_next_link(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    api.post("/fhir/Location", json=_location("h", "H-0"), headers=h)
+    page = api.get("/fhir/Location/_history", params={"_count": "0"}, headers=h).json()
+    assert page["type"] == "history"
+    assert page["entry"] == []
+    assert "link" not in page or all(link["relation"] != "next" for link in page["link"])
