@@ -58,7 +58,7 @@ def fhir_format(request: Request) -> None:
         if fmt.lower() in XML_TYPES:
             raise UnsupportedMediaType("XML is not supported by this server; use _format=json", 406)
         raise UnsupportedMediaType(f"_format {fmt!r} is not supported; use json", 406)
-    accept = request.headers.get("accept", "")
+    accept = "" if fmt is not None else request.headers.get("accept", "")  # _format overrides Accept
     if accept:
         kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]
         if kinds and all(k in XML_TYPES for k in kinds):

@@ -151,3 +151,13 @@ def test_history_count_zero_has_no_endless_next_link(api: TestClient, client_key
     assert page["type"] == "history"
     assert page["entry"] == []
     assert "link" not in page or all(link["relation"] != "next" for link in page["link"])
+
+
+def test_format_overrides_accept(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    r = api.get("/fhir/Location", params={"_format": "json"}, headers={**h, "Accept": "application/fhir+xml"})
+    assert r.status_code == 200
+    assert r.json()["resourceType"] == "Bundle"
+    xml = api.get("/fhir/Location", params={"_format": "xml"}, headers={**h, "Accept": "application/fhir+json"})
+    assert xml.status_code == 406
+
