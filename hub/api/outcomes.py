@@ -45,7 +45,9 @@ def problem_for(error: HubError) -> dict[str, Any]:
 
 def error_response(path: str, error: HubError) -> Response:
     """The one rendering of an error: OperationOutcome under /fhir, problem JSON elsewhere."""
-    headers = {"Retry-After": "5"} if error.retryable else None
+    headers = {"Retry-After": "5"} if error.retryable else {}
     if path.startswith("/fhir"):
+        if error.status == 401:  # RFC 6750 3: the FHIR API takes SMART bearer tokens; say so
+            headers["WWW-Authenticate"] = "Bearer"
         return Response(canonical.dumpb(outcome_for(error)), error.status, headers, FHIR_JSON_UTF8)
     return Response(canonical.dumpb(problem_for(error)), error.status, headers, "application/problem+json")

@@ -161,3 +161,10 @@ def test_format_overrides_accept(api: TestClient, client_keys: dict[str, ClientK
     xml = api.get("/fhir/Location", params={"_format": "xml"}, headers={**h, "Accept": "application/fhir+json"})
     assert xml.status_code == 406
 
+
+def test_refused_token_names_the_bearer_scheme(api: TestClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        r = api.get("/fhir/Location", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["resourceType"] == "OperationOutcome"
