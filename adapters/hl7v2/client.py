@@ -3,6 +3,13 @@
 ``send`` writes one framed message and waits for the acknowledgment whose MSA-2 names it (frames
 that acknowledge something else — a late ACK after a timeout — are skipped). Timeouts and broken
 connections raise :class:`DeliveryError`; the caller decides about retrying.
+
+Receivers end idle connections (their idle timeout, a restart, "one message per connection"
+engines that close after each ACK). A kept connection the peer has closed is not an attempt that
+failed: ``send`` notices the peer's close before writing, or — when the close was not yet seen —
+when the kept connection ends before anything answers the message, and then sends once more over
+a new connection (the same bytes, the same MSH-10, so a receiver that did get the first copy sees a
+duplicate).
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ from adapters.hl7v2.ack import acked_control_id
 from adapters.hl7v2.framer import Deframer, FrameTooLarge, frame
 
 ENDPOINT = re.compile(r"^mllp(\+tls)?://(\[[^\]]+\]|[^:/\s]+):(\d+)$")
+
+
+class _StaleConnection(Exception):
+    """A kept connection ended before anything answered the message."""
 
 
 class DeliveryError(Exception):
@@ -62,14 +73,21 @@ class MllpClient:
         self._writer: asyncio.StreamWriter | None = None
         self._deframer = Deframer(max_frame)
         self._pending: list[bytes] = []
+        self._answered = False  # a frame came back since the message was written
 
     @property
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
+    def _peer_closed(self) -> bool:
+        """The peer has ended the kept connection (its close is already read by the transport)."""
+        return self._reader is not None and self._reader.at_eof()
+
     async def connect(self) -> None:
-        if self.connected:
+        if self.connected and not self._peer_closed():
             return
+        if self._writer is not None:
+            await self.close()
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(self.endpoint.host, self.endpoint.port, ssl=self.ssl_context),
@@ -89,9 +107,16 @@ class MllpClient:
 
     async def send(self, payload: bytes, control_id: str, *, timeout_s: float) -> bytes:
         """Send one message; return the ACK that acknowledges ``control_id``."""
+        if self.connected and not self._peer_closed():
+            with contextlib.suppress(_StaleConnection):
+                return await self._send_once(payload, control_id, timeout_s, stale_ok=True)
+        return await self._send_once(payload, control_id, timeout_s, stale_ok=False)  # a new connection
+
+    async def _send_once(self, payload: bytes, control_id: str, timeout_s: float, *, stale_ok: bool) -> bytes:
         await self.connect()
         assert self._writer is not None
         assert self._reader is not None
+        self._answered = False
         try:
             self._writer.write(frame(payload))
             await asyncio.wait_for(self._writer.drain(), timeout=timeout_s)
@@ -101,6 +126,8 @@ class MllpClient:
             raise DeliveryError("timeout", f"no acknowledgment within {timeout_s:.0f}s") from exc
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, FrameTooLarge) as exc:
             await self.close()
+            if stale_ok and not self._answered and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
+                raise _StaleConnection(type(exc).__name__) from exc
             raise DeliveryError("io-error", type(exc).__name__) from exc
 
     async def exchange(self, payload: bytes, *, timeout_s: float, frames: int = 1) -> list[bytes]:
@@ -133,5 +160,6 @@ class MllpClient:
     async def _read_ack(self, control_id: str) -> bytes:
         while True:
             ack = await self._next_frame()
+            self._answered = True
             if acked_control_id(ack) == control_id:
                 return ack

@@ -22,6 +22,7 @@ from hub.context import HubContext
 from hub.db.models import Alert
 from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
 from hub.db.uow import Store
+from hub.orders.schemas import PlaceHold
 from hub.orders.service import OrderService
 from hub.partners.loader import PartnerDirectory
 from hub.runtime import build_runtime
@@ -35,7 +36,7 @@ from tests.support.tls import make_pki
 class Hospital:
     """A hospital's MLLP endpoint: records what arrives, answers as scripted (then AA)."""
 
-    script: list[str] = field(default_factory=list)  # AA | AE | AR | close | silent
+    script: list[str] = field(default_factory=list)  # AA | AE | AR | close | silent | AA+close
     received: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
     tls: ssl.SSLContext | None = None
@@ -67,9 +68,12 @@ class Hospital:
                     cid = parse(payload).control_id
                     n = len(self.received)
                     header = f"MSH|^~\\&|EHR|STMARYS|CGTHUB|CGTHUB|20261125||ACK^R01^ACK|H{n}|P|2.5.1"
-                    ack = f"{header}\rMSA|{action}|{cid}\r"
+                    ack = f"{header}\rMSA|{action.removesuffix('+close')}|{cid}\r"
                     writer.write(frame(ack.encode()))
                     await writer.drain()
+                    if action.endswith("+close"):  # engines that take one message per connection
+                        writer.close()
+                        return
         except ConnectionError:
             return
 
@@ -159,7 +163,9 @@ def test_retries_with_backoff_then_delivers_in_order(
 ) -> None:
     store.run(lambda w: OrderService(w, partners).place(place_cmd()))
     _drain(ctx, loop)
-    hospital.script = ["AE", "close", "AA"]
+    # the second attempt reuses the kept connection: closed unanswered there, it is sent once more
+    # over a new connection (closed unanswered too: that attempt failed)
+    hospital.script = ["AE", "close", "close", "AA"]
     sender = _sender(ctx, hospital, max_attempts=5)
     assert loop.run(sender.deliver_all(timeout_s=30)) == 1
     loop.run(sender.close())
@@ -167,6 +173,32 @@ def test_retries_with_backoff_then_delivers_in_order(
     assert row.status == "delivered"
     assert [a.outcome for a in _attempts(store, row.id)] == ["AE", "io-error", "AA"]
     assert len({p for p in hospital.received}) == 1  # the same bytes each time (same MSH-10)
+
+
+def test_a_receiver_that_closes_its_connections_costs_no_attempt(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    """Receivers end connections: after each ACK ("one message per connection" engines), on their
+    idle timeout, when they restart. The next message went over the dead kept connection, failed
+    (io-error, a warning) and waited for its backoff; every other message to such a hospital did."""
+    view_ = store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    driver = Driver(store, partners, view_)
+    driver.step()
+    driver.step()
+    _drain(ctx, loop)
+    hospital.script = ["AA+close", "AA+close", "AA", "close", "AA"]
+    sender = _sender(ctx, hospital, backoff_base_s=5, backoff_max_s=5)
+    assert loop.run(sender.deliver_all(timeout_s=4)) == 3
+    # the third message went over a kept connection that the hospital then closed unanswered
+    store.run(lambda w: OrderService(w, partners).hold(PlaceHold(order_id=view_.id, reason="QA review")))
+    _drain(ctx, loop)
+    assert loop.run(sender.deliver_all(timeout_s=4)) == 1
+    loop.run(sender.close())
+    rows = _rows(store)
+    assert [r.status for r in rows] == ["delivered"] * 4
+    assert [[a.outcome for a in _attempts(store, r.id)] for r in rows] == [["AA"]] * 4
+    sent = [parse(p).control_id for p in hospital.received]
+    assert sent == [r.control_id for r in rows[:3]] + [rows[3].control_id] * 2
 
 
 def test_dead_after_n_attempts_then_replayed(
