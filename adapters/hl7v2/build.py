@@ -75,7 +75,8 @@ def segments(snapshot: dict[str, Any]) -> list[str]:
     filler = f"{_e(snapshot['coi'])}^{HUB_APP}"
     orc = f"ORC|SC|{placer}|{filler}||{ORDER_STATUS.get(status, 'IP')}||||{at}"
     product = f"{_e(snapshot['product_code'])}^{_e(snapshot.get('product_name') or '')}^{CODE_SYSTEM}"
-    result_status = "F" if snapshot.get("final") else RESULT_STATUS.get(status, "P")
+    # OBR-25 never goes back from F once the final release results are out (HL7 table 0123).
+    result_status = "F" if snapshot.get("final") or snapshot.get("results") else RESULT_STATUS.get(status, "P")
     obr = f"OBR|1|{placer}|{filler}|{product}|||{at}|||||||||||||||{at}|||{result_status}"
     obx: list[str] = []
 

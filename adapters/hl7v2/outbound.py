@@ -166,9 +166,10 @@ def snapshot(
         if row is not None and row.status == "booked":
             snap["appointment"] = {"start": iso_utc(row.start)}
     released = "released" in {s.code for s in product.stages} and product.index(stage_code) >= product.index("released")
-    if envelope.type == EventType.ORDER_STAGE_CHANGED.value and stage_code == "released":
-        snap["final"] = True
     if released:
+        # Every message from release on carries the final release results: a later status (shipped,
+        # received, held) must not turn the hospital's final report back into a preliminary one.
+        snap["final"] = True
         for result in OrderRepository.from_session(work.session).current_results(order.id):
             spec = product.spec(result.test_code)
             if spec is None:

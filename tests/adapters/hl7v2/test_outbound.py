@@ -397,6 +397,33 @@ def test_an_appointment_event_reports_the_orders_status_not_the_appointments(
     assert not any("cancelled" in s for s in segments(snap) if s.startswith(("ORC", "OBX")))
 
 
+def test_messages_after_release_keep_the_report_final(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop
+) -> None:
+    """The messages after release (shipped, received at site, a hold) carry the final release
+    results, but said OBR-25 "P": the hospital's final report turned preliminary again, which an
+    EHR refuses (or shows the release results as not final) until the order was administered."""
+    from adapters.hl7v2.build import segments
+    from hub import canonical
+
+    d = Driver.place(store, partners)
+    d.walk_to("received-at-site")
+    store.run(lambda w: OrderService(w, partners).hold(PlaceHold(order_id=d.order.id, reason="QA review")))
+    _drain(ctx, loop)
+    seen = []
+    for row in _rows(store):
+        snap = canonical.loads(row.snapshot)
+        segs = segments(snap)
+        obr = next(s for s in segs if s.startswith("OBR|")).split("|")
+        results = any(s.startswith("OBX|") and "^CGTHUB-RELEASE" in s for s in segs)
+        seen.append((snap["stage"], obr[25], results))
+    stages = [stage for stage, _, _ in seen]
+    first = stages.index("released")
+    assert all(status == "P" and not results for _, status, results in seen[:first])
+    assert stages[first:] == ["released", "shipped-to-site", "received-at-site", "received-at-site"]  # + the hold
+    assert [(status, results) for _, status, results in seen[first:]] == [("F", True)] * 4
+
+
 def test_a_sending_lease_outlasts_one_attempt() -> None:
     """An attempt may take 10 s to connect and 30 s for the ACK: a 30 s lease let a second process
     send the same message while the first still waited."""
