@@ -11,7 +11,9 @@ has no business carrying.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from adapters.hl7v2.ack import hl7_timestamp
@@ -23,6 +25,7 @@ SUPPORTED = ("ORU^R01", "ORM^O01", "OML^O21")
 ORDER_STATUS = {"active": "IP", "on-hold": "HD", "revoked": "CA", "completed": "CM"}
 RESULT_STATUS = {"active": "P", "on-hold": "P", "revoked": "X", "completed": "F"}
 CODE_SYSTEM = "CGTHUB"
+NM = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")  # HL7 NM: an optional sign, digits, an optional point
 
 
 class BuildError(ValueError):
@@ -43,6 +46,18 @@ def _cx(ident: dict[str, Any]) -> str:
     else:
         authority = f"&{_e(system)}&URI" if system else ""
     return f"{_e(ident.get('value'))}^^^{authority}^{_e(ident.get('type') or '')}"
+
+
+def _nm(value: Any) -> str | None:
+    """The value as an HL7 NM (``1.2e8`` → ``120000000``), or None if it is not a finite number."""
+    text = str(value).strip()
+    if NM.match(text):
+        return text
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    return format(number, "f") if number.is_finite() else None
 
 
 def _ts(value: str | None) -> str:
@@ -100,9 +115,11 @@ def segments(snapshot: dict[str, Any]) -> list[str]:
         coding = f"{_e(res['code'])}^{name}^{CODE_SYSTEM}-RELEASE"
         if res.get("loinc"):
             coding += f"^{_e(res['loinc'])}^^LN"
+        number = _nm(res["value"]) if numeric else None
+        value = number if number is not None else _e(res["value"])
         n = len(obx) + 1
         obx.append(
-            f"OBX|{n}|{'NM' if numeric else 'ST'}|{coding}||{_e(res['value'])}|{_e(res.get('unit') or '')}|"
+            f"OBX|{n}|{'NM' if number is not None else 'ST'}|{coding}||{value}|{_e(res.get('unit') or '')}|"
             f"{_e(res.get('range') or '')}|{flag}|||F|||{_ts(res.get('observed_at')) or at}"
         )
     # The three structures share this segment order (hl7apy finds each one's groups).

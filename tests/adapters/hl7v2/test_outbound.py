@@ -424,6 +424,30 @@ def test_messages_after_release_keep_the_report_final(
     assert [(status, results) for _, status, results in seen[first:]] == [("F", True)] * 4
 
 
+def test_numeric_results_leave_as_hl7_numbers(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop
+) -> None:
+    """The hub takes any value Python reads as a number ("9.0E1", " 90 "), and sent it as is in an
+    NM OBX-5, which HL7 defines as an optional sign, digits and a point: a strict receiver refuses
+    the release results (AE/AR). Values that are not finite numbers go as ST, never as NM."""
+    from adapters.hl7v2.build import build
+    from hub import canonical
+
+    d = Driver.place(store, partners)
+    d.walk_to("released")
+    _drain(ctx, loop)
+    snap = canonical.loads(_rows(store)[-1].snapshot)
+    by_code = {r["code"]: r for r in snap["results"]}
+    by_code["viability"]["value"] = "9.0E1"
+    by_code["car-expression"]["value"] = " 30 "
+    by_code["vcn"]["value"] = "NaN"
+    obx = {s[3].split("^")[0]: s for s in parse(build(snap)).segments if s[0] == "OBX"}
+    assert (obx["viability"][2], obx["viability"][5]) == ("NM", "90")
+    assert (obx["car-expression"][2], obx["car-expression"][5]) == ("NM", "30")
+    assert (obx["vcn"][2], obx["vcn"][5]) == ("ST", "NaN")
+    assert (obx["endotoxin"][2], obx["sterility"][2]) == ("NM", "ST")
+
+
 def test_a_sending_lease_outlasts_one_attempt() -> None:
     """An attempt may take 10 s to connect and 30 s for the ACK: a 30 s lease let a second process
     send the same message while the first still waited."""
