@@ -12,9 +12,13 @@ Two halves, joined by the ``hl7v2_outbound`` table (an outbox of its own):
   builds the message once (hl7apy, in a worker thread, never in the committer), stores the bytes,
   sends them over a persistent :class:`~adapters.hl7v2.client.MllpClient`, waits for the ACK whose
   MSA-2 names it, and records every attempt in ``hl7v2_outbound_attempt``. AA/CA → delivered;
-  AE/CE, timeouts and broken connections → retried with capped exponential backoff; AR/CR, a build
-  failure or the last attempt → ``dead`` with an alert. Messages to one partner leave in order: a
-  message waiting for its retry holds back the ones after it (MLLP receivers expect sequence).
+  AE/AR/CE, timeouts and broken connections → retried with capped exponential backoff; CR, a build
+  failure or the last attempt → ``dead`` with an alert. (An original-mode AR is not final: HL7 v2.5
+  §2.9.2.2 gives it to a message the receiver could not process "for reasons unrelated to its
+  content or format (system down, internal error)", which it will likely accept later. CR, the
+  enhanced-mode commit reject of the message type, version or processing id, is.)
+  Messages to one partner leave in order: a message waiting for its retry holds back the ones
+  after it (MLLP receivers expect sequence).
   Delivery is at-least-once: a crash between the ACK and its record resends the same bytes with
   the same MSH-10, which the receiver recognises. Operators replay dead messages
   (``cgt-hub messages replay out:N``).
@@ -450,7 +454,7 @@ class OutboundSender:
             return 0.0
         elapsed = int((time.perf_counter() - started) * 1000)
         code = ack_code_of(ack) or "bad-ack"
-        final = code in ("AR", "CR")
+        final = code == "CR"
         recorded = await self.store.run_async(
             self._record(
                 due, code, ack, None if code in ("AA", "CA") else f"acknowledged {code}", elapsed, final=final

@@ -242,19 +242,41 @@ def test_a_replay_send_next_to_a_serving_hub_leaves_the_partner_to_it(
     assert len(hospital.received) == 1
 
 
-def test_rejected_is_dead_at_once_and_does_not_block_the_next(
+def test_an_application_reject_is_retried_like_the_receiver_being_down(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    """HL7 v2.5 §2.9.2.2: an original-mode AR is a message the receiver could not process "for
+    reasons unrelated to its content or format (system down, internal error)" and will likely
+    accept later. The hub dead-lettered it at once: an EHR down for a minute turned every status
+    message into a dead letter for an operator to replay, and the next ones overtook it."""
+    view_ = store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    driver = Driver(store, partners, view_)
+    driver.step()
+    _drain(ctx, loop)
+    hospital.script = ["AR", "AR", "AA", "AA"]
+    sender = _sender(ctx, hospital, max_attempts=5)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 2
+    loop.run(sender.close())
+    rows = _rows(store)
+    assert [r.status for r in rows] == ["delivered", "delivered"]
+    assert [a.outcome for a in _attempts(store, rows[0].id)] == ["AR", "AR", "AA"]
+    sent = [parse(p).control_id for p in hospital.received]
+    assert sent == [rows[0].control_id] * 3 + [rows[1].control_id]  # in order
+
+
+def test_commit_reject_is_dead_at_once_and_does_not_block_the_next(
     ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
 ) -> None:
     view_ = store.run(lambda w: OrderService(w, partners).place(place_cmd()))
     driver = Driver(store, partners, view_)
     driver.step()
     _drain(ctx, loop)
-    hospital.script = ["AR"]
+    hospital.script = ["CR"]
     sender = _sender(ctx, hospital)
     assert loop.run(sender.deliver_all(timeout_s=30)) == 1
     loop.run(sender.close())
     assert [r.status for r in _rows(store)] == ["dead", "delivered"]
-    assert [a.outcome for a in _attempts(store, _rows(store)[0].id)] == ["AR"]
+    assert [a.outcome for a in _attempts(store, _rows(store)[0].id)] == ["CR"]
 
 
 def test_unreachable_hospital_is_recorded_per_attempt(
