@@ -178,7 +178,7 @@ def _render(ctx: HubContext, key: str, *, unmasked: bool) -> str:
             attempts = session.scalars(
                 select(Hl7v2OutboundAttempt)
                 .where(Hl7v2OutboundAttempt.outbound_id == o.id)
-                .order_by(Hl7v2OutboundAttempt.attempt)
+                .order_by(Hl7v2OutboundAttempt.id)  # in the order they happened, replays included
             ).all()
             head = [
                 f"outbound {key}  {o.message_type}  to {o.partner} ({o.endpoint})",

@@ -39,7 +39,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from adapters.hl7v2.ack import ack_code_of, new_control_id
 from adapters.hl7v2.build import SUPPORTED, BuildError, build
@@ -500,11 +500,15 @@ class OutboundSender:
             row = work.session.get(Hl7v2Outbound, due.id, with_for_update=True)
             if row is None or row.status != "pending":
                 return None
-            row.attempts += 1
+            row.attempts += 1  # this round's count (a replay starts a new round)
+            # the attempt's number over the message's whole life, replays included
+            number = work.session.scalar(
+                select(func.max(Hl7v2OutboundAttempt.attempt)).where(Hl7v2OutboundAttempt.outbound_id == row.id)
+            )
             work.session.add(
                 Hl7v2OutboundAttempt(
                     outbound_id=row.id,
-                    attempt=row.attempts,
+                    attempt=(number or 0) + 1,
                     started_at=work.now,
                     duration_ms=elapsed_ms,
                     outcome=outcome[:16],

@@ -220,7 +220,16 @@ def test_dead_after_n_attempts_then_replayed(
     assert loop.run(sender.deliver_all(timeout_s=30)) == 1
     loop.run(sender.close())
     assert _rows(store)[0].status == "delivered"
-    assert len(_attempts(store, row.id)) == 4
+    # the history reads in order across the replay (it restarted at #1: "#1 AE, #1 AA, #2 …")
+    assert [(a.attempt, a.outcome) for a in _attempts(store, row.id)] == [
+        (1, "AE"),
+        (2, "timeout"),
+        (3, "AE"),
+        (4, "AA"),
+    ]
+    shown = ops.show(ctx, f"out:{row.id}")
+    tries = [line.split()[:1] + line.split()[3:4] for line in shown.splitlines() if line.startswith("  #")]
+    assert tries == [["#1", "AE"], ["#2", "timeout"], ["#3", "AE"], ["#4", "AA"]]
 
 
 def test_a_replay_send_next_to_a_serving_hub_leaves_the_partner_to_it(
