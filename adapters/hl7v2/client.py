@@ -74,6 +74,8 @@ class MllpClient:
         self._deframer = Deframer(max_frame)
         self._pending: list[bytes] = []
         self._answered = False  # a frame came back since the message was written
+        self._others: list[str] = []  # MSA-2 of the frames that acknowledged something else
+        self._dropped_before = 0
 
     @property
     def connected(self) -> bool:
@@ -117,13 +119,16 @@ class MllpClient:
         assert self._writer is not None
         assert self._reader is not None
         self._answered = False
+        self._others = []
+        self._dropped_before = self._deframer.dropped
         try:
             self._writer.write(frame(payload))
             await asyncio.wait_for(self._writer.drain(), timeout=timeout_s)
             return await asyncio.wait_for(self._read_ack(control_id), timeout=timeout_s)
         except TimeoutError as exc:
+            seen = self._seen()
             await self.close()
-            raise DeliveryError("timeout", f"no acknowledgment within {timeout_s:.0f}s") from exc
+            raise DeliveryError("timeout", f"no acknowledgment of {control_id} within {timeout_s:g}s{seen}") from exc
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, FrameTooLarge) as exc:
             await self.close()
             if stale_ok and not self._answered and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
@@ -161,5 +166,19 @@ class MllpClient:
         while True:
             ack = await self._next_frame()
             self._answered = True
-            if acked_control_id(ack) == control_id:
+            named = acked_control_id(ack)
+            if named == control_id:
                 return ack
+            self._others.append(named)
+
+    def _seen(self) -> str:
+        """What came back instead of the acknowledgment (for the attempt's record: control ids and
+        counts, never content), so an operator sees a receiver that answers, but not to this."""
+        out = ""
+        if self._others:
+            names = ", ".join(repr(n[:20]) for n in self._others[:3]) + (", …" if len(self._others) > 3 else "")
+            out += f"; {len(self._others)} frame(s) came back acknowledging other messages (MSA-2 {names})"
+        dropped = self._deframer.dropped - self._dropped_before
+        if dropped:
+            out += f"; {dropped} byte(s) came back outside MLLP frames"
+        return out

@@ -36,7 +36,8 @@ from tests.support.tls import make_pki
 class Hospital:
     """A hospital's MLLP endpoint: records what arrives, answers as scripted (then AA)."""
 
-    script: list[str] = field(default_factory=list)  # AA | AE | AR | close | silent | AA+close
+    # AA | AE | AR | close | silent | AA+close | other (AA naming another MSA-2) | garbage
+    script: list[str] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
     tls: ssl.SSLContext | None = None
@@ -65,7 +66,11 @@ class Hospital:
                         return
                     if action == "silent":
                         continue
-                    cid = parse(payload).control_id
+                    if action == "garbage":  # not MLLP: a web server or a raw ACK on the port
+                        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                        continue
+                    cid = parse(payload).control_id if action != "other" else "THEIR-OWN-ID"
+                    action = "AA" if action == "other" else action
                     n = len(self.received)
                     header = f"MSH|^~\\&|EHR|STMARYS|CGTHUB|CGTHUB|20261125||ACK^R01^ACK|H{n}|P|2.5.1"
                     ack = f"{header}\rMSA|{action.removesuffix('+close')}|{cid}\r"
@@ -230,6 +235,30 @@ def test_dead_after_n_attempts_then_replayed(
     shown = ops.show(ctx, f"out:{row.id}")
     tries = [line.split()[:1] + line.split()[3:4] for line in shown.splitlines() if line.startswith("  #")]
     assert tries == [["#1", "AE"], ["#2", "timeout"], ["#3", "AE"], ["#4", "AA"]]
+
+
+def test_an_answer_that_is_not_the_acknowledgment_is_named_in_the_attempt(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    """A receiver that answers with its own control id in MSA-2, or with bytes that are not MLLP,
+    is not taken as a success; the attempts only said "no acknowledgment within 0s", as if the
+    hospital were silent, and the operator had nothing to tell its integration team."""
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    hospital.script = ["other", "garbage"]
+    sender = _sender(ctx, hospital, max_attempts=2, ack_timeout_s=0.5)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 0
+    loop.run(sender.close())
+    row = _rows(store)[0]
+    assert row.status == "dead"
+    first, second = _attempts(store, row.id)
+    assert (first.outcome, second.outcome) == ("timeout", "timeout")
+    assert first.error is not None
+    assert f"no acknowledgment of {row.control_id}" in first.error
+    assert "1 frame(s) came back acknowledging other messages (MSA-2 'THEIR-OWN-ID')" in first.error
+    assert second.error is not None
+    assert "28 byte(s) came back outside MLLP frames" in second.error
+    assert "HTTP" not in second.error  # counts, never content
 
 
 def test_a_replay_send_next_to_a_serving_hub_leaves_the_partner_to_it(
