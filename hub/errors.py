@@ -43,8 +43,8 @@ class HubError(Exception):
 class ValidationFailed(HubError):
     """The input is well-formed but breaks a rule (FHIR structure, a required field, a profile)."""
 
-    def __init__(self, message: str, issues: list[Issue] | None = None) -> None:
-        super().__init__(message, issues or [], status=422, fhir_code="invalid", hl7_code="101")
+    def __init__(self, message: str, issues: list[Issue] | None = None, *, hl7_code: str = "101") -> None:
+        super().__init__(message, issues or [], status=422, fhir_code="invalid", hl7_code=hl7_code)
 
 
 class NotFound(HubError):

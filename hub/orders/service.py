@@ -5,6 +5,7 @@ unit of work rolls back anything a failing command might have started).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -703,9 +704,13 @@ class OrderService:
             )
         if spec.expected is None:
             try:
-                float(cmd.value)
+                number = float(cmd.value)
             except ValueError:
-                raise ValidationFailed(f"{spec.name} needs a number", [Issue("not a number", "value")]) from None
+                number = math.nan
+            if not math.isfinite(number):  # NaN and inf are no results (the FHIR Observation refuses them)
+                raise ValidationFailed(
+                    f"{spec.name} needs a number", [Issue("not a number", "value")], hl7_code="102"
+                ) from None
             if cmd.unit and spec.unit and cmd.unit != spec.unit:
                 raise ValidationFailed(
                     f"{spec.name} is reported in {spec.unit}, not {cmd.unit}", [Issue("unit mismatch", "unit")]

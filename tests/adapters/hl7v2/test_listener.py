@@ -286,6 +286,24 @@ def test_lab_oru_records_release_results(sender: Sender, store: Store, partners:
     assert b"OBR^1^3" in frames[0]
 
 
+@pytest.mark.parametrize("value", ["abc", "NaN", "inf"])
+def test_a_result_that_is_not_a_number_is_refused_at_its_obx(
+    sender: Sender, store: Store, partners: PartnerDirectory, value: str
+) -> None:
+    """A numeric release result that is not a number is a data type error (table 0357: 102) at
+    OBX-5. It was answered "101 Required field missing", and NaN/inf (which Python reads as numbers)
+    with no location at all and the hub's inner "Observation is not valid FHIR R4"."""
+    sender.send(m.orm("PL-NAN", "MRN-NAN"))
+    order = order_of(store, "PL-NAN")
+    driver = Driver(store, partners, view(order))
+    driver.mrn = "MRN-NAN"
+    driver.walk_to("in-manufacturing")
+    frames = sender.send(m.oru(order.coi, [("LRL-VIAB", value, "%")], mrn="MRN-NAN"))
+    assert codes(frames) == ["AE"], frames
+    assert b"ERR||OBX^1^5^1|102^Data type error^HL70357|E" in frames[0], frames
+    assert b"FHIR" not in frames[0]
+
+
 def _lab_result(obr_refs: str, pid: str | None) -> bytes:
     segs = [m.msh("ORU^R01", m.control_id("ORU"), facility="LAKESIDELAB")]
     if pid:
