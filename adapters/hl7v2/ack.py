@@ -80,6 +80,10 @@ ACK_TYPES = frozenset({"AL", "NE", "ER", "SU"})  # HL7 table 0155
 def policy_for(msg: Message | None, default_mode: str) -> AckPolicy:
     accept = msg.accept_ack_type if msg is not None else ""
     application = msg.application_ack_type if msg is not None else ""
+    if msg is not None and msg.message_code == "ACK" and not (accept or application):
+        # An acknowledgment (a partner's application ACK to one of our messages) is not itself
+        # acknowledged unless it asks to be (MSH-15/16): answering it invites an endless exchange.
+        return AckPolicy(True, "NE", "NE")
     if accept or application:
         # A value outside table 0155 ("XX", "Y") is answered as AL: a sender that asked for
         # something must not be left waiting for an ACK that never comes.

@@ -67,6 +67,8 @@ class Interpreter:
     def run(self, msg: Message) -> Result:
         if msg.processing_id and msg.processing_id[:1] not in ("P", "T", "D"):
             raise Rejected(f"processing id {msg.processing_id[:8]!r} is not supported", "202", "MSH-11")
+        if msg.message_code == "ACK":  # a partner acknowledging one of ours: kept, nothing to do
+            return Result(InboxStatus.ignored, None, "an acknowledgment: recorded, not acted on")
         mappings = self.route.mappings
         try:
             mapped = map_message(msg, mappings, partner=self.partner, tz=self.route.timezone)

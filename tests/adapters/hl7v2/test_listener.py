@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from adapters.hl7v2.ack import ack_code_of, acked_control_id
+from adapters.hl7v2.framer import frame
 from adapters.hl7v2.listener import MllpListener
 from adapters.hl7v2.routing import certificate_names
 from adapters.registry import channel_schemas
@@ -155,6 +156,21 @@ def test_unsupported_type_is_rejected_naming_it(sender: Sender, store: Store) ->
     row = store.read(lambda s: s.scalars(select(InboxMessage)).one())
     assert row.status == "rejected"
     assert row.message_type == "ADT^A02"
+
+
+def test_an_acknowledgment_is_kept_and_not_acknowledged(sender: Sender, store: Store) -> None:
+    """A hospital in enhanced mode sends its application ACK for one of our ORU^R01 back to the
+    listener. It was answered "CR 200 unsupported message type ACK": an ACK of an ACK, which a
+    partner's engine may answer again. It is kept (ignored), and answered only if it asks to be."""
+    ack = "MSH|^~\\&|EPIC|STMARYS|CGTHUB|CGTHUB|20261125||ACK^R01^ACK|H77|P|2.5.1\rMSA|AA|0123456789ABCDEF\r"
+    sender.sock.sendall(frame(ack.encode()))
+    frames = sender.send(m.orm("PL-ACK", "MRN-ACK"))  # the next answer on the connection is the order's
+    assert codes(frames) == ["CA"]
+    assert acked_control_id(frames[0]).startswith("ORM")
+    rows = store.read(lambda s: list(s.scalars(select(InboxMessage).where(InboxMessage.message_type == "ACK^R01"))))
+    assert [(r.external_id, r.status) for r in rows] == [("H77", "ignored")]
+    asking = ack.replace("|H77|P|2.5.1", "|H78|P|2.5.1|||AL|NE")
+    assert codes(sender.send(asking.encode())) == ["CA"]
 
 
 def test_hold_release_cancel(sender: Sender, store: Store) -> None:
