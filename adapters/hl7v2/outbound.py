@@ -58,7 +58,7 @@ from hub.events import AlertRaised, Envelope, EventType
 from hub.fhirstore.repository import ResourceRepository
 from hub.messaging.consumers import Consumer
 from hub.orders.repository import OrderRepository
-from hub.partners.loader import PartnerDirectory, resolve_secret
+from hub.partners.loader import PartnerDirectory
 from hub.partners.schemas import Profile
 from hub.products.registry import get_product
 
@@ -319,16 +319,27 @@ def client_ssl_context(profile: Profile, endpoint: Endpoint) -> ssl.SSLContext |
     certificate and key) is presented for mutual TLS, ``mllp_ca`` (a PEM) overrides the trust store."""
     if not endpoint.tls:
         return None
+    # Both are PEM files (``file:`` references): an ``env:`` reference or a file that is not there
+    # is named in the log, not silently replaced by the trust store / no certificate.
     context = ssl.create_default_context()
     ca_ref = profile.secrets.get("mllp_ca")
     if ca_ref and ca_ref.startswith("file:") and Path(ca_ref[5:]).is_file():
         context = ssl.create_default_context(cafile=ca_ref[5:])
+    elif ca_ref:
+        log.warning(
+            "partner %s: mllp_ca is not a PEM file (file:/path) that exists; checking %s against the system "
+            "trust store",
+            profile.id,
+            endpoint,
+        )
     cert_ref = profile.secrets.get("mllp_client_cert")
     if cert_ref and cert_ref.startswith("file:") and Path(cert_ref[5:]).is_file():
         context.load_cert_chain(cert_ref[5:])
-    elif cert_ref and resolve_secret(cert_ref) is None:
+    elif cert_ref:
         log.warning(
-            "partner %s: mllp_client_cert is not configured; connecting without a client certificate", profile.id
+            "partner %s: mllp_client_cert is not a PEM file (file:/path, certificate and key) that exists; "
+            "connecting without a client certificate",
+            profile.id,
         )
     return context
 

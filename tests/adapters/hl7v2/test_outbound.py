@@ -428,6 +428,25 @@ def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
         loop.run(hospital.stop())
 
 
+def test_tls_secrets_that_are_not_pem_files_are_named_in_the_log(
+    partners: PartnerDirectory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``mllp_client_cert: env:…`` (set) was taken as configured but never loaded: the hub connected
+    without its certificate and only saw the hospital refuse the handshake; an ``mllp_ca`` that
+    could not be read fell back to the system trust store without a word."""
+    from adapters.hl7v2.client import Endpoint
+    from adapters.hl7v2.outbound import client_ssl_context
+
+    monkeypatch.setenv("ST_MARYS_MLLP_PEM", "-----BEGIN CERTIFICATE-----")
+    secrets = {"mllp_client_cert": "env:ST_MARYS_MLLP_PEM", "mllp_ca": "file:/nonexistent/ca.pem"}
+    profile = partners.profiles["st-marys"].model_copy(update={"secrets": secrets})
+    context = client_ssl_context(profile, Endpoint.parse("mllp+tls://ehr.example:6661"))
+    assert context is not None
+    lines = [r.getMessage() for r in caplog.records if r.name == "adapters.hl7v2.outbound"]
+    assert any("mllp_client_cert is not a PEM file" in line for line in lines), lines
+    assert any("mllp_ca is not a PEM file" in line and "system trust store" in line for line in lines), lines
+
+
 def test_an_appointment_event_reports_the_orders_status_not_the_appointments(
     ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop
 ) -> None:
