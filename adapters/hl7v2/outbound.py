@@ -16,7 +16,10 @@ Two halves, joined by the ``hl7v2_outbound`` table (an outbox of its own):
   failure or the last attempt → ``dead`` with an alert. (An original-mode AR is not final: HL7 v2.5
   §2.9.2.2 gives it to a message the receiver could not process "for reasons unrelated to its
   content or format (system down, internal error)", which it will likely accept later. CR, the
-  enhanced-mode commit reject of the message type, version or processing id, is.)
+  enhanced-mode commit reject of the message type, version or processing id, is.) A partner that
+  takes no connection at all (an outage) dead-letters nothing: after the last attempt the head
+  message raises one ``hl7v2.partner-unreachable`` alert and is retried every ``backoff_max_s``
+  until it goes.
   Messages to one partner leave in order: a message waiting for its retry holds back the ones
   after it (MLLP receivers expect sequence).
   Delivery is at-least-once: a crash between the ACK and its record resends the same bytes with
@@ -76,6 +79,8 @@ EVENTS = {
 RECIPIENT_ROLES = {"ordering", "collection", "treatment"}
 SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 ACK_BYTES_KEPT = 4096
+# A connection the partner never accepted: no message is ever dead-lettered for it (see _record).
+UNREACHABLE = "connect-error"
 
 
 def outbound_channel(profile: Profile) -> Any | None:
@@ -535,6 +540,30 @@ class OutboundSender:
                 return (row.status, row.attempts, row.next_attempt_at)
             row.ack_code = outcome[:2] if outcome in ("AE", "AR", "CE", "CR") else row.ack_code
             row.last_error = (error or outcome)[:2000]
+            if not final and outcome == UNREACHABLE and row.attempts >= settings.max_attempts:
+                # The partner is not taking connections (an outage, a certificate it refuses): the
+                # message is not at fault. Dead-lettering it would let the messages behind it
+                # overtake it (an order's "held" before its "accepted"), and every message of a long
+                # outage would die in turn. It keeps its place at the head and is tried every
+                # backoff_max_s; the operator is told once, when it would have died.
+                row.next_attempt_at = work.now + timedelta(seconds=settings.backoff(row.attempts))
+                if row.attempts == settings.max_attempts:
+                    work.emit(
+                        EventType.ALERT_RAISED,
+                        row.order_id or row.partner,
+                        AlertRaised(
+                            order_id=row.order_id,
+                            severity="warning",
+                            kind="hl7v2.partner-unreachable",
+                            message=(
+                                f"{row.partner} takes no connection to {row.endpoint}: {row.message_type} "
+                                f"{row.control_id} (out:{row.id}) not sent after {row.attempts} attempt(s) "
+                                f"({error or outcome}); retried every {settings.backoff_max_s:g} s, the "
+                                "messages after it wait (order kept)"
+                            ),
+                        ),
+                    )
+                return (row.status, row.attempts, row.next_attempt_at)
             if final or row.attempts >= settings.max_attempts:
                 row.status = "dead"
                 work.audit(
