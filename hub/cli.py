@@ -17,6 +17,8 @@ from hub.logs import configure
 from hub.settings import Settings
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from hub.api.onboarding import ClientChange
     from hub.context import HubContext
     from hub.db.uow import Store
@@ -339,18 +341,43 @@ def messages_list(
     direction: Annotated[str, typer.Option(help="in, out or all")] = "all",
     status: Annotated[str | None, typer.Option(help="e.g. handled, rejected, failed, pending, dead")] = None,
     partner: Annotated[str | None, typer.Option(help="partner id")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="only newer: 30m, 2h, 1d, or an ISO 8601 time (UTC without an offset)")
+    ] = None,
+    channel: Annotated[
+        str, typer.Option(help="inbox channel: hl7v2-mllp, fhir-rest, courier-webhook, courier-telemetry or all")
+    ] = "hl7v2-mllp",
+    ids: Annotated[
+        bool, typer.Option("--ids", help="print only the ids, oldest first (for `messages replay`)")
+    ] = False,
     limit: int = 50,
 ) -> None:
-    """Newest HL7 v2 messages, in and out (ids, types, statuses; no PHI)."""
+    """Newest messages, in and out (ids, types, statuses; no PHI): HL7 v2 by default; --channel
+    lists FHIR requests and courier deliveries the hub took in too."""
     from adapters.hl7v2.ops import list_messages
     from hub.context import HubContext
+    from hub.errors import HubError
 
+    try:
+        after = _since(since) if since else None
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     ctx = _messages_ctx()
     assert isinstance(ctx, HubContext)
     try:
-        rows = list_messages(ctx, direction=direction, status=status, partner=partner, limit=limit)
+        rows = list_messages(
+            ctx, direction=direction, status=status, partner=partner, limit=limit, since=after, channel=channel
+        )
+    except HubError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
     finally:
         ctx.store.dispose()
+    if ids:
+        for r in reversed(rows):
+            typer.echo(r.id)
+        return
     for r in rows:
         typer.echo(
             f"{r.at:%Y-%m-%d %H:%M:%S}  {r.direction:<3} {r.id:<38} {r.partner:<24} {r.message_type:<8} "
@@ -358,6 +385,20 @@ def messages_list(
         )
     if not rows:
         typer.echo("no messages")
+
+
+def _since(text: str) -> datetime:
+    """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time (UTC when it names no offset)."""
+    from datetime import UTC, datetime, timedelta
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since {text!r}: give 30m, 2h, 1d or an ISO 8601 time like 2026-12-03T02:00") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 @messages_app.command("show")
@@ -383,19 +424,39 @@ def messages_show(
 
 @messages_app.command("replay")
 def messages_replay(
-    key: Annotated[str, typer.Argument(help="inbox message id, or out:<n> for an outbound message")],
+    keys: Annotated[
+        list[str],
+        typer.Argument(
+            help="inbox message ids and/or out:<n>; several are replayed in the order the messages happened",
+            metavar="KEY...",
+        ),
+    ],
     send: Annotated[bool, typer.Option(help="outbound: deliver now instead of waiting for `serve`")] = False,
 ) -> None:
-    """Interpret a failed/rejected inbox message again, or resend a dead outbound message."""
-    from adapters.hl7v2.ops import replay
+    """Interpret failed/rejected inbox messages again, or resend dead outbound messages. Exit 1 if
+    any was not replayed or is still refused (each is reported on its own line)."""
+    from adapters.hl7v2.ops import replay, replay_order
     from hub.context import HubContext
     from hub.errors import HubError
 
     ctx = _messages_ctx()
     assert isinstance(ctx, HubContext)
+    failed = 0
+    operator = os.environ.get("USER", "cli")
     try:
-        typer.echo(f"{key}: {replay(ctx, key, operator=os.environ.get('USER', 'cli'))}")
-        if send and key.startswith("out:"):
+        for key in replay_order(ctx, keys):
+            try:
+                result = replay(ctx, key, operator=operator)
+            except HubError as exc:
+                failed += 1
+                typer.echo(f"{key}: not replayed: {exc.message}", err=True)
+                continue
+            if result.startswith(("rejected", "failed")):
+                failed += 1
+                typer.echo(f"{key}: {result}", err=True)
+            else:
+                typer.echo(f"{key}: {result}")
+        if send and any(k.startswith("out:") for k in keys):
             from adapters.hl7v2.service import sender_for
 
             sender = sender_for(ctx)
@@ -403,11 +464,9 @@ def messages_replay(
             typer.echo(f"delivered {delivered} message(s)")
             for partner in busy:
                 typer.echo(f"{partner}: a running hub holds this partner's sending lease and delivers it itself")
-    except HubError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(1) from None
     finally:
         ctx.store.dispose()
+    raise typer.Exit(1 if failed else 0)
 
 
 async def _deliver(sender: object) -> tuple[int, list[str]]:

@@ -2,7 +2,9 @@
 
 Ids: an inbox message is its uuid; an outbound message is ``out:<number>``.
 
-* ``list`` — newest first, filtered by direction, status and partner.
+* ``list`` — newest first, filtered by direction, status, partner, time (``since``) and inbox
+  channel (HL7 v2 by default; FHIR requests and courier deliveries are listed and shown, never
+  replayed).
 * ``show`` — the message with PHI masked (every field of a segment not on the allow-list below,
   and the person fields of those that are), its answer and, for outbound, every attempt.
   ``--unmasked`` prints it as received; that read is written to the audit trail.
@@ -31,7 +33,7 @@ from hub.context import HubContext
 from hub.db.models import InboxMessage
 from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
 from hub.db.uow import Work
-from hub.errors import GuardFailed, HubError, NotFound
+from hub.errors import GuardFailed, HubError, NotFound, ValidationFailed
 from hub.messaging.inbox import InboxStatus
 
 # Segments whose fields carry no person data; every other segment is masked field by field.
@@ -92,6 +94,13 @@ def _lines(raw: bytes | None) -> str:
     return raw.replace(b"\x1c\r\x0b", b"\n").decode("utf-8", errors="replace").replace("\r", "\n").strip()
 
 
+DIRECTIONS = ("all", "in", "out")
+# Inbox channels besides HL7 v2 whose messages the operator may list and show (not replay: their
+# sender had its answer at once, and sends a corrected request itself).
+OTHER_CHANNELS = ("fhir-rest", "courier-webhook", "courier-telemetry")
+CHANNELS = (ADAPTER, *OTHER_CHANNELS, "all")
+
+
 def list_messages(
     ctx: HubContext,
     *,
@@ -99,15 +108,28 @@ def list_messages(
     status: str | None = None,
     partner: str | None = None,
     limit: int = 50,
+    since: datetime | None = None,
+    channel: str = ADAPTER,
 ) -> list[Row]:
+    """Newest first. ``channel`` picks the inbox's channel (``all`` for every one); outbound
+    messages are HL7 v2 only, so a channel other than HL7 v2 (or ``all``) lists inbound only."""
+    if direction not in DIRECTIONS:
+        raise ValidationFailed(f"--direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    if channel not in CHANNELS:
+        raise ValidationFailed(f"--channel must be one of {', '.join(CHANNELS)}, not {channel!r}")
+
     def read(session: Any) -> list[Row]:
         rows: list[Row] = []
         if direction in ("all", "in"):
-            stmt = select(InboxMessage).where(InboxMessage.channel == ADAPTER)
+            stmt = select(InboxMessage)
+            if channel != "all":
+                stmt = stmt.where(InboxMessage.channel == channel)
             if status:
                 stmt = stmt.where(InboxMessage.status == status)
             if partner:
                 stmt = stmt.where(InboxMessage.partner == partner)
+            if since is not None:
+                stmt = stmt.where(InboxMessage.received_at >= since)
             for m in session.scalars(stmt.order_by(InboxMessage.received_at.desc()).limit(limit)):
                 rows.append(
                     Row(
@@ -121,12 +143,14 @@ def list_messages(
                         (m.error or "")[:80],
                     )
                 )
-        if direction in ("all", "out"):
+        if direction in ("all", "out") and channel in (ADAPTER, "all"):
             stmt2 = select(Hl7v2Outbound)
             if status:
                 stmt2 = stmt2.where(Hl7v2Outbound.status == status)
             if partner:
                 stmt2 = stmt2.where(Hl7v2Outbound.partner == partner)
+            if since is not None:
+                stmt2 = stmt2.where(Hl7v2Outbound.created_at >= since)
             for o in session.scalars(stmt2.order_by(Hl7v2Outbound.id.desc()).limit(limit)):
                 detail = f"{o.attempts} attempt(s)" + (f", {o.last_error[:60]}" if o.last_error else "")
                 rows.append(
@@ -199,8 +223,10 @@ def _render(ctx: HubContext, key: str, *, unmasked: bool) -> str:
 
     def read_in(session: Any) -> str:
         m = session.get(InboxMessage, key)
-        if m is None or m.channel != ADAPTER:
+        if m is None or m.channel not in (ADAPTER, *OTHER_CHANNELS):
             raise NotFound(f"inbox message {key} is not known")
+        if m.channel != ADAPTER:
+            return _render_other(m, unmasked=unmasked)
         head = [
             f"inbox {m.id}  {m.message_type or '?'}  from {m.partner}",
             f"control id {m.external_id}  received {m.received_at:%Y-%m-%d %H:%M:%S}  status {m.status}"
@@ -213,6 +239,55 @@ def _render(ctx: HubContext, key: str, *, unmasked: bool) -> str:
         return "\n".join([*head, "", text, "", "answered:", _lines(m.response) or "(nothing)"])
 
     return ctx.store.read(read_in)
+
+
+def _render_other(m: InboxMessage, *, unmasked: bool) -> str:
+    """A FHIR request or a courier delivery: who, when, status and why; the request and the answer
+    (which may carry PHI and are not masked field by field) only with ``--unmasked``."""
+    head = [
+        f"inbox {m.id}  {m.channel}  {m.message_type or '?'}  from {m.partner}",
+        f"external id {m.external_id}  received {m.received_at:%Y-%m-%d %H:%M:%S}  status {m.status}"
+        + (f"  order {m.order_id}" if m.order_id else ""),
+        f"sha256 {m.content_hash}",
+    ]
+    if m.error:
+        head.append(f"error: {m.error}")
+    if not unmasked:
+        return "\n".join([*head, "", f"({len(m.raw)} bytes; --unmasked shows the request and the answer)"])
+    answer = (m.response or b"(nothing)").decode("utf-8", errors="replace")
+    return "\n".join([*head, "", m.raw.decode("utf-8", errors="replace"), "", "answered:", answer])
+
+
+def replay_order(ctx: HubContext, keys: list[str]) -> list[str]:
+    """The keys in the order their messages happened: inbox messages by receipt, then outbound
+    ones by number (the order the sender sends them), so that a batch replayed from ``messages
+    list`` (newest first) does not deliver or apply them backwards. Unknown keys keep their place
+    at the end, to be reported."""
+    numbers: dict[str, int] = {}
+    inbox: list[str] = []
+    unknown: list[str] = []
+    for key in keys:
+        try:
+            number = _outbound_id(key)
+        except NotFound:  # beyond any outbound id: replay says so
+            unknown.append(key)
+            continue
+        if number is None:
+            inbox.append(key)
+        else:
+            numbers[key] = number
+
+    def read(session: Any) -> dict[str, datetime]:
+        found = session.execute(
+            select(InboxMessage.id, InboxMessage.received_at).where(InboxMessage.id.in_([k[:36] for k in inbox]))
+        )
+        return {i: at for i, at in found}
+
+    received = ctx.store.read(read) if inbox else {}
+    known_in = sorted((k for k in inbox if k in received), key=lambda k: (received[k], k))
+    outbound = sorted(numbers, key=lambda k: numbers[k])
+    unknown += [k for k in inbox if k not in received]
+    return list(dict.fromkeys([*known_in, *outbound, *unknown]))
 
 
 def quarantine(ctx: HubContext, key: str, reason: str, *, operator: str = "cli") -> str:
@@ -267,6 +342,11 @@ def replay(ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "o
 
     def job(work: Work) -> str:
         m = work.session.get(InboxMessage, key, with_for_update=True)
+        if m is not None and m.channel in OTHER_CHANNELS:
+            raise GuardFailed(
+                f"inbox message {key} came over {m.channel}: its sender had the answer at once and sends a"
+                " corrected request itself; only HL7 v2 messages are replayed"
+            )
         if m is None or m.channel != ADAPTER:
             raise NotFound(f"inbox message {key} is not known")
         if m.status not in (InboxStatus.failed.value, InboxStatus.rejected.value, InboxStatus.quarantined.value):

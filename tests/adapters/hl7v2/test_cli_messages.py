@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,13 @@ from sqlalchemy import select, update
 
 from adapters.hl7v2.listener import MllpListener
 from hub.db.models import AuditEntry, InboxMessage
-from hub.db.uow import open_store
+from hub.db.models_hl7v2 import Hl7v2Outbound
+from hub.db.uow import Store, open_store
 from hub.partners.loader import PartnerDirectory
+from hub.runtime import build_runtime
 from tests.adapters.hl7v2 import messages as m
 from tests.adapters.hl7v2.conftest import Loop, Sender, make_ctx
+from tests.builders import Driver
 from tests.conftest import REPO
 
 CLI = Path(sys.executable).parent / "cgt-hub"
@@ -127,3 +131,125 @@ def test_replaying_an_unreadable_message_says_why(db_url: str, partners: Partner
     assert "Traceback" not in replayed.stderr
     assert "not a readable HL7 v2 message" in replayed.stderr
     assert store.read(lambda s: s.get(InboxMessage, row.id)).status == "rejected"  # type: ignore[union-attr]
+
+
+def _owe_two_messages(store: Store, partners: PartnerDirectory, loop: Loop) -> list[Hl7v2Outbound]:
+    """Two ORU^R01 owed to St Mary's for one order, both dead (as after refusals)."""
+    ctx = make_ctx(store, partners)
+    driver = Driver.place(store, partners)
+    driver.step()
+
+    async def drain() -> None:
+        runtime = build_runtime(ctx.settings, ctx=ctx)
+        await runtime.start(run_relay=False)
+        try:
+            await runtime.relay.drain()
+        finally:
+            await runtime.stop()
+
+    loop.run(drain())
+    store.run(lambda w: w.session.execute(update(Hl7v2Outbound).values(status="dead", attempts=8)))
+    return store.read(lambda s: list(s.scalars(select(Hl7v2Outbound).order_by(Hl7v2Outbound.id))))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_every_dead_message_of_a_partner_is_replayed_with_one_command_in_order(
+    db_url: str, partners: PartnerDirectory, loop: Loop
+) -> None:
+    """After an outage the operator had to replay dead messages one `messages replay` at a time
+    (it took one key), and a loop over `messages list` (newest first) would requeue them backwards
+    while the serving hub was already sending. Now `--ids` prints them oldest first and one replay
+    takes them all, requeued in the order they were owed."""
+    store = open_store(db_url)
+    try:
+        rows = _owe_two_messages(store, partners, loop)
+        assert [r.status for r in rows] == ["dead", "dead"]
+        listed = cli(
+            ["messages", "list", "--direction", "out", "--status", "dead", "--partner", "st-marys", "--ids"], db_url
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split() == [f"out:{r.id}" for r in rows]
+        replayed = cli(["messages", "replay", *reversed(listed.stdout.split())], db_url)
+        assert replayed.returncode == 0, replayed.stderr
+        assert [line.split(":")[1] for line in replayed.stdout.splitlines()] == [str(r.id) for r in rows]
+        assert {r.status for r in store.read(lambda s: list(s.scalars(select(Hl7v2Outbound))))} == {"pending"}
+        # one unknown key among them: the others are still replayed, the exit code says one was not
+        store.run(lambda w: w.session.execute(update(Hl7v2Outbound).values(status="dead")))
+        mixed = cli(["messages", "replay", f"out:{rows[0].id}", "out:999999"], db_url)
+        assert mixed.returncode == 1
+        assert "out:999999: not replayed" in mixed.stderr
+        assert store.read(lambda s: s.get(Hl7v2Outbound, rows[0].id)).status == "pending"  # type: ignore[union-attr]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_list_filters_by_time_and_refuses_a_mistyped_filter(
+    db_url: str, partners: PartnerDirectory, loop: Loop
+) -> None:
+    """`messages list` had no time filter (the operator at 3 a.m. wants "the last hour"), and a
+    mistyped `--direction` answered "no messages" with exit 0, as if nothing had happened."""
+    store = open_store(db_url)
+    try:
+        rows = _owe_two_messages(store, partners, loop)
+        old = datetime.now(UTC) - timedelta(hours=3)
+        store.run(
+            lambda w: w.session.execute(
+                update(Hl7v2Outbound).where(Hl7v2Outbound.id == rows[0].id).values(created_at=old)
+            )
+        )
+        recent = cli(["messages", "list", "--direction", "out", "--since", "1h", "--ids"], db_url)
+        assert recent.returncode == 0, recent.stderr
+        assert recent.stdout.split() == [f"out:{rows[1].id}"]
+        since = (old - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M")
+        both = cli(["messages", "list", "--direction", "out", "--since", since, "--ids"], db_url)
+        assert both.stdout.split() == [f"out:{r.id}" for r in rows]
+        typo = cli(["messages", "list", "--direction", "outbound"], db_url)
+        assert typo.returncode == 2
+        assert "--direction must be one of" in typo.stderr
+        bad_time = cli(["messages", "list", "--since", "yesterday"], db_url)
+        assert bad_time.returncode == 2
+        assert "--since" in bad_time.stderr
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_refused_fhir_request_can_be_found_and_shown(db_url: str) -> None:
+    """A FHIR create the hub refused is kept in the inbox, but `messages list/show` only knew HL7 v2:
+    the operator could not find it, nor see why it was refused."""
+    store = open_store(db_url)
+    raw = b'POST /fhir/ServiceRequest\r\n\r\n{"resourceType":"ServiceRequest","subject":{"display":"Secretname"}}'
+    row = InboxMessage(
+        id="01a23d60-0000-7000-8000-000000000001",
+        partner="st-marys",
+        channel="fhir-rest",
+        external_id="key-1",
+        content_hash="0" * 64,
+        raw=raw,
+        message_type="create ServiceRequest",
+        received_at=datetime.now(UTC),
+        status="rejected",
+        response=b'{"status": 422}',
+        error="ServiceRequest does not conform to the therapy order profile: intent is required",
+    )
+    try:
+        store.run(lambda w: w.session.add(row))
+        hl7_only = cli(["messages", "list", "--direction", "in"], db_url)
+        assert row.id not in hl7_only.stdout
+        listed = cli(
+            ["messages", "list", "--channel", "fhir-rest", "--status", "rejected", "--partner", "st-marys"], db_url
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert row.id in listed.stdout
+        assert "therapy order profile" in listed.stdout
+        shown = cli(["messages", "show", row.id], db_url)
+        assert shown.returncode == 0, shown.stderr
+        assert "error: ServiceRequest does not conform" in shown.stdout
+        assert "Secretname" not in shown.stdout
+        assert "Secretname" in cli(["messages", "show", row.id, "--unmasked"], db_url).stdout
+        replayed = cli(["messages", "replay", row.id], db_url)
+        assert replayed.returncode == 1
+        assert "only HL7 v2 messages are replayed" in replayed.stderr
+    finally:
+        store.dispose()
