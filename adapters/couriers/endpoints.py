@@ -11,6 +11,7 @@ Mapping the courier's codes and acting on them continues from the bus
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from contextlib import aclosing
@@ -20,11 +21,12 @@ from fastapi import APIRouter, Request, Response
 
 from adapters.couriers.dialects import PARSERS, Delivery, Telemetry, parse_telemetry
 from adapters.couriers.mapping import load_mapping
-from adapters.couriers.signatures import Verified, verify
+from adapters.couriers.signatures import StaleWebhook, Verified, verify
 from adapters.registry import CourierWebhook
 from hub import canonical
 from hub.api.deps import app_context
 from hub.api.direct import direct
+from hub.api.metrics import WEBHOOK_REFUSED
 from hub.api.outcomes import problem_for
 from hub.context import HubContext
 from hub.db.models import InboxMessage
@@ -35,7 +37,10 @@ from hub.logistics.service import raise_alert
 from hub.messaging.inbox import InboxOutcome, InboxStatus, Interpretation, receive
 from hub.partners.loader import resolve_secret
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/webhooks/couriers", tags=["couriers"])
+_REFUSAL_LOG_EVERY_S = 60.0
+_refusal_log: dict[tuple[str, str], tuple[float, int]] = {}
 CHANNEL = "courier-webhook"
 TELEMETRY = "courier-telemetry"
 MAX_BODY = 1_000_000
@@ -76,6 +81,29 @@ def clear_secret_cache() -> None:
     _secret_cache.clear()
 
 
+def _refused(partner: str, reason: str, detail: str) -> None:
+    """Count a refused delivery and tell the operator which partner and why: a secret rotated at
+    the courier but not here refuses every delivery, and the request log names only the route.
+    One log line per partner and reason a minute (with the count since), so a flood of forged
+    calls cannot flood the log."""
+    WEBHOOK_REFUSED.labels(partner, reason).inc()
+    now = time.monotonic()
+    last, count = _refusal_log.get((partner, reason), (-_REFUSAL_LOG_EVERY_S, 0))
+    count += 1
+    if now - last < _REFUSAL_LOG_EVERY_S:
+        _refusal_log[(partner, reason)] = (last, count)
+        return
+    _refusal_log[(partner, reason)] = (now, 0)
+    log.warning(
+        "courier webhook from %s refused (%s): %s; %d refusal(s) of this kind in the last minute%s",
+        partner,
+        reason,
+        detail,
+        count,
+        " - is the partner's secret in its profile the one it signs with?" if reason != "stale" else "",
+    )
+
+
 @dataclass(frozen=True)
 class VerifiedDelivery:
     partner: str
@@ -106,6 +134,7 @@ async def verified_delivery(partner: str, request: Request, ctx: HubContext) -> 
     names = (channel.secret, *channel.rotation_secrets)
     secrets = [s for s in (_secret(profile.secrets.get(n)) for n in names) if s]
     if not secrets:
+        _refused(partner, "disabled", "no secret is configured")
         raise EndpointDisabled(partner)
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
@@ -119,18 +148,22 @@ async def verified_delivery(partner: str, request: Request, ctx: HubContext) -> 
                 raise TooLarge()
             chunks.append(chunk)
     raw = b"".join(chunks)
-    for name, value in channel.require_headers.items():
-        if request.headers.get(name) != value:
-            raise AuthenticationFailed(f"header {name} is missing or wrong")
-    verified = verify(
-        channel.scheme,
-        request.headers,
-        raw,
-        secrets,
-        now=int(time.time()),
-        tolerance_s=channel.tolerance_s,
-        header=channel.header,
-    )
+    try:
+        for name, value in channel.require_headers.items():
+            if request.headers.get(name) != value:
+                raise AuthenticationFailed(f"header {name} is missing or wrong")
+        verified = verify(
+            channel.scheme,
+            request.headers,
+            raw,
+            secrets,
+            now=int(time.time()),
+            tolerance_s=channel.tolerance_s,
+            header=channel.header,
+        )
+    except AuthenticationFailed as exc:
+        _refused(partner, "stale" if isinstance(exc, StaleWebhook) else "signature", exc.message)
+        raise
     key = request.headers.get("idempotency-key")
     return VerifiedDelivery(partner, channel, raw, verified, key[:200] if key else None)
 

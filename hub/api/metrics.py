@@ -27,6 +27,21 @@ HTTP_LATENCY = Histogram(
 OUTBOX_PENDING = Gauge("cgthub_outbox_pending", "Outbox events not yet confirmed by the bus", registry=REGISTRY)
 DEAD_LETTERS = Gauge("cgthub_dead_letters", "Events dead-lettered and not replayed", registry=REGISTRY)
 AUDIT_ENTRIES = Gauge("cgthub_audit_entries", "Length of the audit chain", registry=REGISTRY)
+HL7V2_OUTBOUND = Gauge(
+    "cgthub_hl7v2_outbound_messages",
+    "Outbound HL7 v2 messages not delivered, by partner and status (pending, dead, quarantined)",
+    ["partner", "status"],
+    registry=REGISTRY,
+)
+ALERTS_OPEN = Gauge("cgthub_alerts_open", "Alerts not yet acknowledged, by severity", ["severity"], registry=REGISTRY)
+# Partner ids here come from the loaded profiles only (an unknown partner is a 404 before this), so
+# the label set stays bounded whatever a caller sends.
+WEBHOOK_REFUSED = Counter(
+    "cgthub_webhook_refused_total",
+    "Inbound webhook deliveries refused before storage (reason: signature, stale, disabled)",
+    ["partner", "reason"],
+    registry=REGISTRY,
+)
 
 
 class ObserveMiddleware:

@@ -406,3 +406,42 @@ def test_a_repeat_of_a_refused_delivery_is_refused_the_same_way(ctx: HubContext,
     assert 400 <= first.status_code < 500
     assert (again.status_code, again.content) == (first.status_code, first.content)
     assert len(_inbox(ctx)) == 1
+
+
+def test_refused_deliveries_are_counted_and_logged_per_partner(
+    ctx: HubContext, client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The courier rotated its secret, the hub did not: every delivery got 401 and the operator saw
+    only `POST /webhooks/couriers/{partner} -> 401` (no partner, no reason) and a route counter."""
+    from adapters.couriers import endpoints
+    from hub.api.metrics import REGISTRY
+
+    def refused(reason: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "cgthub_webhook_refused_total", {"partner": "polar-courier", "reason": reason}
+        )
+        return value or 0.0
+
+    monkeypatch.setattr(endpoints, "_refusal_log", {})
+    before = {r: refused(r) for r in ("signature", "stale", "disabled")}
+    body = event_body("PU", "PLR000000001", utcnow())
+    rotated = signed_headers("whsec_cm90YXRlZC1hdC10aGUtY291cmllci0xMjM0NTY=", body)
+    caplog.set_level("WARNING", logger="adapters.couriers.endpoints")
+    for _ in range(3):
+        assert client.post("/webhooks/couriers/polar-courier", content=body, headers=rotated).status_code == 401
+    stale = signed_headers(POLAR_SECRET, body, timestamp=int(time.time()) - 301)
+    assert client.post("/webhooks/couriers/polar-courier", content=body, headers=stale).status_code == 401
+    monkeypatch.delenv("POLAR_COURIER_WEBHOOK_SECRET")
+    clear_secret_cache()
+    assert client.post("/webhooks/couriers/polar-courier", content=body, headers=rotated).status_code == 503
+    assert refused("signature") - before["signature"] == 3
+    assert refused("stale") - before["stale"] == 1
+    assert refused("disabled") - before["disabled"] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "adapters.couriers.endpoints"]
+    signature_lines = [line for line in lines if "polar-courier refused (signature)" in line]
+    assert len(signature_lines) == 1  # one line a minute per partner and reason, not one per request
+    assert "secret" in signature_lines[0]
+    assert any("polar-courier refused (stale)" in line for line in lines)
+    assert any("polar-courier refused (disabled)" in line for line in lines)
+    metrics = client.get("/metrics").text
+    assert 'cgthub_webhook_refused_total{partner="polar-courier",reason="signature"}' in metrics
