@@ -14,9 +14,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hub.api.deps import CtxDep
-from hub.api.metrics import AUDIT_ENTRIES, DEAD_LETTERS, OUTBOX_PENDING, REGISTRY
+from hub.api.metrics import ALERTS_OPEN, AUDIT_ENTRIES, DEAD_LETTERS, HL7V2_OUTBOUND, OUTBOX_PENDING, REGISTRY
 from hub.db.migrate import applied_revisions, current_heads
-from hub.db.models import AuditHead, DeadLetter, OutboxEvent
+from hub.db.models import Alert, AuditHead, DeadLetter, OutboxEvent
+from hub.db.models_hl7v2 import Hl7v2Outbound
 from hub.db.uow import Store
 
 router = APIRouter()
@@ -115,6 +116,23 @@ def _gauges(session: Session) -> None:
         ).scalar_one()
     )
     AUDIT_ENTRIES.set(session.execute(select(AuditHead.seq).where(AuditHead.id == 1)).scalar_one())
+    # What an operator alerts on: messages owed to a hospital that are not going out, and alerts
+    # nobody has acknowledged. Series that fell to nothing are dropped, not left at their last value.
+    outbound = session.execute(
+        select(Hl7v2Outbound.partner, Hl7v2Outbound.status, func.count())
+        .where(Hl7v2Outbound.status.in_(("pending", "dead", "quarantined")))
+        .group_by(Hl7v2Outbound.partner, Hl7v2Outbound.status)
+    ).all()
+    HL7V2_OUTBOUND.clear()
+    for partner, status, count in outbound:
+        HL7V2_OUTBOUND.labels(partner, status).set(count)
+    open_alerts = dict(
+        session.execute(
+            select(Alert.severity, func.count()).where(Alert.acknowledged_at.is_(None)).group_by(Alert.severity)
+        ).all()
+    )
+    for severity in sorted({"info", "warning", "critical", *open_alerts}):
+        ALERTS_OPEN.labels(severity).set(open_alerts.get(severity, 0))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from hub.api.app import create_app
 from hub.context import HubContext
 from hub.db.engine import LockLimits
-from hub.db.uow import Store, open_store
+from hub.db.uow import Store, Work, open_store
 from hub.partners.loader import PartnerDirectory
 from hub.settings import Settings
 from tests.builders import Driver
@@ -40,6 +41,56 @@ def test_health_ready_metrics(client: TestClient) -> None:
     metrics = client.get("/metrics")
     assert "cgthub_outbox_pending" in metrics.text
     assert "cgthub_http_requests_total" in metrics.text
+
+
+def test_metrics_show_messages_not_going_out_and_open_alerts(client: TestClient, store: Store) -> None:
+    """/metrics had no sign of ORU^R01s piling up for an unreachable hospital, nor of alerts nobody
+    acknowledged: the on-call operator's two first questions."""
+    from hub.db.models import Alert
+    from hub.db.models_hl7v2 import Hl7v2Outbound
+    from hub.db.types import utcnow
+
+    def rows(work: Work) -> None:
+        now = utcnow()
+        for n, status in enumerate(["pending", "pending", "dead", "delivered"]):
+            work.session.add(
+                Hl7v2Outbound(
+                    control_id=f"METRICS{n}",
+                    partner="st-marys",
+                    endpoint="mllp://127.0.0.1:9",
+                    event_id=f"e{n}",
+                    event_type="order.accepted",
+                    message_type="ORU^R01",
+                    snapshot="{}",
+                    status=status,
+                    attempts=1,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+        for n, (severity, acked) in enumerate([("critical", None), ("warning", None), ("warning", now)]):
+            work.session.add(
+                Alert(
+                    id=f"alert-{n}",
+                    event_id=f"alert-event-{n}",
+                    severity=severity,
+                    kind="test",
+                    message="m",
+                    raised_at=now,
+                    acknowledged_at=acked,
+                )
+            )
+
+    store.run(rows)
+    text = client.get("/metrics").text
+    assert 'cgthub_hl7v2_outbound_messages{partner="st-marys",status="pending"} 2.0' in text
+    assert 'cgthub_hl7v2_outbound_messages{partner="st-marys",status="dead"} 1.0' in text
+    assert 'status="delivered"' not in text
+    assert 'cgthub_alerts_open{severity="critical"} 1.0' in text
+    assert 'cgthub_alerts_open{severity="warning"} 1.0' in text
+    assert 'cgthub_alerts_open{severity="info"} 0.0' in text
+    store.run(lambda w: w.session.execute(update(Hl7v2Outbound).values(status="delivered")))
+    assert "cgthub_hl7v2_outbound_messages{" not in client.get("/metrics").text  # gone, not stale
 
 
 def test_capability_statement_states_what_exists(client: TestClient) -> None:
