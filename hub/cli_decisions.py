@@ -165,7 +165,12 @@ def _run(job: Callable[[Work, OrderService], T], *, actor: str) -> T:
     try:
         return ctx.store.run(lambda work: job(work, OrderService(work, ctx.partners)), actor=actor)
     except HubError as exc:
-        details = "; ".join(f"{i.location}: {i.message}" if i.location else i.message for i in exc.issues)
+        # An error without issues of its own carries its message as its one issue: not said twice.
+        details = "; ".join(
+            f"{i.location}: {i.message}" if i.location else i.message
+            for i in exc.issues
+            if i.location or i.message != exc.message
+        )
         typer.echo(exc.message + (f" ({details})" if details else ""), err=True)
         raise typer.Exit(1) from None
     except ValidationError as exc:

@@ -144,6 +144,8 @@ def test_qa_releases_an_identity_hold_by_a_signed_decision_at_the_command_line(d
     operator = run([*release, "--signer", "op.olga", "--password-stdin"], demo_dir, stdin=password + "\n")
     assert operator.returncode == 1
     assert "qa" in operator.stderr
+    # one line, said once (it was "... needs the qa role (... needs the qa role)")
+    assert operator.stderr.count("needs the qa role") == 1, operator.stderr
     assert "OPEN" in run(["orders", "holds", coi], demo_dir).stdout  # refused decisions wrote nothing
 
     released = run([*release, "--signer", "qa.quinn", "--password-stdin"], demo_dir, stdin=password + "\n")
@@ -167,7 +169,9 @@ def test_a_coi_with_a_wrong_check_character_names_no_order(demo_dir: Path) -> No
     assert run(["orders", "show", coi + right], demo_dir).returncode == 0
     shown = run(["orders", "show", coi + wrong], demo_dir)
     assert shown.returncode == 1
-    assert run(["orders", "holds", coi + wrong], demo_dir).returncode == 1
+    unknown = run(["orders", "holds", coi + wrong], demo_dir)
+    assert unknown.returncode == 1
+    assert unknown.stderr.count("no order with id or CoI") == 1, unknown.stderr
 
 
 def test_the_demo_refuses_a_database_a_running_hub_serves(demo_dir: Path) -> None:
