@@ -17,6 +17,7 @@ Ids: an inbox message is its uuid; an outbound message is ``out:<number>``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -253,9 +254,30 @@ def _render_other(m: InboxMessage, *, unmasked: bool) -> str:
     if m.error:
         head.append(f"error: {m.error}")
     if not unmasked:
-        return "\n".join([*head, "", f"({len(m.raw)} bytes; --unmasked shows the request and the answer)"])
+        where = _answer_issues(m.response) if m.channel == "fhir-rest" else []
+        note = f"({len(m.raw)} bytes; --unmasked shows the request and the answer in full)"
+        return "\n".join([*head, *where, "", note])
     answer = (m.response or b"(nothing)").decode("utf-8", errors="replace")
     return "\n".join([*head, "", m.raw.decode("utf-8", errors="replace"), "", "answered:", answer])
+
+
+def _answer_issues(response: bytes | None) -> list[str]:
+    """The HTTP status and, per OperationOutcome issue, its severity, code and FHIRPath: where the
+    request failed, without the diagnostics text (which may quote the request's values)."""
+    if not response:
+        return []
+    try:
+        reply = json.loads(response)
+        outcome = json.loads(reply.get("body") or "null")
+    except (ValueError, AttributeError, TypeError):
+        return []
+    lines = [f"answered: HTTP {reply.get('status')}"]
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    for issue in issues if isinstance(issues, list) else []:
+        if isinstance(issue, dict):
+            paths = issue.get("expression") or ["-"]
+            lines.append(f"  {issue.get('severity', '?')} {issue.get('code', '?')} at {', '.join(map(str, paths))}")
+    return lines
 
 
 def replay_order(ctx: HubContext, keys: list[str]) -> list[str]:

@@ -3,6 +3,7 @@ hub's database), after real traffic through the listener."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -230,7 +231,25 @@ def test_a_refused_fhir_request_can_be_found_and_shown(db_url: str) -> None:
         message_type="create ServiceRequest",
         received_at=datetime.now(UTC),
         status="rejected",
-        response=b'{"status": 422}',
+        response=json.dumps(
+            {
+                "status": 422,
+                "headers": {},
+                "body": json.dumps(
+                    {
+                        "resourceType": "OperationOutcome",
+                        "issue": [
+                            {
+                                "severity": "error",
+                                "code": "invalid",
+                                "diagnostics": "birthDate 1971-03-09 of Secretname is wrong",
+                                "expression": ["ServiceRequest.intent"],
+                            }
+                        ],
+                    }
+                ),
+            }
+        ).encode(),
         error="ServiceRequest does not conform to the therapy order profile: intent is required",
     )
     try:
@@ -246,6 +265,9 @@ def test_a_refused_fhir_request_can_be_found_and_shown(db_url: str) -> None:
         shown = cli(["messages", "show", row.id], db_url)
         assert shown.returncode == 0, shown.stderr
         assert "error: ServiceRequest does not conform" in shown.stdout
+        assert "answered: HTTP 422" in shown.stdout
+        assert "error invalid at ServiceRequest.intent" in shown.stdout  # where, not the quoted values
+        assert "1971" not in shown.stdout
         assert "Secretname" not in shown.stdout
         assert "Secretname" in cli(["messages", "show", row.id, "--unmasked"], db_url).stdout
         replayed = cli(["messages", "replay", row.id], db_url)
