@@ -36,7 +36,10 @@ orders_app = typer.Typer(no_args_is_help=True, help="Therapy orders.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
 users_app = typer.Typer(no_args_is_help=True, help="People who operate and sign.")
 events_app = typer.Typer(no_args_is_help=True, help="Outbox, bus and dead letters.")
-messages_app = typer.Typer(no_args_is_help=True, help="HL7 v2 messages in (inbox) and out (outbound queue).")
+messages_app = typer.Typer(
+    no_args_is_help=True,
+    help="Messages in (inbox: HL7 v2; FHIR requests and courier deliveries with --channel) and HL7 v2 out.",
+)
 app.add_typer(audit_app, name="audit")
 app.add_typer(partners_app, name="partners")
 app.add_typer(orders_app, name="orders")
