@@ -67,3 +67,12 @@ def configure(level: str | int, fmt: str = "%(asctime)s %(levelname)s %(name)s %
     # Alembic logs its plugin set-up and migration context at INFO on every schema check (each
     # /readyz): noise that buries what an operator needs. Its warnings still show.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Libraries that log whole message bodies at DEBUG: with CGTHUB_LOG_LEVEL=DEBUG they would print
+    # every SOAP envelope to and from the customs authority, WS-Security password included (zeep's
+    # transport logs the request as sent). Their INFO and above still show.
+    for name in BODY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+# Loggers of libraries the hub uses that write message bodies (and the credentials in them) at DEBUG.
+BODY_LOGGERS = ("zeep",)

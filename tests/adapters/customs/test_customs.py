@@ -4,6 +4,7 @@ service; faults, malformed and hostile XML become clear errors and alerts, never
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from hub.logistics.policy import Policy
 from hub.logistics.ports import CustomsStatus, CustomsSubmission, PartnerCallError
 from hub.logistics.repository import LogisticsRepository
 from hub.logistics.worker import OutboundDispatcher
+from hub.logs import configure
 from hub.runtime import logistics_ports
 from tests.conftest import CORPORA, REPO
 from tests.logistics_support import alert_kinds, context, order_at, register
@@ -77,6 +79,35 @@ def test_lodge_and_follow_a_declaration(sandbox: tuple[CustomsSandbox, str]) -> 
     assert first.mrn is not None
     assert len(first.mrn) == 18
     assert client.status("CGTTEST0001", first.mrn).status == "released"
+
+
+def test_debug_logging_prints_neither_the_ws_security_password_nor_the_envelopes(
+    sandbox: tuple[CustomsSandbox, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With CGTHUB_LOG_LEVEL=DEBUG zeep printed every envelope as sent: the UsernameToken's password
+    in clear, and the declaration's body."""
+    service, url = sandbox
+    service.mode = "normal"
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger("zeep"), "level", logging.getLogger("zeep").level)
+    configure("DEBUG")
+    monkeypatch.setenv("CGTHUB_TEST_ICS2_CREDENTIAL", "trader-user:Sup3r-S3cret-Passw0rd")
+    client = Ics2CustomsClient(
+        CHANNEL.model_copy(update={"credential": "ics2"}),
+        wsdl_dir=WSDL_DIR,
+        mappings_dir=REPO / "mappings",
+        secrets={"ics2": "env:CGTHUB_TEST_ICS2_CREDENTIAL"},
+        endpoint=url + "/ENSLifecycleManagementBAS",
+        status_endpoint=url + "/ENSConsultationDS",
+        retry_backoff_s=0.01,
+    )
+    client.submit(CustomsSubmission("CGTTEST0002", "NL987654321000", "NL000396", datetime.now(UTC), None))
+    logged = capsys.readouterr().err
+    assert "Sup3r-S3cret-Passw0rd" not in logged
+    assert "NL987654321000" not in logged  # the declaration's body
+    assert logging.getLogger("hub.logistics").isEnabledFor(logging.DEBUG)  # the hub's own debug lines stay
 
 
 @pytest.mark.parametrize(
