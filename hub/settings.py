@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -40,6 +40,25 @@ class TLSSettings(BaseSettings):
     key_file: Path | None = None
     ca_file: Path | None = None
     client_auth: Literal["none", "optional", "required"] = "none"
+
+    @model_validator(mode="after")
+    def _no_half_tls(self) -> TLSSettings:
+        # Without a certificate the listener serves plain text: a key, a CA or a client-auth mode
+        # given without one is a TLS set-up with a mistake in it, and it used to start in the clear.
+        if self.cert_file is None:
+            given = [f"__{name.upper()}" for name in ("key_file", "ca_file") if getattr(self, name) is not None]
+            if self.client_auth != "none":
+                given.append("__CLIENT_AUTH")
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} set without __CERT_FILE: the listener would serve without TLS; "
+                    "set __CERT_FILE too, or unset them"
+                )
+        elif self.client_auth != "none" and self.ca_file is None:
+            raise ValueError(
+                f"__CLIENT_AUTH={self.client_auth} needs __CA_FILE, the CA that signs the clients' certificates"
+            )
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -323,6 +323,10 @@ def test_serve_counts_a_client_gone_mid_body_as_499_without_a_traceback(tmp_path
         ("synchronous_commit off", "PostgreSQL has synchronous_commit=off; refusing to start"),
         ("production defaults", "refusing to start in production mode: CGTHUB_SECRET_KEY is empty"),
         ("bad setting", "invalid configuration: CGTHUB_HTTP_PORT: Input should be a valid integer"),
+        # Both served in the clear: TLS was on only with a certificate, whatever else was asked for.
+        ("mTLS without a certificate", "invalid configuration: CGTHUB_HTTP_TLS: Value error, __KEY_FILE and __CA_FILE"),
+        ("MLLP TLS without a certificate", "invalid configuration: CGTHUB_MLLP_TLS: Value error, __CLIENT_AUTH set"),
+        ("client auth without a CA", "invalid configuration: CGTHUB_HTTP_TLS: Value error, __CLIENT_AUTH=required"),
     ],
 )
 def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, pg_url: str, case: str, said: str) -> None:
@@ -332,6 +336,16 @@ def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, pg_
         "synchronous_commit off": {"CGTHUB_DATABASE_URL": f"{pg_url}?options=-csynchronous_commit%3Doff"},
         "production defaults": {"CGTHUB_ENV": "production", "CGTHUB_DATABASE_URL": pg_url},
         "bad setting": {"CGTHUB_HTTP_PORT": "abc"},
+        "mTLS without a certificate": {
+            "CGTHUB_HTTP_TLS__KEY_FILE": str(tmp_path / "server.key"),
+            "CGTHUB_HTTP_TLS__CA_FILE": str(tmp_path / "ca.pem"),
+            "CGTHUB_HTTP_TLS__CLIENT_AUTH": "required",
+        },
+        "MLLP TLS without a certificate": {"CGTHUB_MLLP_TLS__CLIENT_AUTH": "required"},
+        "client auth without a CA": {
+            "CGTHUB_HTTP_TLS__CERT_FILE": str(tmp_path / "server.pem"),
+            "CGTHUB_HTTP_TLS__CLIENT_AUTH": "required",
+        },
     }[case]
     done = _refused(tmp_path, "--port", str(free_port()), CGTHUB_MLLP_PORT=str(free_port()), **env)
     assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr

@@ -49,6 +49,8 @@ def test_production_needs_the_public_url() -> None:
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CGTHUB_DATABASE_URL", "postgresql://x@y/z")
     monkeypatch.setenv("CGTHUB_BUS_URL", "amqp://guest:guest@localhost/")
+    monkeypatch.setenv("CGTHUB_MLLP_TLS__CERT_FILE", "/run/secrets/mllp.pem")
+    monkeypatch.setenv("CGTHUB_MLLP_TLS__CA_FILE", "/run/secrets/partners-ca.pem")
     monkeypatch.setenv("CGTHUB_MLLP_TLS__CLIENT_AUTH", "required")
     s = Settings()
     assert s.database_url == "postgresql://x@y/z"
