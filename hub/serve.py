@@ -124,7 +124,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
             "queue on its file lock (slower than one process, and with 0.9 s waits). Run one worker on "
             "SQLite (CGTHUB_WORKERS=1)."
         )
-    _preflight(settings)
+    _preflight(settings, host)
     http = listening_socket(host, port)
     mllp = listening_socket(settings.mllp_host, settings.mllp_port, "MLLP") if settings.mllp_enabled else None
     scheme = "https" if settings.http_tls.enabled else "http"
@@ -135,15 +135,17 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     return _Supervisor(settings, workers, http, mllp).run()
 
 
-def _preflight(settings: Settings) -> None:
-    """What would stop every worker, checked once before any listens: production secrets, the
-    database reachable, at this code's schema and durable. A refusal is one line (exit 2), not a
-    traceback, and ``--workers N`` does not start N workers that each fail the same way."""
+def _preflight(settings: Settings, host: str) -> None:
+    """What would stop every worker, checked once before any listens: production secrets (and no
+    development-default secret on an address beyond loopback), the database reachable, at this
+    code's schema and durable. A refusal is one line (exit 2), not a traceback, and
+    ``--workers N`` does not start N workers that each fail the same way."""
     from hub.db.engine import check_durability, make_engines
     from hub.db.migrate import check_schema
 
     with _refusals(settings):
         settings.check_production()
+        settings.check_exposure(host)
         write, read = make_engines(settings.database_url, settings.lock_limits)
         try:
             check_schema(write, settings.database_url)

@@ -6,6 +6,7 @@ with an empty or a development-default secret.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from functools import lru_cache
@@ -227,6 +228,39 @@ class Settings(BaseSettings):
             )
         if problems:
             raise ProductionConfigError("refusing to start in production mode: " + "; ".join(problems))
+
+    def check_exposure(self, host: str) -> None:
+        """Refuse to serve HTTP beyond this machine with a development-default secret, whatever the
+        mode: the defaults are in the source, and with them anyone who reaches the port acts as a hub
+        operator (CGTHUB_OPERATOR_TOKEN) or mints a SMART access token for any partner
+        (CGTHUB_SECRET_KEY signs them). ``CGTHUB_ENV`` defaults to development, so forgetting it
+        must not open the hub."""
+        if is_loopback(host):
+            return
+        defaults = [
+            name
+            for name, value, default in (
+                ("CGTHUB_SECRET_KEY", self.secret_key, DEV_SECRET_KEY),
+                ("CGTHUB_OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN),
+            )
+            if value.get_secret_value() in ("", default)
+        ]
+        if defaults:
+            raise ProductionConfigError(
+                f"refusing to serve HTTP on {host or 'every address'}: {' and '.join(defaults)} "
+                "empty or the development default, which anyone reaching the port could use; set them "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`), or listen on 127.0.0.1"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name (it may resolve to any interface) or "" (all of them)
 
 
 def project_path(path: Path) -> Path:

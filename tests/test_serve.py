@@ -327,6 +327,12 @@ def test_serve_counts_a_client_gone_mid_body_as_499_without_a_traceback(tmp_path
         ("mTLS without a certificate", "invalid configuration: CGTHUB_HTTP_TLS: Value error, __KEY_FILE and __CA_FILE"),
         ("MLLP TLS without a certificate", "invalid configuration: CGTHUB_MLLP_TLS: Value error, __CLIENT_AUTH set"),
         ("client auth without a CA", "invalid configuration: CGTHUB_HTTP_TLS: Value error, __CLIENT_AUTH=required"),
+        # Served with the published defaults: anyone reaching the port was a hub operator.
+        (
+            "default secrets on every address",
+            "refusing to serve HTTP on 0.0.0.0: CGTHUB_SECRET_KEY and CGTHUB_OPERATOR",
+        ),
+        ("a default secret on a name", "refusing to serve HTTP on hub.example.org: CGTHUB_OPERATOR_TOKEN empty"),
     ],
 )
 def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, pg_url: str, case: str, said: str) -> None:
@@ -346,6 +352,8 @@ def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, pg_
             "CGTHUB_HTTP_TLS__CERT_FILE": str(tmp_path / "server.pem"),
             "CGTHUB_HTTP_TLS__CLIENT_AUTH": "required",
         },
+        "default secrets on every address": {"CGTHUB_HTTP_HOST": "0.0.0.0"},
+        "a default secret on a name": {"CGTHUB_HTTP_HOST": "hub.example.org", "CGTHUB_SECRET_KEY": "x" * 40},
     }[case]
     done = _refused(tmp_path, "--port", str(free_port()), CGTHUB_MLLP_PORT=str(free_port()), **env)
     assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr

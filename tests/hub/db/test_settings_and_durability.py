@@ -254,3 +254,22 @@ def test_a_long_reader_holds_up_the_wal_truncation_but_not_the_writes(sqlite_url
         assert _scratch_rows(store) == 1500
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        *[("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True)],
+        *[("0.0.0.0", False), ("", False), ("::", False), ("10.1.2.3", False), ("hub.example.org", False)],
+    ],
+)
+def test_development_secrets_are_served_on_loopback_only(host: str, local: bool) -> None:
+    """CGTHUB_ENV defaults to development: `serve --host 0.0.0.0` without it ran with the secrets
+    published in the source, so anyone reaching the port was a hub operator."""
+    if local:
+        Settings().check_exposure(host)
+    else:
+        with pytest.raises(ProductionConfigError, match="CGTHUB_SECRET_KEY and CGTHUB_OPERATOR_TOKEN"):
+            Settings().check_exposure(host)
+    own = Settings(secret_key=SecretStr("s" * 40), operator_token=SecretStr("o" * 40))
+    own.check_exposure(host)  # the operator's own secrets: served anywhere
