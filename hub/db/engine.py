@@ -13,7 +13,9 @@ process must not stall the others.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +43,24 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def create_private_sqlite_file(database: str | None) -> None:
+    """Create a new SQLite database file readable by its owner only, in a directory made the same
+    way if it is missing. The file holds every patient's record; under the usual umask 022 SQLite
+    created it (and its -wal and -shm files, which take the database file's mode) readable by every
+    local user. An existing file or directory is left as the operator set it."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            directory.mkdir(mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    parsed = make_url(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    create_private_sqlite_file(make_url(url).database)
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

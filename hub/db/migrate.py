@@ -10,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 
-from hub.db.engine import normalise_url
+from hub.db.engine import create_private_sqlite_file, normalise_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -25,8 +25,8 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "heads") -> None:
     url = make_url(normalise_url(database_url))
-    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if url.drivername.startswith("sqlite"):
+        create_private_sqlite_file(url.database)
     command.upgrade(alembic_config(database_url), revision)
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import os
+import stat
 import threading
 import time
 import uuid
@@ -13,6 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from hub.db.engine import DurabilityError, check_durability, make_engines
+from hub.db.migrate import upgrade
 from hub.db.uow import Store, WalCheckpointer, open_store
 from hub.settings import Environment, ProductionConfigError, Settings
 from tests.conftest import pg_admin
@@ -65,6 +68,31 @@ def test_sqlite_engine_is_durable(tmp_path) -> None:  # type: ignore[no-untyped-
     with write.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+
+
+def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Every patient's record is in it: under umask 022 the file, its WAL and ./var were created
+    readable by every local user. The WAL and SHM files take the database file's mode."""
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other").chmod(0o755)  # the operator's own directory
+    old = os.umask(0o022)
+    try:
+        upgrade(f"sqlite:///{tmp_path}/var/hub/cgthub.db")
+        write, read = make_engines(f"sqlite:///{tmp_path}/other/x.db")
+        with write.connect() as conn:
+            with conn.begin():
+                conn.exec_driver_sql("CREATE TABLE t (x TEXT)")
+                conn.exec_driver_sql("INSERT INTO t VALUES ('Rivera')")
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "other").iterdir()}
+        write.dispose()
+        read.dispose()
+    finally:
+        os.umask(old)
+    assert modes == {"x.db": 0o600, "x.db-wal": 0o600, "x.db-shm": 0o600}
+    assert stat.S_IMODE((tmp_path / "var" / "hub" / "cgthub.db").stat().st_mode) == 0o600
+    for directory in ("var", "var/hub"):
+        assert stat.S_IMODE((tmp_path / directory).stat().st_mode) == 0o700, directory
+    assert stat.S_IMODE((tmp_path / "other").stat().st_mode) == 0o755  # an existing directory is left alone
 
 
 @pytest.mark.postgres
