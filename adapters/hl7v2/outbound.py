@@ -324,19 +324,20 @@ def client_ssl_context(profile: Profile, endpoint: Endpoint) -> ssl.SSLContext |
     certificate and key) is presented for mutual TLS, ``mllp_ca`` (a PEM) overrides the trust store."""
     if not endpoint.tls:
         return None
-    # Both are PEM files (``file:`` references): an ``env:`` reference or a file that is not there
-    # is named in the log, not silently replaced by the trust store / no certificate.
+    # ``mllp_client_cert`` is a PEM file (a ``file:`` reference): an ``env:`` reference or a file
+    # that is not there is named in the log. ``mllp_ca`` is a pin: unreadable, nothing is sent.
     context = ssl.create_default_context()
     ca_ref = profile.secrets.get("mllp_ca")
-    if ca_ref and ca_ref.startswith("file:") and Path(ca_ref[5:]).is_file():
-        context = ssl.create_default_context(cafile=ca_ref[5:])
-    elif ca_ref:
-        log.warning(
-            "partner %s: mllp_ca is not a PEM file (file:/path) that exists; checking %s against the system "
-            "trust store",
-            profile.id,
-            endpoint,
-        )
+    if ca_ref:
+        # The profile pins the hospital's CA: if it cannot be read, nothing is sent. Falling back to
+        # the system trust store would accept any public CA's certificate for the endpoint's name.
+        ca_pem = resolve_secret(ca_ref)
+        if not ca_pem:
+            raise DeliveryError("tls-config", f"partner {profile.id}: its mllp_ca is not readable; nothing sent")
+        try:
+            context = ssl.create_default_context(cadata=ca_pem)
+        except (ssl.SSLError, ValueError) as exc:
+            raise DeliveryError("tls-config", f"partner {profile.id}: its mllp_ca is not a PEM CA certificate") from exc
     cert_ref = profile.secrets.get("mllp_client_cert")
     if cert_ref and cert_ref.startswith("file:") and Path(cert_ref[5:]).is_file():
         context.load_cert_chain(cert_ref[5:])

@@ -473,19 +473,65 @@ def test_tls_secrets_that_are_not_pem_files_are_named_in_the_log(
     partners: PartnerDirectory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``mllp_client_cert: env:…`` (set) was taken as configured but never loaded: the hub connected
-    without its certificate and only saw the hospital refuse the handshake; an ``mllp_ca`` that
-    could not be read fell back to the system trust store without a word."""
+    without its certificate and only saw the hospital refuse the handshake. (An unreadable
+    ``mllp_ca`` sends nothing at all: the test below.)"""
     from adapters.hl7v2.client import Endpoint
     from adapters.hl7v2.outbound import client_ssl_context
 
     monkeypatch.setenv("ST_MARYS_MLLP_PEM", "-----BEGIN CERTIFICATE-----")
-    secrets = {"mllp_client_cert": "env:ST_MARYS_MLLP_PEM", "mllp_ca": "file:/nonexistent/ca.pem"}
+    secrets = {"mllp_client_cert": "env:ST_MARYS_MLLP_PEM"}
     profile = partners.profiles["st-marys"].model_copy(update={"secrets": secrets})
     context = client_ssl_context(profile, Endpoint.parse("mllp+tls://ehr.example:6661"))
     assert context is not None
     lines = [r.getMessage() for r in caplog.records if r.name == "adapters.hl7v2.outbound"]
     assert any("mllp_client_cert is not a PEM file" in line for line in lines), lines
-    assert any("mllp_ca is not a PEM file" in line and "system trust store" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("pin", ["a missing file", "an unset variable", "not a certificate"])
+def test_a_pinned_ca_that_cannot_be_read_sends_nothing(
+    ctx: HubContext,
+    store: Store,
+    partners: PartnerDirectory,
+    loop: Loop,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pin: str,
+) -> None:
+    """The profile's ``mllp_ca`` pins the hospital's CA. When the reference did not resolve, the
+    sender fell back to the system trust store and delivered the patient's ORU to whoever held a
+    certificate from any CA there for the endpoint (here the trust store is the test CA, standing in
+    for a public CA that issued an impostor's certificate)."""
+    pki = make_pki(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))  # the "system" trust store
+    monkeypatch.delenv("CGTHUB_TEST_STMARYS_CA", raising=False)
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    ref = {
+        "a missing file": f"file:{tmp_path}/st-marys-ca.pem",
+        "an unset variable": "env:CGTHUB_TEST_STMARYS_CA",
+        "not a certificate": f"file:{tmp_path}/garbage.pem",
+    }[pin]
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    impostor = Hospital(tls=server)
+    loop.run(impostor.start())
+    profile = partners.profiles["st-marys"].model_copy(update={"secrets": {"mllp_ca": ref}})
+    sender = OutboundSender(
+        store,
+        PartnerDirectory({**partners.profiles, "st-marys": profile}),
+        SenderSettings(max_attempts=1, backoff_base_s=0.01, ack_timeout_s=2.0, poll_s=0.05),
+        endpoint_overrides={"st-marys": f"mllp+tls://127.0.0.1:{impostor.port}"},
+    )
+    try:
+        store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+        _drain(ctx, loop)
+        assert loop.run(sender.deliver_all(timeout_s=10)) == 0
+        loop.run(sender.close())
+    finally:
+        loop.run(impostor.stop())
+    assert impostor.received == []
+    row = _rows(store)[0]
+    assert row.status == "dead"
+    assert [a.outcome for a in _attempts(store, row.id)] == ["tls-config"]
 
 
 def test_an_appointment_event_reports_the_orders_status_not_the_appointments(
