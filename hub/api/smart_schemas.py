@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hub.settings import is_loopback
 
 EC_CURVES = ("P-256", "P-384", "P-521")
 SCOPE_RE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(\*|read|write|[cruds]{1,5})$")
@@ -59,6 +62,19 @@ class SmartClientSettings(BaseModel):
             raise ValueError(f"not SMART system scopes: {bad} (e.g. system/ServiceRequest.cruds, system/*.rs)")
         return value
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        # The keys fetched there decide who gets this partner's tokens: over plain HTTP anyone on
+        # the path could answer with their own key and sign assertions as the partner.
+        return None if value is None else _over_tls(value, "jwks_url")
+
+    @field_validator("notify_urls")
+    @classmethod
+    def _notify_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Notifications carry the order's current version (the patient's record) to these URLs.
+        return tuple(_over_tls(url, "notify_urls") for url in value)
+
     @field_validator("jwks")
     @classmethod
     def _jwks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -85,3 +101,11 @@ class SmartClientSettings(BaseModel):
         if self.jwks is not None and self.jwks_url is not None:
             raise ValueError("give either jwks (inline) or jwks_url, not both")
         return self
+
+
+def _over_tls(url: str, what: str) -> str:
+    """``url`` if it is https://, or http:// to this machine (development)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or "")):
+        return url
+    raise ValueError(f"{what}: {url} must be https:// (plain http:// only to a loopback address, for development)")

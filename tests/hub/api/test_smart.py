@@ -520,3 +520,30 @@ def test_aud_is_the_configured_public_url_not_the_host_header(
         assert c.post("/auth/token", data=token_form(ck, public, "system/ServiceRequest.rs")).status_code == 200
         conf = c.get("/.well-known/smart-configuration", headers={"Host": "other-fhir-server.example"}).json()
         assert conf["token_endpoint"] == public
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://ehr.example/.well-known/jwks.json", True),
+        ("http://127.0.0.1:8765/jwks.json", True),
+        ("http://localhost/jwks.json", True),
+        ("http://ehr.example/.well-known/jwks.json", False),
+        ("http://10.20.0.5/jwks.json", False),
+    ],
+)
+def test_keys_and_notifications_travel_over_tls_only(url: str, accepted: bool) -> None:
+    """A jwks_url over plain HTTP let anyone on the path answer with their own key and sign client
+    assertions as the partner; a notify URL over plain HTTP sent the order (the patient's record)
+    in the clear. Both loaded without a word."""
+    from pydantic import ValidationError
+
+    from hub.api.smart_schemas import SmartClientSettings
+
+    if accepted:
+        SmartClientSettings(jwks_url=url, notify_urls=(url,))
+        return
+    with pytest.raises(ValidationError, match="must be https://"):
+        SmartClientSettings(jwks_url=url)
+    with pytest.raises(ValidationError, match="must be https://"):
+        SmartClientSettings(notify_urls=("https://ehr.example/hooks", url))
