@@ -21,6 +21,10 @@ class ChannelSettings(BaseModel):
     adapter: str
     direction: Literal["inbound", "outbound", "both"]
 
+    def secret_names(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """The names of ``secrets`` entries this channel uses, each with where it is written."""
+        return []
+
 
 class Hl7v2Mllp(ChannelSettings):
     allow_from: tuple[str, ...] = ()  # CIDR blocks for inbound
@@ -60,6 +64,9 @@ class FhirRest(ChannelSettings):
     smart: SmartClientSettings = Field(default_factory=SmartClientSettings)
     base_url: str | None = None
 
+    def secret_names(self) -> list[tuple[tuple[str | int, ...], str]]:
+        return [(("smart", "webhook_secret"), self.smart.webhook_secret)] if self.smart.webhook_secret else []
+
 
 class CourierWebhook(ChannelSettings):
     scheme: Literal["standard-webhooks", "easypost", "fedex-hmac", "static-token"]
@@ -72,6 +79,12 @@ class CourierWebhook(ChannelSettings):
     header: str | None = None
     # Headers that must be present with this value (UPS Track Alert: User-Agent).
     require_headers: dict[str, str] = Field(default_factory=dict)
+
+    def secret_names(self) -> list[tuple[tuple[str | int, ...], str]]:
+        return [
+            (("secret",), self.secret),
+            *((("rotation_secrets", i), n) for i, n in enumerate(self.rotation_secrets)),
+        ]
 
 
 class Parcel(BaseModel):
@@ -103,6 +116,10 @@ class CourierBooking(ChannelSettings):
     # easypost: how far back a repeated booking looks for the one it may already have bought.
     lookback_hours: int = Field(default=72, ge=1, le=24 * 30)
 
+    def secret_names(self) -> list[tuple[tuple[str | int, ...], str]]:
+        names: list[tuple[tuple[str | int, ...], str]] = [(("credential",), self.credential)]
+        return names + ([(("client_id",), self.client_id)] if self.client_id else [])
+
 
 class SoapCustoms(ChannelSettings):
     wsdl: str  # relative to CGTHUB_WSDL_DIR: the service that lodges declarations
@@ -115,6 +132,9 @@ class SoapCustoms(ChannelSettings):
     mapping: str = "customs/ics2"
     timeout_s: float = Field(default=15.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)
+
+    def secret_names(self) -> list[tuple[tuple[str | int, ...], str]]:
+        return [(("credential",), self.credential)] if self.credential else []
 
 
 class Email(ChannelSettings):

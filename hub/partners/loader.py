@@ -116,9 +116,35 @@ def load_profile(path: Path, channel_schemas: ChannelSchemas) -> Profile:
         errors.append(
             ProfileError(path, _line_of(root, ("id",)), f"id {profile.id!r} must match the file name {path.stem!r}")
         )
+    if profile is not None:
+        errors += _unknown_secret_names(path, root, channels, profile)
     if errors or profile is None:
         raise ProfileLoadError(errors)
     return profile.model_copy(update={"channels": tuple(channels)})
+
+
+def _unknown_secret_names(
+    path: Path, root: yaml.Node | None, channels: list[BaseModel], profile: Profile
+) -> list[ProfileError]:
+    """A channel names its secrets by their entry in ``secrets`` (whose value is env:/file:). A
+    name that is no entry is refused: it is most often the secret itself, pasted where its name
+    belongs — which put it in the profile, in the repository, and disabled the channel. The
+    error does not repeat the value."""
+    errors = []
+    for i, channel in enumerate(channels):
+        names = channel.secret_names() if hasattr(channel, "secret_names") else []
+        for loc, name in names:
+            if name not in profile.secrets:
+                where = ".".join(str(part) for part in ("channels", i, *loc))
+                errors.append(
+                    ProfileError(
+                        path,
+                        _line_of(root, ("channels", i, *loc)),
+                        f"{where}: names no entry of `secrets`; give the name of an entry there (whose value is "
+                        "env:NAME or file:/path), never the secret itself",
+                    )
+                )
+    return errors
 
 
 @dataclass

@@ -62,3 +62,40 @@ def test_shipped_profiles_are_valid_and_cover_every_kind() -> None:
     } <= kinds
     for p in directory.profiles.values():
         assert all(ref.startswith(("env:", "file:/")) for ref in p.secrets.values())
+
+
+def test_a_secret_pasted_where_its_name_belongs_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    """A channel names its secrets (``secret: webhook_secret``, an entry of ``secrets``). The secret
+    itself written there loaded "ok": committed in the profile, and the channel quietly disabled."""
+    (tmp_path / "courier.yaml").write_text(
+        "id: courier\n"
+        "name: Courier\n"
+        "kind: courier\n"
+        "tier: 1\n"
+        "timezone: Europe/Paris\n"
+        "channels:\n"
+        "  - adapter: courier-webhook\n"
+        "    direction: inbound\n"
+        "    scheme: standard-webhooks\n"
+        "    secret: whsec_c2VjcmV0LXBhc3RlZC1oZXJl\n"
+        "    rotation_secrets: [webhook_secret]\n"
+        "    mapping: couriers/polar-courier\n"
+        "  - adapter: courier-booking\n"
+        "    direction: outbound\n"
+        "    kind: polar-rest\n"
+        "    base_url: https://api.courier.example/v2\n"
+        "    credential: pk_live_0123456789abcdef\n"
+        "  - adapter: fhir-rest\n"
+        "    direction: both\n"
+        "    smart: {jwks_url: 'https://c.example/jwks.json', webhook_secret: fhir_webhook}\n"
+        "secrets:\n"
+        "  webhook_secret: env:COURIER_WEBHOOK_SECRET\n"
+    )
+    directory, errors = load_directory(tmp_path, channel_schemas())
+    assert directory.profiles == {}
+    found = {e.line: e.message for e in errors}
+    assert sorted(found) == [10, 17, 20], found
+    assert found[10].startswith("channels.0.secret: names no entry of `secrets`")
+    assert found[17].startswith("channels.1.credential: names no entry")
+    assert found[20].startswith("channels.2.smart.webhook_secret: names no entry")
+    assert not any("whsec_" in m or "pk_live" in m for m in found.values())
