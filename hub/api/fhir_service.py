@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from hub import canonical
 from hub.api import conformance
 from hub.api.auth import Principal, smart_settings_of
+from hub.api.bundle_issues import in_entry, pending_issues
 from hub.api.fhir_orders import OrderParts, place_command, placer_number
 from hub.api.isolation import references, require_references_visible, require_visible, visible_condition
 from hub.api.subscription_channel import header_line, secret_bytes
@@ -563,14 +564,12 @@ class FhirService:
                 self.work.flush()
                 responses[i] = _entry_response(result, prefer)
             except HubError as exc:
-                exc.issues = [
-                    Issue(
-                        issue.message,
-                        f"Bundle.entry[{i}]" + (f" {issue.location}" if issue.location else ""),
-                        issue.severity,
+                exc.issues = in_entry(exc.issues, i)
+                if isinstance(exc, ValidationFailed):  # the other entries' errors too, in one answer
+                    rest = sequence[sequence.index(i) + 1 :]
+                    exc.issues += pending_issues(
+                        entries, sorted(rest), lambda j, r: self._entry_precheck(entries[j], j, r)
                     )
-                    for issue in exc.issues
-                ]
                 exc.message = f"transaction failed at entry {i}: {exc.message}"
                 raise
         return {
@@ -578,6 +577,18 @@ class FhirService:
             "type": "transaction-response",
             "entry": [responses[i] for i in range(len(entries))],
         }
+
+    def _entry_precheck(self, entry: dict[str, Any], index: int, resource: dict[str, Any]) -> list[Issue] | None:
+        """The validation issues of an entry's resource as its create or update would find them."""
+        try:
+            method, rtype, _ = _request(entry, index)
+        except HubError:
+            return None
+        if method == "POST":
+            return precheck(rtype, resource, self.principal)
+        if method == "PUT" and resource.get("resourceType") == rtype and rtype != "Subscription":
+            return conformance.issues_for(strip_server_meta(resource))
+        return None
 
     def _create_with_id(
         self, rtype: str, resource: dict[str, Any], assigned: str | None, entry: dict[str, Any]
