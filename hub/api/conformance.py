@@ -65,11 +65,13 @@ def _navigate(value: Any, expression: str) -> list[Any]:
     return items
 
 
-def evaluate(value: Any, expression: str) -> list[Any]:
+def evaluate(value: Any, expression: str, resource: Any = None) -> list[Any]:
+    """``expression`` on ``value``; ``resource``: what ``%resource`` names (the resource that holds
+    ``value``; ``value`` itself when not given)."""
     if _SIMPLE.match(expression):
         return _navigate(value, expression)
     try:
-        return list(_compiled(expression)(value))
+        return list(_compiled(expression)(value, {"resource": value if resource is None else resource}))
     except Exception as exc:  # fhirpathpy raises bare Exceptions on type errors in odd input
         raise _EvaluationError(str(exc)) from exc
 
@@ -107,7 +109,9 @@ class Profile:
     rules: list[Rule] = field(default_factory=list)
     extensions: dict[str, str] = field(default_factory=dict)  # extension url -> its profile url
 
-    def check(self, value: Any, root: str, registry: Registry) -> list[Issue]:
+    def check(self, value: Any, root: str, registry: Registry, resource: Any = None) -> list[Issue]:
+        """``resource``: the resource ``value`` is part of (``%resource`` in invariants)."""
+        resource = value if resource is None else resource
         issues: list[Issue] = []
         for rule in self.rules:
             where = f"{root}{rule.location}"
@@ -126,7 +130,7 @@ class Profile:
                 for index, item in enumerate(selected):
                     at = where if len(selected) == 1 else f"{where}[{index}]"
                     try:
-                        result = evaluate(item, expression)
+                        result = evaluate(item, expression, resource)
                     except _EvaluationError:
                         result = [False]
                     if result and result != [True]:
@@ -138,7 +142,7 @@ class Profile:
             extensions = value.get("extension") if isinstance(value, dict) else None
             for index, ext in enumerate(extensions if isinstance(extensions, list) else []):
                 if isinstance(ext, dict) and ext.get("url") == ext_url:
-                    issues += profile.check(ext, f"{root}.extension[{index}]", registry)
+                    issues += profile.check(ext, f"{root}.extension[{index}]", registry, resource)
         return issues
 
 

@@ -266,8 +266,9 @@ class FhirService:
         parts: OrderParts | None = None
         try:
             parts = self._order_parts(body)
-        except ValidationFailed as exc:
-            issues += exc.issues
+        except ValidationFailed as exc:  # what the profile already reported there is not said twice
+            located = {i.location for i in issues}
+            issues += [i for i in exc.issues if i.location not in located]
         if issues:
             raise ValidationFailed(f"the therapy order does not conform ({len(issues)} issue(s))", issues)
         assert parts is not None

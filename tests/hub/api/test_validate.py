@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.hub.api.conftest import OPERATOR, ClientKey, bearer
-from tests.hub.api.fhir_data import order_transaction
+from tests.hub.api.fhir_data import order, order_transaction
 
 
 def _expressions(outcome: dict[str, Any]) -> list[str]:
@@ -42,3 +42,25 @@ def test_operator_transaction_issues_are_fhirpath(api: TestClient) -> None:
     where = _expressions(r.json())
     assert "Bundle.entry[0].resource.subject" in where
     assert "Bundle.entry[2].resource.name[0].family" in where
+
+
+def test_validate_refuses_a_local_reference_to_nothing_as_create_does(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """$validate answered "no issues found" for an order whose subject is ``#nothere`` (no such
+    contained Patient), and the create of the same order was then refused: the check lived only in
+    the order placement code, not in the profile $validate runs."""
+    h = bearer(api, client_keys["st-marys"])
+    bad = order()
+    bad["subject"] = {"reference": "#nothere"}
+    bad["requester"] = {"reference": "#p1"}  # the contained Patient, not a Practitioner
+    v = api.post("/fhir/ServiceRequest/$validate", json=bad, headers=h)
+    assert v.status_code == 200
+    issues = v.json()["issue"]
+    assert {i["severity"] for i in issues} == {"error"}
+    assert _expressions(v.json()) == ["ServiceRequest.subject", "ServiceRequest.requester"]
+    assert "cgt-9" in issues[0]["diagnostics"]
+    assert "cgt-10" in issues[1]["diagnostics"]
+    c = api.post("/fhir/ServiceRequest", json=bad, headers=h)
+    assert c.status_code == 422
+    assert _expressions(c.json()) == _expressions(v.json())
