@@ -31,6 +31,7 @@ from hub.api.idempotency import InFlight, Reply, external_id, inbound_job, raw_r
 from hub.api.isolation import enter_partner_scope, references
 from hub.api.outcomes import FHIR_JSON_UTF8, operation_outcome
 from hub.api.smart import token_url
+from hub.api.validate_operation import for_update, outcome, validation_input
 from hub.errors import HubError, Issue, NotFound
 from hub.fhirstore.repository import Stored
 from hub.fhirstore.validation import SUPPORTED_TYPES
@@ -339,33 +340,57 @@ async def bundle(request: Request, ctx: CtxDep, principal: PrincipalDep, _: Form
 async def validate_operation(
     resource_type: TypeParam, request: Request, principal: PrincipalDep, _: FormatDep
 ) -> Response:
+    """Would the hub accept this resource as a create? (200 with the issues, valid or not)"""
     rtype = _type(resource_type)
-    doc = _parse(await request.body())
-    profiles = [p for p in request.query_params.getlist("profile")]
-    resource = doc
-    if doc.get("resourceType") == "Parameters":
-        resource = {}
-        parameters = doc.get("parameter") or []
-        if not isinstance(parameters, list) or not all(isinstance(p, dict) for p in parameters):
-            raise BadRequest(
-                "Parameters.parameter must be a list of parameters", [Issue("malformed", "Parameters.parameter")]
-            )
-        for param in parameters:
-            if param.get("name") == "resource" and isinstance(param.get("resource"), dict):
-                resource = param["resource"]
-            elif param.get("name") == "profile" and param.get("valueUri"):
-                profiles.append(str(param["valueUri"]))
-    if resource.get("resourceType") != rtype:
-        raise BadRequest(f"$validate on {rtype} needs a {rtype}")
+    given = validation_input(rtype, _parse(await request.body()), request.query_params.getlist("profile"))
+    if given.mode in ("update", "delete"):
+        raise BadRequest(
+            f"mode {given.mode} validates against an existing resource: POST {rtype}/<id>/$validate",
+            [Issue(f"mode {given.mode} needs the resource's id in the URL", "Parameters.parameter")],
+        )
     if rtype == "ServiceRequest" and not principal.is_operator:
-        profiles.append(conformance.THERAPY_ORDER)
-    issues = conformance.issues_for(resource, profiles)
-    if not issues:
-        body = operation_outcome([Issue("no issues found", severity="information")], "informational")
-        return fhir_response(body)
-    errors = [i for i in issues if i.severity in ("error", "fatal")]
-    outcome = operation_outcome(issues, "invalid" if errors else "informational")
-    return fhir_response(outcome)
+        given.profiles.append(conformance.THERAPY_ORDER)
+    return fhir_response(outcome(conformance.issues_for(given.resource, given.profiles)))
+
+
+async def _body(request: Request) -> bytes:
+    return await request.body()
+
+
+@router.post("/{resource_type}/{rid}/$validate", openapi_extra=JSON_BODY)
+def validate_instance(
+    resource_type: TypeParam,
+    rid: IdParam,
+    request: Request,
+    body: Annotated[bytes, Depends(_body)],
+    session: ScopedSession,
+    principal: PrincipalDep,
+    _: FormatDep,
+) -> Response:
+    """Would the hub accept this resource as an update of <Type>/<id>? (mode delete: this hub
+    deletes nothing)"""
+    rtype = _type(resource_type)
+    fhir_search.read(session, principal, rtype, rid)  # 404 for what the caller cannot see
+    given = validation_input(rtype, _parse(body), request.query_params.getlist("profile"))
+    if given.mode == "delete":
+        refusal = Issue("this server does not delete resources", rtype)
+        return fhir_response(outcome([refusal]))
+    return fhir_response(outcome(for_update(rtype, rid, given)))
+
+
+@router.get("/{resource_type}/{rid}/$validate")
+def validate_stored(
+    resource_type: TypeParam,
+    rid: IdParam,
+    request: Request,
+    session: ScopedSession,
+    principal: PrincipalDep,
+    _: FormatDep,
+) -> Response:
+    """The stored resource, checked against its claimed profiles and any ``profile`` asked for."""
+    stored = fhir_search.read(session, principal, _type(resource_type), rid)
+    profiles = request.query_params.getlist("profile")
+    return fhir_response(outcome(conformance.issues_for(stored.content, profiles)))
 
 
 @router.post("/{resource_type}", openapi_extra=JSON_BODY)

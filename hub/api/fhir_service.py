@@ -186,7 +186,7 @@ class FhirService:
         self._writable(rtype)
         self.principal.require(rtype, "c")
         if body.get("resourceType") != rtype:
-            raise BadRequest(f"the body is a {body.get('resourceType')}, not a {rtype}")
+            raise wrong_type(body, rtype, "the body")
         if rtype == "ServiceRequest" and not self.principal.is_operator:
             return self.place_order(body, if_none_exist, prechecked=prechecked)
         body = for_create(body)
@@ -337,7 +337,7 @@ class FhirService:
         self._writable(rtype)
         self.principal.require(rtype, "u")
         if body.get("resourceType") != rtype:
-            raise BadRequest(f"the body is a {body.get('resourceType')}, not a {rtype}")
+            raise wrong_type(body, rtype, "the body")
         from hub.api.fhir_search import served_id
 
         served_id(rtype, rid)
@@ -601,7 +601,7 @@ class FhirService:
         self._writable(rtype)
         self.principal.require(rtype, "c")
         if resource.get("resourceType") != rtype:
-            raise BadRequest(f"the entry's resource is a {resource.get('resourceType')}, not a {rtype}")
+            raise wrong_type(resource, rtype, "the entry's resource")
         body = strip_server_meta(resource)
         body.pop("id", None)
         if rtype == "Subscription":
@@ -768,6 +768,13 @@ def _require_unique_full_urls(entries: list[dict[str, Any]]) -> None:
                 [Issue("duplicate fullUrl (bdl-7)", f"Bundle.entry[{i}].fullUrl")],
             )
         first[full] = i
+
+
+def wrong_type(body: dict[str, Any], rtype: str, what: str) -> BadRequest:
+    given = body.get("resourceType")
+    where = f"{given}.resourceType" if isinstance(given, str) and given.isalpha() else "resourceType"
+    message = f"{what} is a {given}, not a {rtype}" if given else f"{what} has no resourceType (expected {rtype})"
+    return BadRequest(message, [Issue(message, where)])
 
 
 def _request(entry: dict[str, Any], index: int) -> tuple[str, str, str | None]:

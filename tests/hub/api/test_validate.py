@@ -64,3 +64,51 @@ def test_validate_refuses_a_local_reference_to_nothing_as_create_does(
     c = api.post("/fhir/ServiceRequest", json=bad, headers=h)
     assert c.status_code == 422
     assert _expressions(c.json()) == _expressions(v.json())
+
+
+def test_instance_validate(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """``GET`` and ``POST [base]/ServiceRequest/<id>/$validate`` answered 404 "Not Found" (no such
+    route), though the CapabilityStatement offers $validate and R4 defines it at instance level."""
+    h = bearer(api, client_keys["st-marys"])
+    sr = api.post("/fhir/ServiceRequest", json=order(), headers=h).json()
+    url = f"/fhir/ServiceRequest/{sr['id']}/$validate"
+    got = api.get(url, headers=h)
+    assert got.status_code == 200, got.text
+    assert [i["severity"] for i in got.json()["issue"]] == ["information"]
+
+    change = {**sr, "intent": "wish"}
+    for body in (change, {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": change}]}):
+        r = api.post(url, json=body, headers=h)
+        assert r.status_code == 200, r.text
+        assert _expressions(r.json()) == ["ServiceRequest.intent"]
+    other_id = {**sr, "id": "someone-else"}
+    r = api.post(
+        url,
+        json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "resource", "resource": other_id}, {"name": "mode", "valueCode": "update"}],
+        },
+        headers=h,
+    )
+    assert _expressions(r.json()) == ["ServiceRequest.id"]
+    # Another hospital's order is not there for it, as on a read.
+    other = bearer(api, client_keys["lakeside-hospital"])
+    assert api.get(url, headers=other).status_code == 404
+    assert api.post(url, json=sr, headers=other).status_code == 404
+
+
+def test_validate_of_the_wrong_type_says_where(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    h = bearer(api, client_keys["st-marys"])
+    r = api.post("/fhir/ServiceRequest/$validate", json={"resourceType": "Patient"}, headers=h)
+    assert r.status_code == 400
+    assert _expressions(r.json()) == ["Patient.resourceType"]
+    empty = {"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "create"}]}
+    r = api.post("/fhir/ServiceRequest/$validate", json=empty, headers=h)
+    assert r.status_code == 400
+    assert _expressions(r.json()) == ["Parameters.parameter.where(name='resource').resource.resourceType"]
+    bad_mode = {"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "upsert"}]}
+    r = api.post("/fhir/ServiceRequest/$validate", json=bad_mode, headers=h)
+    assert _expressions(r.json()) == ["Parameters.parameter[0].valueCode"]
+    r = api.post("/fhir/ServiceRequest", json={"resourceType": "Patient"}, headers=h)
+    assert r.status_code == 400
+    assert _expressions(r.json()) == ["Patient.resourceType"]
