@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub.errors import Issue, ValidationFailed
+from hub.fhirstore.json_types import json_type_issues
 
 # Resource types the hub stores. Anything else is refused with a clear message.
 SUPPORTED_TYPES: tuple[str, ...] = (
@@ -148,6 +149,9 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
     except PydanticValidationError as exc:
         for err in exc.errors():
             issues.append(Issue(f"{err['msg']}", fhirpath(rtype, tuple(err["loc"]))))
+    # What the model converted without a word ("active": "yes"), unless it already said something there.
+    reported = {i.location for i in issues}
+    issues += [i for i in json_type_issues(cls, resource, rtype) if i.location not in reported]
     statuses = STATUS_CODES.get(rtype)
     # (A value that is not a string is already an issue from the model above.)
     if statuses is not None and isinstance(resource.get("status"), str) and resource["status"] not in statuses:

@@ -112,3 +112,39 @@ def test_validate_of_the_wrong_type_says_where(api: TestClient, client_keys: dic
     r = api.post("/fhir/ServiceRequest", json={"resourceType": "Patient"}, headers=h)
     assert r.status_code == 400
     assert _expressions(r.json()) == ["Patient.resourceType"]
+
+
+def test_json_types_fhir_does_not_allow_are_refused(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """fhir.resources converts ``"active": "yes"`` to True (and "3" to 3, "1.5" to a decimal) and
+    the hub stored the JSON as sent: the Patient was accepted (201) and served back to every
+    reader as invalid FHIR. A contained resource without resourceType passed too."""
+    h = bearer(api, client_keys["st-marys"])
+    patient = {
+        "resourceType": "Patient",
+        "active": "yes",
+        "multipleBirthInteger": "3",
+        "gender": None,
+        "name": [{"family": "Rivera", "given": ["Ana", None]}],  # null aligned with _given: allowed
+        "contained": [{"id": "x"}],
+    }
+    patient["name"][0]["_given"] = [None, {"extension": [{"url": "http://example.org/x", "valueBoolean": True}]}]
+    r = api.post("/fhir/Patient", json=patient, headers=h)
+    assert r.status_code == 422, r.text
+    where = _expressions(r.json())
+    assert sorted(where) == [
+        "Patient.active",
+        "Patient.contained[0].resourceType",
+        "Patient.gender",
+        "Patient.multipleBirthInteger",
+    ]
+    assert all("yes" not in i["diagnostics"] for i in r.json()["issue"])  # the value is not echoed
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "viability"},
+        "valueQuantity": {"value": "97.5", "unit": "%"},
+    }
+    v = api.post("/fhir/Observation/$validate", json=obs, headers=h)
+    assert _expressions(v.json()) == ["Observation.valueQuantity.value"]
+    obs["valueQuantity"]["value"] = 97.5
+    assert api.post("/fhir/Observation", json=obs, headers=h).status_code == 201
