@@ -19,6 +19,7 @@ class Issue:
     message: str
     location: str | None = None
     severity: str = "error"
+    code: str | None = None  # FHIR IssueType (required, structure, value, code-invalid, …); None: the error's own
 
 
 @dataclass

@@ -49,7 +49,7 @@ def _validation(exc: PydanticValidationError, where: str) -> ValidationFailed:
 
 
 def _relocate(exc: HubError, mapped: Mapped, index: int, prefix: str = "") -> HubError:
-    exc.issues = [Issue(i.message, mapped.locate(index, i.location, prefix), i.severity) for i in exc.issues]
+    exc.issues = [Issue(i.message, mapped.locate(index, i.location, prefix), i.severity, i.code) for i in exc.issues]
     return exc
 
 

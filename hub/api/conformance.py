@@ -118,12 +118,14 @@ class Profile:
             try:
                 selected = evaluate(value, rule.select) if rule.select else [value]
             except _EvaluationError:
-                issues.append(Issue(f"{self.url}: cannot evaluate {rule.select}", where))
+                issues.append(Issue(f"{self.url}: cannot evaluate {rule.select}", where, code="processing"))
                 continue
             if len(selected) < rule.min:
-                issues.append(Issue(f"{where} is required (min {rule.min}) by {self.title}", where))
+                issues.append(Issue(f"{where} is required (min {rule.min}) by {self.title}", where, code="required"))
             if rule.max is not None and len(selected) > rule.max:
-                issues.append(Issue(f"{where} may occur at most {rule.max} time(s) in {self.title}", where))
+                issues.append(
+                    Issue(f"{where} may occur at most {rule.max} time(s) in {self.title}", where, code="structure")
+                )
             if rule.binding:
                 issues += registry.check_binding(rule.binding, selected, where)
             for key, severity, human, expression in rule.constraints:
@@ -134,7 +136,8 @@ class Profile:
                     except _EvaluationError:
                         result = [False]
                     if result and result != [True]:
-                        issues.append(Issue(f"{key}: {human}", at, "warning" if severity == "warning" else "error"))
+                        level = "warning" if severity == "warning" else "error"
+                        issues.append(Issue(f"{key}: {human}", at, level, code="invariant"))
         for ext_url, profile_url in self.extensions.items():
             profile = registry.profiles.get(profile_url)
             if profile is None:
@@ -203,7 +206,7 @@ class Registry:
     def check_binding(self, url: str, values: list[Any], where: str) -> list[Issue]:
         vs = self.value_sets.get(url)
         if vs is None:
-            return [Issue(f"value set {url} is not available to check {where}", where, "warning")]
+            return [Issue(f"value set {url} is not available to check {where}", where, "warning", "not-supported")]
         issues = []
         for value in values:
             ok = False
@@ -218,13 +221,13 @@ class Registry:
                 ok = vs.contains(value.get("system"), str(value.get("code")))
             if not ok:
                 known = ", ".join(sorted(c for _, c in vs.codes))
-                issues.append(Issue(f"{where} must be a code from {url} ({known})", where))
+                issues.append(Issue(f"{where} must be a code from {url} ({known})", where, code="code-invalid"))
         return issues
 
     def check(self, resource: dict[str, Any], profile_url: str) -> list[Issue]:
         profile = self.profiles.get(profile_url)
         if profile is None:
-            return [Issue(f"profile {profile_url} is not known to this server", "meta.profile")]
+            return [Issue(f"profile {profile_url} is not known to this server", "meta.profile", code="not-supported")]
         rtype = resource.get("resourceType")
         if rtype != profile.type:
             return [Issue(f"profile {profile_url} is for {profile.type}, not {rtype}", "resourceType")]
@@ -254,7 +257,8 @@ def control_characters(value: Any, path: str) -> list[Issue]:
     """FHIR strings may not contain control characters other than tab, CR and LF (and PostgreSQL
     text cannot hold NUL): every place they occur, as an issue."""
     if isinstance(value, str):
-        return [Issue("control characters are not allowed in FHIR strings", path)] if _CONTROL.search(value) else []
+        found = _CONTROL.search(value)
+        return [Issue("control characters are not allowed in FHIR strings", path, code="value")] if found else []
     if isinstance(value, dict):
         return [i for k, v in value.items() for i in control_characters(v, f"{path}.{_CONTROL.sub('?', str(k))}")]
     if isinstance(value, list):
@@ -279,8 +283,9 @@ def issues_for(resource: dict[str, Any], profiles: list[str] | None = None) -> l
     meta = resource.get("meta")
     listed = meta.get("profile") if isinstance(meta, dict) else None  # any other shape: a structure issue
     claimed = [p for p in listed if isinstance(p, str) and p in reg.profiles] if isinstance(listed, list) else []
-    for url in dict.fromkeys([*claimed, *(profiles or [])]):
-        issues += reg.check(resource, url)
+    required = {i.location for i in issues if i.code == "required"}
+    for url in dict.fromkeys([*claimed, *(profiles or [])]):  # a missing element is said once
+        issues += [i for i in reg.check(resource, url) if i.code != "required" or i.location not in required]
     return issues
 
 

@@ -141,7 +141,8 @@ def inbound_job(
                 # The message and issues are stored and echoed: no control characters from the request.
                 exc.message = _printable(exc.message)
                 exc.issues = [
-                    Issue(_printable(i.message), i.location and _printable(i.location), i.severity) for i in exc.issues
+                    Issue(_printable(i.message), i.location and _printable(i.location), i.severity, i.code)
+                    for i in exc.issues
                 ]
                 raise
             return Interpretation(InboxStatus.handled, reply.to_bytes(), reply.order_id, message_type)

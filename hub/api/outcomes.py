@@ -20,7 +20,7 @@ def operation_outcome(issues: list[Issue], code: str, *, severity: str = "error"
     for issue in issues:
         entry: dict[str, Any] = {
             "severity": issue.severity if issue.severity in ("fatal", "error", "warning", "information") else severity,
-            "code": code,
+            "code": issue.code or code,
             "diagnostics": issue.message,
         }
         if issue.location:

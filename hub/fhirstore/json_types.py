@@ -73,7 +73,7 @@ def _primitive_issue(kind: Any, value: Any, where: str) -> Issue | None:
         return None
     if ok:
         return None
-    return Issue(f"{where} must be {want}, not {_json_kind(value)}", where)
+    return Issue(f"{where} must be {want}, not {_json_kind(value)}", where, code="structure")
 
 
 def _json_kind(value: Any) -> str:
@@ -101,7 +101,7 @@ def json_type_issues(model: type, value: dict[str, Any], where: str) -> list[Iss
             continue
         at = f"{where}.{key}"
         if item is None:
-            issues.append(Issue(f"{at} is null; FHIR JSON leaves an absent element out", at))
+            issues.append(Issue(f"{at} is null; FHIR JSON leaves an absent element out", at, code="structure"))
         elif is_list and isinstance(item, list):
             primitive = _model_of(kind) is None
             for index, element in enumerate(item):
@@ -123,11 +123,11 @@ def _element_issues(kind: Any, value: Any, where: str) -> list[Issue]:
     if model.__name__ == "Resource":  # contained (or Bundle.entry.resource): the type is in the JSON
         rtype = value.get("resourceType")
         if not isinstance(rtype, str) or not rtype:
-            return [Issue(f"{where} is a resource without a resourceType", f"{where}.resourceType")]
+            return [Issue(f"{where} is a resource without a resourceType", f"{where}.resourceType", code="required")]
         from fhir.resources.R4B import get_fhir_model_class
 
         try:
             model = get_fhir_model_class(rtype)
         except ValueError:
-            return [Issue(f"{where}: {rtype!r} is not an R4 resource type", f"{where}.resourceType")]
+            return [Issue(f"{where}: {rtype!r} is not an R4 resource type", f"{where}.resourceType", code="value")]
     return json_type_issues(model, value, where)

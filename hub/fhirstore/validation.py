@@ -114,7 +114,7 @@ def model_class(resource_type: str) -> type[BaseModel]:
     if resource_type not in SUPPORTED_TYPES:
         raise ValidationFailed(
             f"resource type {resource_type!r} is not supported by this hub",
-            [Issue(f"unsupported resource type {resource_type!r}", "resourceType")],
+            [Issue(f"unsupported resource type {resource_type!r}", "resourceType", code="not-supported")],
         )
     module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
     cls: type[BaseModel] = getattr(module, resource_type)
@@ -132,11 +132,24 @@ def fhirpath(resource_type: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _issue(rtype: str, kind: str, message: str, where: str) -> Issue:
+    """A pydantic error as an issue with its FHIR IssueType, in the words of FHIR."""
+    if kind == "missing" or kind.endswith(".missing"):
+        return Issue(f"{where} is required", where, code="required")
+    if kind == "extra_forbidden":
+        return Issue(f"{where} is not an element of {rtype} in FHIR R4", where, code="structure")
+    if kind.endswith("_type"):  # a JSON object where a list belongs, a number for a string, …
+        return Issue(message, where, code="structure")
+    return Issue(message, where, code="value")
+
+
 def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
     """Validate a resource; return its type. Raises ValidationFailed listing every issue."""
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
-        raise ValidationFailed("resourceType is missing", [Issue("resourceType is missing", "resourceType")])
+        raise ValidationFailed(
+            "resourceType is missing", [Issue("resourceType is missing", "resourceType", code="required")]
+        )
     if expected_type is not None and rtype != expected_type:
         raise ValidationFailed(
             f"expected a {expected_type}, got a {rtype}",
@@ -148,17 +161,21 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
         cls.model_validate(resource)
     except PydanticValidationError as exc:
         for err in exc.errors():
-            issues.append(Issue(f"{err['msg']}", fhirpath(rtype, tuple(err["loc"]))))
+            issues.append(_issue(rtype, err["type"], err["msg"], fhirpath(rtype, tuple(err["loc"]))))
     # What the model converted without a word ("active": "yes"), unless it already said something there.
     reported = {i.location for i in issues}
     issues += [i for i in json_type_issues(cls, resource, rtype) if i.location not in reported]
     statuses = STATUS_CODES.get(rtype)
     # (A value that is not a string is already an issue from the model above.)
     if statuses is not None and isinstance(resource.get("status"), str) and resource["status"] not in statuses:
-        issues.append(Issue(f"status {resource['status']!r} is not in the R4 value set", f"{rtype}.status"))
+        issues.append(
+            Issue(f"status {resource['status']!r} is not in the R4 value set", f"{rtype}.status", code="code-invalid")
+        )
     intents = INTENT_CODES.get(rtype)
     if intents is not None and isinstance(resource.get("intent"), str) and resource["intent"] not in intents:
-        issues.append(Issue(f"intent {resource['intent']!r} is not in the R4 value set", f"{rtype}.intent"))
+        issues.append(
+            Issue(f"intent {resource['intent']!r} is not in the R4 value set", f"{rtype}.intent", code="code-invalid")
+        )
     if issues:
         raise ValidationFailed(f"{rtype} is not valid FHIR R4 ({len(issues)} issue(s))", issues)
     return rtype

@@ -148,3 +148,37 @@ def test_json_types_fhir_does_not_allow_are_refused(api: TestClient, client_keys
     assert _expressions(v.json()) == ["Observation.valueQuantity.value"]
     obs["valueQuantity"]["value"] = 97.5
     assert api.post("/fhir/Observation", json=obs, headers=h).status_code == 201
+
+
+def test_each_issue_has_its_issue_type(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """Every issue came back with code "invalid" (missing subject, unknown element, bad date,
+    unknown product alike), the same missing element was reported twice ("Field required" from
+    the model and again by the profile), and an unknown element read "Extra inputs are not
+    permitted"."""
+    h = bearer(api, client_keys["st-marys"])
+    bad = order()
+    bad.pop("subject")
+    bad["code"]["coding"][0]["code"] = "not-a-product"
+    bad["intent"] = "plan"
+    bad["authoredOn"] = "2020-13-45"
+    bad["priority"] = "whenever"
+    bad["colour"] = "blue"
+    expected = {
+        ("ServiceRequest.subject", "required"),
+        ("ServiceRequest.code", "code-invalid"),
+        ("ServiceRequest", "invariant"),  # cgt-2: intent order
+        ("ServiceRequest.authoredOn", "value"),
+        ("ServiceRequest.colour", "structure"),
+    }
+    for r in (
+        api.post("/fhir/ServiceRequest", json=bad, headers=h),
+        api.post("/fhir/ServiceRequest/$validate", json=bad, headers=h),
+    ):
+        issues = r.json()["issue"]
+        got = [(i["expression"][0], i["code"]) for i in issues]
+        assert expected <= set(got), got
+        assert len(got) == len(set(got)), got  # each said once
+        assert {i["severity"] for i in issues} == {"error"}
+        unknown = next(i for i in issues if i["expression"] == ["ServiceRequest.colour"])
+        assert "not an element of ServiceRequest" in unknown["diagnostics"]
+        assert all("blue" not in i["diagnostics"] for i in issues)
