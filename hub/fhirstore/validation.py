@@ -109,6 +109,38 @@ INTENT_CODES: dict[str, frozenset[str]] = {
 }
 
 
+# Other required bindings of elements partners send (a hospital's HL7 v2 habit, gender "F", is
+# not R4): what is stored is served to every partner as it was sent.
+GENDER = frozenset({"male", "female", "other", "unknown"})
+PRIORITY = frozenset({"routine", "urgent", "asap", "stat"})
+OTHER_CODES: dict[tuple[str, str], frozenset[str]] = {
+    ("Patient", "gender"): GENDER,
+    ("Practitioner", "gender"): GENDER,
+    ("ServiceRequest", "priority"): PRIORITY,
+    ("Task", "priority"): PRIORITY,
+}
+
+
+def code_issues(resource: dict[str, Any], where: str) -> list[Issue]:
+    """The required R4 bindings fhir.resources does not check, in the resource and the resources
+    it contains. (A value that is not a string is already an issue from the model.)"""
+    rtype = resource.get("resourceType")
+    checks = [("status", STATUS_CODES.get(str(rtype))), ("intent", INTENT_CODES.get(str(rtype)))]
+    checks += [(element, codes) for (of, element), codes in OTHER_CODES.items() if of == rtype]
+    issues: list[Issue] = []
+    for element, codes in checks:
+        value = resource.get(element)
+        if codes is not None and isinstance(value, str) and value not in codes:
+            at = f"{where}.{element}"
+            message = f"{at} must be one of {', '.join(sorted(codes))} (a required R4 binding)"
+            issues.append(Issue(message, at, code="code-invalid"))
+    contained = resource.get("contained")
+    for index, item in enumerate(contained if isinstance(contained, list) else []):
+        if isinstance(item, dict):
+            issues += code_issues(item, f"{where}.contained[{index}]")
+    return issues
+
+
 @lru_cache(maxsize=64)
 def model_class(resource_type: str) -> type[BaseModel]:
     if resource_type not in SUPPORTED_TYPES:
@@ -165,17 +197,7 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
     # What the model converted without a word ("active": "yes"), unless it already said something there.
     reported = {i.location for i in issues}
     issues += [i for i in json_type_issues(cls, resource, rtype) if i.location not in reported]
-    statuses = STATUS_CODES.get(rtype)
-    # (A value that is not a string is already an issue from the model above.)
-    if statuses is not None and isinstance(resource.get("status"), str) and resource["status"] not in statuses:
-        issues.append(
-            Issue(f"status {resource['status']!r} is not in the R4 value set", f"{rtype}.status", code="code-invalid")
-        )
-    intents = INTENT_CODES.get(rtype)
-    if intents is not None and isinstance(resource.get("intent"), str) and resource["intent"] not in intents:
-        issues.append(
-            Issue(f"intent {resource['intent']!r} is not in the R4 value set", f"{rtype}.intent", code="code-invalid")
-        )
+    issues += code_issues(resource, rtype)
     if issues:
         raise ValidationFailed(f"{rtype} is not valid FHIR R4 ({len(issues)} issue(s))", issues)
     return rtype

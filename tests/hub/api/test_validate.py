@@ -182,3 +182,27 @@ def test_each_issue_has_its_issue_type(api: TestClient, client_keys: dict[str, C
         unknown = next(i for i in issues if i["expression"] == ["ServiceRequest.colour"])
         assert "not an element of ServiceRequest" in unknown["diagnostics"]
         assert all("blue" not in i["diagnostics"] for i in issues)
+
+
+def test_required_r4_codes_in_the_order_and_its_contained_patient(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """An order with priority "whenever" and a contained Patient with gender "F" (the HL7 v2
+    code) was accepted with 201, and the Patient stored with gender "F" was served to every
+    partner as invalid R4."""
+    h = bearer(api, client_keys["st-marys"])
+    bad = order()
+    bad["priority"] = "whenever"
+    bad["contained"][0]["gender"] = "F"
+    r = api.post("/fhir/ServiceRequest", json=bad, headers=h)
+    assert r.status_code == 422, r.text
+    issues = r.json()["issue"]
+    assert [(i["expression"][0], i["code"]) for i in issues] == [
+        ("ServiceRequest.priority", "code-invalid"),
+        ("ServiceRequest.contained[0].gender", "code-invalid"),
+    ]
+    assert "female" in issues[1]["diagnostics"]
+    good = order()
+    good["priority"] = "urgent"
+    good["contained"][0]["gender"] = "female"
+    assert api.post("/fhir/ServiceRequest", json=good, headers=h).status_code == 201
