@@ -36,3 +36,12 @@ def test_examples_conform(name: str) -> None:
     for resource in resources:
         profiles = [THERAPY_ORDER] if resource["resourceType"] == "ServiceRequest" else []
         assert [i for i in issues_for(resource, profiles) if i.severity == "error"] == []
+
+
+def test_site_roles_match_the_site_role_value_set() -> None:
+    """Order placement names the roles in code (``ROLES``); the profile binds them to a ValueSet:
+    the two must not drift apart."""
+    from hub.api.fhir_orders import ROLES
+
+    vs = registry().value_sets["https://cgt-hub.org/fhir/ValueSet/site-role"]
+    assert {c for _, c in vs.codes} == set(ROLES)
