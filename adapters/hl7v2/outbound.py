@@ -61,7 +61,7 @@ from hub.events import AlertRaised, Envelope, EventType
 from hub.fhirstore.repository import ResourceRepository
 from hub.messaging.consumers import Consumer
 from hub.orders.repository import OrderRepository
-from hub.partners.loader import PartnerDirectory
+from hub.partners.loader import PartnerDirectory, resolve_secret
 from hub.partners.schemas import Profile
 from hub.products.registry import get_product
 
