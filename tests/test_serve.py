@@ -60,12 +60,31 @@ def launched(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[int, subp
                 break
             except OSError:
                 time.sleep(0.1)
+        if not any("_TLS__" in k for k in env):
+            _wait_until_answering(port, deadline=time.monotonic() + 90)
         yield port, proc
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         reader.join(timeout=10)
         assert b"Traceback" not in output, output.decode(errors="replace")
+
+
+def _wait_until_answering(port: int, deadline: float) -> None:
+    """The listening socket takes connections before the application has started (the kernel
+    queues them; with --workers the parent listens before its workers have imported the hub), so a
+    connect is no sign of readiness: on a loaded machine a worker took 16 s to start and the
+    tests' first request (httpx's 5 s timeout) failed. Wait until /healthz answers."""
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("the hub did not answer /healthz in time")
+        time.sleep(0.2)
 
 
 @contextmanager
@@ -168,7 +187,8 @@ def test_serve_workers_share_the_listeners_and_are_replaced(tmp_path: Path) -> N
             (runtime_worker,) = [w for w in first if b"CGTHUB_WORKER_INDEX=0\x00" in _environ(w)]
             os.kill(runtime_worker, signal.SIGSTOP)  # now only the edge worker can accept
             try:
-                assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+                # the edge worker may still be starting (all requests so far may have gone to worker 0)
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=90).json() == {"status": "ok"}
                 ack = _mllp(mllp_port, orm("PWEDGE", "MWEDGE"))
                 assert b"MSA|AA|" in ack or b"MSA|CA|" in ack, ack  # committed by the edge process
             finally:
