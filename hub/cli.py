@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hub import cli_decisions
+from hub import cli_alerts, cli_decisions
 from hub.logs import configure
 from hub.settings import Settings
 
@@ -55,6 +55,11 @@ orders_app.command("hold")(cli_decisions.hold)
 orders_app.command("release-hold")(cli_decisions.release_hold)
 orders_app.command("sign-release")(cli_decisions.sign_release)
 orders_app.command("cancel")(cli_decisions.cancel)
+# The operator's alerts, through the same core code as GET /alerts (hub/cli_alerts.py)
+alerts_app = typer.Typer(no_args_is_help=True, help="Alerts: list them, acknowledge them (audited).")
+app.add_typer(alerts_app, name="alerts")
+alerts_app.command("list")(cli_alerts.list_alerts)
+alerts_app.command("ack")(cli_alerts.ack)
 
 
 def _settings() -> Settings:
