@@ -19,7 +19,9 @@ Two halves, joined by the ``hl7v2_outbound`` table (an outbox of its own):
   enhanced-mode commit reject of the message type, version or processing id, is.) A partner that
   takes no connection at all (an outage) dead-letters nothing: after the last attempt the head
   message raises one ``hl7v2.partner-unreachable`` alert and is retried every ``backoff_max_s``
-  until it goes.
+  until it goes. When the partner answers again, an info alert ``hl7v2.partner-reachable`` says so
+  (for how long it took no connection, how many messages waited) and the hub acknowledges the open
+  unreachable alert (by ``hub``, audited), so it neither stays open nor escalates.
   Messages to one partner leave in order: a message waiting for its retry holds back the ones
   after it (MLLP receivers expect sequence).
   Delivery is at-least-once: a crash between the ACK and its record resends the same bytes with
@@ -81,6 +83,11 @@ SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 ACK_BYTES_KEPT = 4096
 # A connection the partner never accepted: no message is ever dead-lettered for it (see _record).
 UNREACHABLE = "connect-error"
+# Raised once when a partner's head message has used its attempts on connections it never took;
+# when the partner answers again, REACHABLE_ALERT says so and the hub acknowledges the first one.
+UNREACHABLE_ALERT = "hl7v2.partner-unreachable"
+REACHABLE_ALERT = "hl7v2.partner-reachable"
+HUB_ACKNOWLEDGER = "hub"
 
 
 def outbound_channel(profile: Profile) -> Any | None:
@@ -522,6 +529,9 @@ class OutboundSender:
             number = work.session.scalar(
                 select(func.max(Hl7v2OutboundAttempt.attempt)).where(Hl7v2OutboundAttempt.outbound_id == row.id)
             )
+            if ack is not None and row.attempts > 1:
+                # The partner answers again: if it had been reported unreachable, say it is back.
+                _partner_back(work, row, outcome, alerted=row.attempts > settings.max_attempts)
             work.session.add(
                 Hl7v2OutboundAttempt(
                     outbound_id=row.id,
@@ -555,7 +565,7 @@ class OutboundSender:
                         AlertRaised(
                             order_id=row.order_id,
                             severity="warning",
-                            kind="hl7v2.partner-unreachable",
+                            kind=UNREACHABLE_ALERT,
                             message=(
                                 f"{row.partner} takes no connection to {row.endpoint}: {row.message_type} "
                                 f"{row.control_id} (out:{row.id}) not sent after {row.attempts} attempt(s) "
@@ -601,6 +611,67 @@ class OutboundSender:
 
     async def release_leases(self) -> None:
         await self.store.run_async(leases.release(self.holder), actor="hl7v2-sender")
+
+
+def _partner_back(work: Work, row: Hl7v2Outbound, outcome: str, *, alerted: bool) -> None:
+    """The partner answered (an ACK) after failed attempts. If it had been reported unreachable
+    (this message raised the alert, or another one's alert is still open), the operator is told
+    it is back — an info alert ``hl7v2.partner-reachable`` naming how long it took no connection
+    and how many messages waited — and the open ``hl7v2.partner-unreachable`` alerts for it are
+    acknowledged by the hub, so they neither stay open nor escalate. Called before this
+    attempt is recorded."""
+    from hub.alerts.service import AlertService
+    from hub.db.models import Alert
+
+    open_alerts = list(
+        work.session.scalars(
+            select(Alert).where(
+                Alert.kind == UNREACHABLE_ALERT,
+                Alert.acknowledged_at.is_(None),
+                Alert.message.startswith(f"{row.partner} takes no connection ", autoescape=True),
+            )
+        )
+    )
+    if not alerted and not open_alerts:
+        return
+    attempt, outbound = Hl7v2OutboundAttempt, Hl7v2Outbound
+    of_partner = select(func.max(attempt.started_at)).join(outbound, outbound.id == attempt.outbound_id)
+    last_answered = work.session.scalar(
+        of_partner.where(outbound.partner == row.partner, attempt.outcome != UNREACHABLE)
+    )
+    first_refused = select(func.min(attempt.started_at)).join(outbound, outbound.id == attempt.outbound_id)
+    first_refused = first_refused.where(outbound.partner == row.partner, attempt.outcome == UNREACHABLE)
+    if last_answered is not None:
+        first_refused = first_refused.where(attempt.started_at > last_answered)
+    since = work.session.scalar(first_refused) or min((a.raised_at for a in open_alerts), default=None)
+    waited = work.session.scalar(
+        select(func.count()).where(outbound.partner == row.partner, outbound.status == "pending")
+    )
+    span = f"for {_duration((work.now - since).total_seconds())} (since {since:%Y-%m-%d %H:%M:%S}Z)" if since else ""
+    work.emit(
+        EventType.ALERT_RAISED,
+        row.order_id or row.partner,
+        AlertRaised(
+            order_id=row.order_id,
+            severity="info",
+            kind=REACHABLE_ALERT,
+            message=(
+                f"{row.partner} answers again on {row.endpoint} ({outcome} to {row.message_type} {row.control_id}, "
+                f"out:{row.id}) after taking no connection {span}; {waited} message(s) waited, out:{row.id} first"
+            ),
+        ),
+    )
+    for alert in open_alerts:
+        AlertService(work).acknowledge(
+            alert.id, HUB_ACKNOWLEDGER, f"{row.partner} answers again ({outcome} to out:{row.id}); resolved by the hub"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def _save_payload(outbound_id: int, payload: bytes) -> Callable[[Work], None]:

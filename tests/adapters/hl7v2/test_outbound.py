@@ -19,8 +19,9 @@ from adapters.hl7v2.framer import Deframer, frame
 from adapters.hl7v2.outbound import OutboundSender, SenderSettings
 from adapters.hl7v2.tokenizer import parse
 from hub.context import HubContext
-from hub.db.models import Alert
+from hub.db.models import Alert, AuditEntry
 from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
+from hub.db.models_logistics import AlertAcknowledgement
 from hub.db.uow import Store
 from hub.orders.schemas import PlaceHold
 from hub.orders.service import OrderService
@@ -29,6 +30,7 @@ from hub.runtime import build_runtime
 from tests.adapters.hl7v2 import messages as m
 from tests.adapters.hl7v2.conftest import Loop
 from tests.builders import Driver, place_cmd
+from tests.logistics_support import events
 from tests.support.tls import make_pki
 
 
@@ -373,6 +375,61 @@ def test_an_outage_dead_letters_nothing_and_the_order_of_messages_is_kept(
     loop.run(back.close())
     assert [r.status for r in _rows(store)] == ["delivered", "delivered"]
     assert [parse(p).control_id for p in hospital.received] == [r.control_id for r in rows]
+
+    # The operator sees that the partner is back: before, the unreachable alert stayed open (and
+    # escalated) after the hospital took every message again, and nothing said it had recovered.
+    _drain(ctx, loop)
+    alerts = store.read(lambda s: list(s.scalars(select(Alert).where(Alert.kind.like("hl7v2.%")))))
+    by_kind = {a.kind: a for a in alerts}
+    assert sorted(by_kind) == ["hl7v2.partner-reachable", "hl7v2.partner-unreachable"]
+    back_alert = by_kind["hl7v2.partner-reachable"]
+    assert back_alert.severity == "info"
+    assert back_alert.message.startswith("st-marys answers again on ")
+    assert f"(AA to ORU^R01 {rows[0].control_id}, out:{rows[0].id})" in back_alert.message
+    assert "after taking no connection for " in back_alert.message
+    assert f"2 message(s) waited, out:{rows[0].id} first" in back_alert.message
+    down_alert = by_kind["hl7v2.partner-unreachable"]
+    assert down_alert.acknowledged_by == "hub"
+    note = store.read(lambda s: s.scalars(select(AlertAcknowledgement)).one())
+    assert note.note == f"st-marys answers again (AA to out:{rows[0].id}); resolved by the hub"
+    entry = store.read(lambda s: s.scalars(select(AuditEntry).where(AuditEntry.entity_id == down_alert.id)).one())
+    assert entry.actor == "hl7v2-out:st-marys"
+    assert len(events(store, "alert.acknowledged")) == 1
+
+    # Down again later: a new alert, and it is resolved again (the first stays as it was).
+    loop.run(back.release_leases())
+    driver.step()
+    _drain(ctx, loop)
+    loop.run(down.deliver_all(timeout_s=0.5))
+    loop.run(down.release_leases())
+    _drain(ctx, loop)
+    again = _sender(ctx, hospital)
+    assert loop.run(again.deliver_all(timeout_s=30)) == 1
+    loop.run(again.close())
+    loop.run(again.release_leases())
+    _drain(ctx, loop)
+    alerts = store.read(lambda s: list(s.scalars(select(Alert).order_by(Alert.raised_at, Alert.id))))
+    assert [(a.kind, a.acknowledged_by) for a in alerts if a.kind.startswith("hl7v2.")] == [
+        ("hl7v2.partner-unreachable", "hub"),
+        ("hl7v2.partner-reachable", None),
+        ("hl7v2.partner-unreachable", "hub"),
+        ("hl7v2.partner-reachable", None),
+    ]
+
+
+def test_a_partner_that_answers_after_a_retry_raises_no_reachable_alert(
+    ctx: HubContext, store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop
+) -> None:
+    """One refused attempt before delivery is no outage: no alert either way."""
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    hospital.script = ["AE"]
+    sender = _sender(ctx, hospital)
+    assert loop.run(sender.deliver_all(timeout_s=30)) == 1
+    loop.run(sender.close())
+    _drain(ctx, loop)
+    assert [a.outcome for a in _attempts(store, _rows(store)[0].id)] == ["AE", "AA"]
+    assert store.read(lambda s: list(s.scalars(select(Alert)))) == []
 
 
 def test_partner_message_type_is_honoured(
