@@ -440,6 +440,13 @@ def messages_replay(
         ),
     ],
     send: Annotated[bool, typer.Option(help="outbound: deliver now instead of waiting for `serve`")] = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="outbound: build the message again from its snapshot with the partner's current profile and"
+            " mappings, under a new control id (default: resend the same bytes)"
+        ),
+    ] = False,
 ) -> None:
     """Interpret failed/rejected inbox messages again, or resend dead outbound messages. Exit 1 if
     any was not replayed or is still refused (each is reported on its own line)."""
@@ -454,7 +461,7 @@ def messages_replay(
     try:
         for key in replay_order(ctx, keys):
             try:
-                result = replay(ctx, key, operator=operator)
+                result = replay(ctx, key, operator=operator, rebuild=rebuild)
             except HubError as exc:
                 failed += 1
                 typer.echo(f"{key}: not replayed: {exc.message}", err=True)

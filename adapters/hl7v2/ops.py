@@ -10,14 +10,18 @@ Ids: an inbox message is its uuid; an outbound message is ``out:<number>``.
   ``--unmasked`` prints it as received; that read is written to the audit trail.
 * ``replay`` — inbox: interpret a failed, rejected or quarantined message again (a handled one
   would double its effects, so it is refused); the stored answer is replaced, so a resend from
-  the partner now gets the new one. Outbound: send a dead (or quarantined) message again.
+  the partner now gets the new one. Outbound: send a dead (or quarantined) message again, as it
+  was built (same bytes, same MSH-10), or with ``rebuild`` built again from its snapshot with the
+  partner's current profile and mappings under a new control id (the old one in the audit trail).
 * ``quarantine`` — set a message aside with a reason (the sender skips a quarantined outbound
   message; a quarantined inbox message is only replayed on purpose).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,11 +29,14 @@ from typing import Any
 from sqlalchemy import select, update
 
 from adapters.hl7v2.ack import AckContext, Outcome, policy_for, render
+from adapters.hl7v2.build import BuildError, build
 from adapters.hl7v2.errors import Rejected
 from adapters.hl7v2.interpret import Interpreter
 from adapters.hl7v2.mapping import mapping_root
+from adapters.hl7v2.outbound import outbound_channel, rebuilt_snapshot
 from adapters.hl7v2.routing import ADAPTER, Route, Router
 from adapters.hl7v2.tokenizer import ParseError, parse_all
+from hub import canonical
 from hub.context import HubContext
 from hub.db.models import InboxMessage
 from hub.db.models_hl7v2 import Hl7v2Outbound, Hl7v2OutboundAttempt
@@ -341,8 +348,20 @@ def quarantine(ctx: HubContext, key: str, reason: str, *, operator: str = "cli")
     return ctx.store.run(job, actor=operator)
 
 
-def replay(ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "operator replay") -> str:
+def replay(
+    ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "operator replay", rebuild: bool = False
+) -> str:
+    """Replay one message. An outbound one is resent as it was built (same bytes, same MSH-10),
+    or with ``rebuild`` built again from its snapshot under the partner's current profile and
+    mappings, with a new control id (the old one is kept in the audit trail)."""
     out_id = _outbound_id(key)
+    if rebuild and out_id is None:
+        raise GuardFailed(
+            f"{key[:40]}: --rebuild is for outbound messages (out:<n>); an inbox message is always"
+            " interpreted again from the bytes the partner sent"
+        )
+    if out_id is not None and rebuild:
+        return ctx.store.run(_rebuild(ctx, key, out_id, reason), actor=operator)
     if out_id is not None:
 
         def requeue(work: Work) -> str:
@@ -403,6 +422,44 @@ def replay(ctx: HubContext, key: str, *, operator: str = "cli", reason: str = "o
         return m.status + (f": {m.error}" if m.error else "")
 
     return ctx.store.run(job, actor=operator)
+
+
+def _rebuild(ctx: HubContext, key: str, out_id: int, reason: str) -> Callable[[Work], str]:
+    def job(work: Work) -> str:
+        o = work.session.get(Hl7v2Outbound, out_id, with_for_update=True)
+        if o is None:
+            raise NotFound(f"outbound message {key} is not known")
+        if o.status not in ("dead", "quarantined"):
+            raise GuardFailed(f"outbound message {key} is {o.status}; only dead or quarantined ones are replayed")
+        profile = ctx.partners.get(o.partner)
+        channel = outbound_channel(profile) if profile is not None else None
+        if profile is None or channel is None:
+            raise GuardFailed(f"partner {o.partner} has no outbound HL7 v2 channel now; {key} cannot be rebuilt")
+        snap = rebuilt_snapshot(canonical.loads(o.snapshot), profile, channel, mapping_root(ctx.settings.mappings_dir))
+        try:
+            payload = build(snap)
+        except BuildError as exc:
+            raise GuardFailed(f"outbound message {key} cannot be rebuilt ({exc}); it stays {o.status}") from None
+        old = {"status": o.status, "control_id": o.control_id, "message_type": o.message_type}
+        if o.payload is not None:
+            old["sha256"] = hashlib.sha256(o.payload).hexdigest()
+        o.control_id, o.message_type, o.endpoint = snap["control_id"], snap["message_type"], str(channel.endpoint)
+        o.snapshot, o.payload = canonical.dumps(snap), payload
+        o.status, o.attempts, o.next_attempt_at, o.last_error, o.ack_code = "pending", 0, work.now, None, None
+        new = {"status": "pending", "control_id": o.control_id, "message_type": o.message_type}
+        new["sha256"] = hashlib.sha256(payload).hexdigest()
+        work.audit(
+            "update",
+            "Hl7v2Outbound",
+            str(o.id),
+            old=old,
+            new=new,
+            reason=f"{reason}: rebuilt, control id {old['control_id']} replaced by {o.control_id}",
+        )
+        was = old["control_id"]
+        return f"pending, rebuilt as {o.message_type} {o.control_id} (was {was}; the sender delivers it next)"
+
+    return job
 
 
 def _route_for(router: Router, partner: str) -> Route:

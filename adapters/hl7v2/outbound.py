@@ -144,7 +144,7 @@ def snapshot(
         )
     name = (patient.get("name") or [{}])[0]
     snap: dict[str, Any] = {
-        "message_type": channel.message or "ORU^R01",
+        **_addressing(profile, channel),
         "control_id": new_control_id(),
         "event_type": envelope.type,
         "occurred_at": iso_utc(envelope.occurred_at),
@@ -158,8 +158,6 @@ def snapshot(
         "stage": stage_code,
         "stage_name": product.stage(stage_code).name if stage_code in {s.code for s in product.stages} else stage_code,
         "status": status,
-        "sending_facility": channel.sending_facility or "CGTHUB",
-        "receiving_facility": profile.identifiers.get("hl7_facility", ""),
         "patient": {
             "identifiers": identifiers,
             "family": name.get("family", ""),
@@ -209,6 +207,31 @@ def snapshot(
                     "observed_at": iso_utc(result.recorded_at),
                 }
             )
+    return snap
+
+
+def _addressing(profile: Profile, channel: Any) -> dict[str, Any]:
+    """What the partner's profile decides about a message: its type and the facilities in MSH."""
+    return {
+        "message_type": channel.message or "ORU^R01",
+        "sending_facility": channel.sending_facility or "CGTHUB",
+        "receiving_facility": profile.identifiers.get("hl7_facility", ""),
+    }
+
+
+def rebuilt_snapshot(old: dict[str, Any], profile: Profile, channel: Any, mapping_root: Path) -> dict[str, Any]:
+    """The snapshot of a message to be built again (``messages replay --rebuild``): what happened
+    (event, order, patient, status, results) as it was at event time; what the partner's profile
+    and mappings decide (message type, facilities, identifier namespaces) as they are now; and a
+    new control id, because a message whose content differs must not reuse the old MSH-10."""
+    namespaces = _namespaces(profile, mapping_root)
+    snap = {**old, **_addressing(profile, channel), "control_id": new_control_id()}
+    patient = dict(old.get("patient") or {})
+    patient["identifiers"] = [
+        {**ident, "namespace": namespaces.get(str(ident.get("system")), "")}
+        for ident in patient.get("identifiers", []) or []
+    ]
+    snap["patient"] = patient
     return snap
 
 

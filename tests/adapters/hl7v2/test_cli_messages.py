@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from adapters.hl7v2.build import build
 from adapters.hl7v2.listener import MllpListener
+from adapters.hl7v2.tokenizer import parse
+from hub import canonical
 from hub.db.models import AuditEntry, InboxMessage
 from hub.db.models_hl7v2 import Hl7v2Outbound
 from hub.db.uow import Store, open_store
@@ -27,9 +31,9 @@ from tests.conftest import REPO
 CLI = Path(sys.executable).parent / "cgt-hub"
 
 
-def cli(args: list[str], url: str) -> subprocess.CompletedProcess[str]:
+def cli(args: list[str], url: str, profiles: Path = REPO / "partner-profiles") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")}
-    env.update(CGTHUB_DATABASE_URL=url, CGTHUB_PROFILES_DIR=str(REPO / "partner-profiles"), USER="ops.tester")
+    env.update(CGTHUB_DATABASE_URL=url, CGTHUB_PROFILES_DIR=str(profiles), USER="ops.tester")
     return subprocess.run([str(CLI), *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
@@ -180,6 +184,86 @@ def test_every_dead_message_of_a_partner_is_replayed_with_one_command_in_order(
         assert mixed.returncode == 1
         assert "out:999999: not replayed" in mixed.stderr
         assert store.read(lambda s: s.get(Hl7v2Outbound, rows[0].id)).status == "pending"  # type: ignore[union-attr]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_dead_message_is_rebuilt_with_the_fixed_profile_under_a_new_control_id(
+    db_url: str, partners: PartnerDirectory, loop: Loop, tmp_path: Path
+) -> None:
+    """A hospital refused our messages because its profile named the wrong facility and message
+    type. After the profile was fixed, `messages replay` could only resend the old bytes (built
+    once, kept), so the fix never reached the dead messages. `--rebuild` builds them again from
+    their snapshot under the current profile, with a new MSH-10 (the old one in the audit trail);
+    without it the same bytes go again, as before."""
+    store = open_store(db_url)
+    try:
+        rows = _owe_two_messages(store, partners, loop)
+        first = rows[0]
+        sent = build(canonical.loads(first.snapshot))  # what the hospital refused
+        store.run(
+            lambda w: w.session.execute(update(Hl7v2Outbound).where(Hl7v2Outbound.id == first.id).values(payload=sent))
+        )
+        fixed = tmp_path / "profiles"
+        shutil.copytree(REPO / "partner-profiles", fixed)
+        profile = fixed / "st-marys.yaml"
+        text = profile.read_text(encoding="utf-8")
+        profile.write_text(
+            text.replace("hl7_facility: STMARYS", "hl7_facility: SMH-EHR").replace(
+                "message: ORU^R01", "message: ORM^O01"
+            ),
+            encoding="utf-8",
+        )
+        key = f"out:{first.id}"
+
+        plain = cli(["messages", "replay", key], db_url, fixed)  # the default is unchanged: the same bytes
+        assert plain.returncode == 0, plain.stderr
+        row = store.read(lambda s: s.get(Hl7v2Outbound, first.id))
+        assert row is not None
+        assert (row.payload, row.control_id, row.status) == (sent, first.control_id, "pending")
+        store.run(lambda w: w.session.execute(update(Hl7v2Outbound).values(status="dead")))
+
+        rebuilt = cli(["messages", "replay", key, "--rebuild"], db_url, fixed)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        row = store.read(lambda s: s.get(Hl7v2Outbound, first.id))
+        assert row is not None
+        assert row.status == "pending"
+        assert row.attempts == 0
+        assert row.control_id != first.control_id
+        assert f"{key}: pending, rebuilt as ORM^O01 {row.control_id} (was {first.control_id};" in rebuilt.stdout
+        assert row.payload is not None
+        msg = parse(row.payload)
+        assert msg.message_type == "ORM^O01"
+        assert msg.control_id == row.control_id
+        assert msg.segment("MSH")[6] == "SMH-EHR"  # type: ignore[index]
+        assert row.message_type == "ORM^O01"
+        # what happened is what the snapshot said: the same order, patient and status
+        old_msg = parse(sent)
+        assert msg.segment("PID")[3] == old_msg.segment("PID")[3]  # type: ignore[index]
+        assert msg.segment("ORC")[3] == old_msg.segment("ORC")[3]  # type: ignore[index]
+        entry = store.read(
+            lambda s: s.scalars(
+                select(AuditEntry).where(AuditEntry.entity_id == str(first.id)).order_by(AuditEntry.seq.desc())
+            ).first()
+        )
+        assert entry is not None
+        assert entry.actor == "ops.tester"
+        assert json.loads(entry.old_value)["control_id"] == first.control_id
+        assert json.loads(entry.new_value)["control_id"] == row.control_id
+        assert first.control_id in entry.reason
+        # the other dead one was not touched
+        other = store.read(lambda s: s.get(Hl7v2Outbound, rows[1].id))
+        assert other is not None
+        assert (other.status, other.control_id) == ("dead", rows[1].control_id)
+
+        again = cli(["messages", "replay", key, "--rebuild"], db_url, fixed)
+        assert again.returncode == 1
+        assert "only dead or quarantined ones are replayed" in again.stderr
+        inbox = cli(["messages", "replay", "0190aaaa-0000-7000-8000-000000000000", "--rebuild"], db_url, fixed)
+        assert inbox.returncode == 1
+        assert "--rebuild is for outbound messages" in inbox.stderr
+        assert "Traceback" not in again.stderr + inbox.stderr
     finally:
         store.dispose()
 
