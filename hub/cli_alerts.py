@@ -97,7 +97,7 @@ def _line(alert: Alert, level: int) -> str:
         state = f"acknowledged by {alert.acknowledged_by} {alert.acknowledged_at:%Y-%m-%d %H:%M}Z"
     escalated = f"  escalated L{level}" if level else ""
     return (
-        f"{alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.id}  {alert.severity:<8} {alert.kind:<28} {state}{escalated}"
+        f"{alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.id}  {alert.severity:<8} {alert.kind:<30} {state}{escalated}"
         f"  order {alert.order_id or '-'}  {alert.message}"
     )
 
