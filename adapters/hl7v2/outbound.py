@@ -354,8 +354,8 @@ def client_ssl_context(profile: Profile, endpoint: Endpoint) -> ssl.SSLContext |
     certificate and key) is presented for mutual TLS, ``mllp_ca`` (a PEM) overrides the trust store."""
     if not endpoint.tls:
         return None
-    # ``mllp_client_cert`` is a PEM file (a ``file:`` reference): an ``env:`` reference or a file
-    # that is not there is named in the log. ``mllp_ca`` is a pin: unreadable, nothing is sent.
+    # Both fail closed: ``mllp_ca`` is a pin and ``mllp_client_cert`` (a ``file:`` PEM with the
+    # certificate and its key) is what the hospital checks; either set but unusable, nothing is sent.
     context = ssl.create_default_context()
     ca_ref = profile.secrets.get("mllp_ca")
     if ca_ref:
@@ -369,14 +369,24 @@ def client_ssl_context(profile: Profile, endpoint: Endpoint) -> ssl.SSLContext |
         except (ssl.SSLError, ValueError) as exc:
             raise DeliveryError("tls-config", f"partner {profile.id}: its mllp_ca is not a PEM CA certificate") from exc
     cert_ref = profile.secrets.get("mllp_client_cert")
-    if cert_ref and cert_ref.startswith("file:") and Path(cert_ref[5:]).is_file():
-        context.load_cert_chain(cert_ref[5:])
-    elif cert_ref:
-        log.warning(
-            "partner %s: mllp_client_cert is not a PEM file (file:/path, certificate and key) that exists; "
-            "connecting without a client certificate",
-            profile.id,
-        )
+    if cert_ref:
+        # Set means the hospital expects the hub's certificate: if it cannot be loaded, nothing is
+        # sent. Connecting without it would hand the message to any endpoint that does not ask for
+        # one (a wrong host behind the name, a receiver misconfigured to optional client auth).
+        path = Path(cert_ref[5:]) if cert_ref.startswith("file:") else None
+        if path is None or not path.is_file():
+            raise DeliveryError(
+                "tls-config",
+                f"partner {profile.id}: its mllp_client_cert is not a PEM file (file:/path, certificate and key) "
+                "that exists; nothing sent",
+            )
+        try:
+            context.load_cert_chain(str(path))
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise DeliveryError(
+                "tls-config",
+                f"partner {profile.id}: its mllp_client_cert is not a PEM with a certificate and its key; nothing sent",
+            ) from exc
     return context
 
 

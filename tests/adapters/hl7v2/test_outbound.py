@@ -526,22 +526,54 @@ def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
         loop.run(hospital.stop())
 
 
+@pytest.mark.parametrize("cert", ["a missing file", "an env reference", "a certificate without its key"])
 def test_tls_secrets_that_are_not_pem_files_are_named_in_the_log(
-    partners: PartnerDirectory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ctx: HubContext,
+    store: Store,
+    partners: PartnerDirectory,
+    loop: Loop,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cert: str,
 ) -> None:
-    """``mllp_client_cert: env:…`` (set) was taken as configured but never loaded: the hub connected
-    without its certificate and only saw the hospital refuse the handshake. (An unreadable
-    ``mllp_ca`` sends nothing at all: the test below.)"""
-    from adapters.hl7v2.client import Endpoint
-    from adapters.hl7v2.outbound import client_ssl_context
-
-    monkeypatch.setenv("ST_MARYS_MLLP_PEM", "-----BEGIN CERTIFICATE-----")
-    secrets = {"mllp_client_cert": "env:ST_MARYS_MLLP_PEM"}
+    """A ``mllp_client_cert`` that was set but could not be loaded (a missing file, an ``env:``
+    reference, a PEM without its key) only cost a warning: the hub connected without its
+    certificate and delivered the patient's ORU to an endpoint that did not ask for one. Like an
+    unreadable ``mllp_ca`` (the test below) it now sends nothing and names the secret."""
+    pki = make_pki(tmp_path)
+    monkeypatch.setenv("ST_MARYS_MLLP_PEM", pki.client_cert.read_text() + pki.client_key.read_text())
+    ref = {
+        "a missing file": f"file:{tmp_path}/st-marys-client.pem",
+        "an env reference": "env:ST_MARYS_MLLP_PEM",
+        "a certificate without its key": f"file:{pki.client_cert}",
+    }[cert]
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))  # asks for no client certificate
+    endpoint = Hospital(tls=server)
+    loop.run(endpoint.start())
+    secrets = {"mllp_ca": f"file:{pki.ca_cert}", "mllp_client_cert": ref}
     profile = partners.profiles["st-marys"].model_copy(update={"secrets": secrets})
-    context = client_ssl_context(profile, Endpoint.parse("mllp+tls://ehr.example:6661"))
-    assert context is not None
+    sender = OutboundSender(
+        store,
+        PartnerDirectory({**partners.profiles, "st-marys": profile}),
+        SenderSettings(max_attempts=1, backoff_base_s=0.01, ack_timeout_s=2.0, poll_s=0.05),
+        endpoint_overrides={"st-marys": f"mllp+tls://127.0.0.1:{endpoint.port}"},
+    )
+    try:
+        store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+        _drain(ctx, loop)
+        assert loop.run(sender.deliver_all(timeout_s=10)) == 0
+        loop.run(sender.close())
+    finally:
+        loop.run(endpoint.stop())
+    assert endpoint.received == []
+    row = _rows(store)[0]
+    attempts = _attempts(store, row.id)
+    assert [a.outcome for a in attempts] == ["tls-config"]
+    assert "mllp_client_cert" in (attempts[0].error or "")
     lines = [r.getMessage() for r in caplog.records if r.name == "adapters.hl7v2.outbound"]
-    assert any("mllp_client_cert is not a PEM file" in line for line in lines), lines
+    assert any("mllp_client_cert" in line and "nothing sent" in line for line in lines), lines
 
 
 @pytest.mark.parametrize("pin", ["a missing file", "an unset variable", "not a certificate"])
