@@ -83,7 +83,7 @@ def segments(snapshot: dict[str, Any]) -> list[str]:
     )
     pid = (
         f"PID|1||{'~'.join(_cx(i) for i in patient.get('identifiers', []))}||"
-        f"{_e(patient.get('family'))}^{_e(patient.get('given'))}||"
+        f"{_e(patient.get('family'))}^{_e(patient.get('given'))}^{_e(patient.get('middle'))}||"
         f"{_e((patient.get('birth_date') or '').replace('-', ''))}|{_e(patient.get('sex') or '')}"
     )
     placer = f"{_e(snapshot['placer_number'])}^{_e(snapshot.get('ordering_partner') or '')}"

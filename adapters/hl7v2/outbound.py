@@ -161,7 +161,9 @@ def snapshot(
         "patient": {
             "identifiers": identifiers,
             "family": name.get("family", ""),
-            "given": " ".join(name.get("given", []) or []),
+            # XPN: PID-5.2 is the first given name, PID-5.3 the second and further given names.
+            "given": str((name.get("given") or [""])[0]),
+            "middle": " ".join(str(g) for g in (name.get("given") or [])[1:]),
             "birth_date": patient.get("birthDate", ""),
             "sex": SEX.get(str(patient.get("gender", "")), ""),
         },

@@ -475,6 +475,25 @@ def test_order_placed_over_mllp_is_reported_back(
     assert "MRN-OUT" in unmasked
 
 
+def test_middle_names_go_back_in_their_own_component(
+    ctx: HubContext, store: Store, hospital: Hospital, loop: Loop, sender: object
+) -> None:
+    """PID-5 went out as ``Rivera^Ana Maria Luisa``: every given name in XPN.2, so the hospital's
+    EHR read the middle names as part of the first name (and matched the patient on that)."""
+    from tests.adapters.hl7v2.conftest import Sender
+
+    assert isinstance(sender, Sender)
+    order = m.orm("PL-XPN", "MRN-XPN").replace(b"|Rivera^Ana^^", b"|Rivera^Ana^Maria Luisa^")
+    assert b"Rivera^Ana^Maria Luisa^" in order
+    sender.send(order)
+    _drain(ctx, loop)
+    out = _sender(ctx, hospital)
+    assert loop.run(out.deliver_all(timeout_s=30)) == 1
+    loop.run(out.close())
+    name = parse(hospital.received[0]).segment("PID")[5]  # type: ignore[index]
+    assert name.split("^")[:3] == ["Rivera", "Ana", "Maria Luisa"], name
+
+
 def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
     ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop, tmp_path: Path
 ) -> None:
