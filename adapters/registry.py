@@ -33,6 +33,10 @@ class Hl7v2Mllp(ChannelSettings):
     # with such a certificate, whatever MSH-4 says (adapters/hl7v2/routing.py).
     tls_client_names: tuple[str, ...] = ()
     ack_mode: Literal["original", "enhanced"] = "original"
+    # Inbound: the processing ids (MSH-11) this partner's system sends on this channel (a test
+    # interface engine: [T]). Empty: P, T and D outside production. A production hub takes P only,
+    # whatever the profile says (adapters/hl7v2/interpret.py).
+    processing_ids: tuple[Literal["P", "T", "D"], ...] = ()
     mappings: tuple[str, ...] = ()
     endpoint: str | None = Field(default=None, pattern=r"^mllp(\+tls)?://[^\s/]+:\d+$")
     message: str | None = Field(default=None, pattern=r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")

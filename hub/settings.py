@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def hl7v2_processing_id(self) -> Literal["P", "T"]:
+        """The hub's HL7 v2 processing id (MSH-11, table 0103): P (production) only in production
+        mode, T (training) otherwise. It goes out in MSH-11 of every message the hub sends; a
+        production hub takes only P messages in (adapters/hl7v2/interpret.py)."""
+        return "P" if self.env is Environment.production else "T"
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 

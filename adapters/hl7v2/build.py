@@ -76,10 +76,12 @@ def segments(snapshot: dict[str, Any]) -> list[str]:
     at = _ts(snapshot["occurred_at"])
     patient = snapshot.get("patient") or {}
     status = snapshot["status"]
+    processing_id = snapshot.get("processing_id") or "P"  # the hub's (MSH-11); older snapshots: P
     msh = (
         f"MSH|^~\\&|{HUB_APP}|{_e(snapshot.get('sending_facility') or HUB_APP)}|"
         f"{_e(snapshot.get('receiving_application') or '')}|{_e(snapshot.get('receiving_facility') or '')}|"
-        f"{at}||{code}^{trigger}^{structure}|{_e(snapshot['control_id'])}|P|{VERSION}||||||UNICODE UTF-8"
+        f"{at}||{code}^{trigger}^{structure}|{_e(snapshot['control_id'])}|{_e(processing_id)}|{VERSION}"
+        "||||||UNICODE UTF-8"
     )
     pid = (
         f"PID|1||{'~'.join(_cx(i) for i in patient.get('identifiers', []))}||"

@@ -34,6 +34,7 @@ from hub.patients.service import PatientService
 from hub.products.registry import get_product
 
 RECORDED_STATUSES = {"F", "C"}  # OBX-11 final, corrected
+PROCESSING_IDS = ("P", "T", "D")  # HL7 table 0103: production, training, debugging
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,31 @@ class Interpreter:
     partners: PartnerDirectory
     route: Route
     fin: str = "A9998"
+    production: bool = False
 
     @property
     def partner(self) -> str:
         return self.route.partner
 
+    def accepted_processing_ids(self) -> frozenset[str]:
+        """A production hub takes only production (P) messages: a hospital's training or debugging
+        system pointed at it must not place real therapy orders. Outside production, what the
+        partner's channel declares (``processing_ids``), or P, T and D."""
+        accepted = self.route.processing_ids or frozenset(PROCESSING_IDS)
+        return accepted & {"P"} if self.production else accepted
+
     def run(self, msg: Message) -> Result:
-        if msg.processing_id and msg.processing_id[:1] not in ("P", "T", "D"):
+        processing_id = msg.processing_id[:1] or "P"  # empty: taken as P (as the ACK echoes it)
+        if processing_id not in PROCESSING_IDS:
             raise Rejected(f"processing id {msg.processing_id[:8]!r} is not supported", "202", "MSH-11")
+        accepted = self.accepted_processing_ids()
+        if processing_id not in accepted:
+            raise Rejected(
+                f"processing id {processing_id} is not accepted from {self.partner} by this hub "
+                f"(accepted: {', '.join(sorted(accepted)) or 'none'}); kept, not processed",
+                "202",
+                "MSH-11",
+            )
         if msg.message_code == "ACK":  # a partner acknowledging one of ours: kept, nothing to do
             return Result(InboxStatus.ignored, None, "an acknowledgment: recorded, not acted on")
         mappings = self.route.mappings

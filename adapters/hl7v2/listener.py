@@ -293,7 +293,9 @@ class MllpListener:
             def interpret(w: Work, message_id: str) -> Interpretation:
                 if refusal is not None or route is None:
                     raise refusal or Rejected("unknown sender", "207", "MSH-4")
-                result = Interpreter(w, ctx.partners, route, fin=ctx.settings.coi_fin).run(msg)
+                result = Interpreter(
+                    w, ctx.partners, route, fin=ctx.settings.coi_fin, production=ctx.settings.env == "production"
+                ).run(msg)
                 response = render(context, policy, Outcome.accepted, w.now)
                 return Interpretation(result.status, response, result.order_id, msg.message_type[:64] or None)
 

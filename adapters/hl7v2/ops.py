@@ -406,7 +406,9 @@ def replay(
         old = m.status
         try:
             with work.attempt():
-                result = Interpreter(work, ctx.partners, route, fin=ctx.settings.coi_fin).run(msg)
+                result = Interpreter(
+                    work, ctx.partners, route, fin=ctx.settings.coi_fin, production=ctx.settings.env == "production"
+                ).run(msg)
             m.status = result.status.value
             m.order_id = result.order_id
             m.error = None

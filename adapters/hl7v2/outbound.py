@@ -113,7 +113,13 @@ def _namespaces(profile: Profile, mapping_root: Path) -> dict[str, str]:
 
 
 def snapshot(
-    work: Work, order: TherapyOrder, envelope: Envelope, profile: Profile, channel: Any, mapping_root: Path
+    work: Work,
+    order: TherapyOrder,
+    envelope: Envelope,
+    profile: Profile,
+    channel: Any,
+    mapping_root: Path,
+    processing_id: str = "P",
 ) -> dict[str, Any]:
     data = envelope.data
     product = get_product(order.product_code)
@@ -146,6 +152,7 @@ def snapshot(
     snap: dict[str, Any] = {
         **_addressing(profile, channel),
         "control_id": new_control_id(),
+        "processing_id": processing_id,
         "event_type": envelope.type,
         "occurred_at": iso_utc(envelope.occurred_at),
         "order_id": order.id,
@@ -237,7 +244,7 @@ def rebuilt_snapshot(old: dict[str, Any], profile: Profile, channel: Any, mappin
     return snap
 
 
-def make_consumer(partners: PartnerDirectory, mapping_root: Path) -> Consumer:
+def make_consumer(partners: PartnerDirectory, mapping_root: Path, processing_id: str = "P") -> Consumer:
     def handle(work: Work, envelope: Envelope) -> None:
         if envelope.type not in EVENTS:
             return
@@ -266,7 +273,7 @@ def make_consumer(partners: PartnerDirectory, mapping_root: Path) -> Consumer:
             ).first()
             if exists is not None:
                 continue
-            snap = snapshot(work, order, envelope, profile, channel, mapping_root)
+            snap = snapshot(work, order, envelope, profile, channel, mapping_root, processing_id)
             row = Hl7v2Outbound(
                 control_id=snap["control_id"],
                 partner=partner_id,
@@ -296,7 +303,8 @@ def make_consumer(partners: PartnerDirectory, mapping_root: Path) -> Consumer:
 
 
 def consumers(ctx: HubContext) -> list[Consumer]:
-    return [make_consumer(ctx.partners, resolve_mapping_root(ctx.settings.mappings_dir))]
+    settings = ctx.settings
+    return [make_consumer(ctx.partners, resolve_mapping_root(settings.mappings_dir), settings.hl7v2_processing_id)]
 
 
 # --------------------------------------------------------------------------- the sender

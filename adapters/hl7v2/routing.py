@@ -61,6 +61,7 @@ class Route:
     networks: tuple[IPNetwork, ...]
     mapping_root: Path
     client_names: frozenset[str] = frozenset()
+    processing_ids: frozenset[str] = frozenset()  # empty: any the hub accepts
 
     @property
     def mappings(self) -> MappingSet:
@@ -103,6 +104,7 @@ class Router:
                         networks=networks,
                         mapping_root=mapping_root,
                         client_names=frozenset(n.lower() for n in channel.tls_client_names),
+                        processing_ids=frozenset(channel.processing_ids),
                     )
                 )
         self.routes: tuple[Route, ...] = tuple(routes)

@@ -706,3 +706,70 @@ def test_certificate_names_are_the_subject_cn_and_dns_alt_names() -> None:
     assert certificate_names(cert) == {"engine-1", "engine.stmarys.example"}
     assert certificate_names(None) == frozenset()
     assert certificate_names({}) == frozenset()
+
+
+# --------------------------------------------------------------------------- processing id (MSH-11)
+def _with_msh11(payload: bytes, processing_id: str) -> bytes:
+    head, rest = payload.split(b"\r", 1)
+    fields = head.split(b"|")
+    fields[10] = processing_id.encode()
+    return b"|".join(fields) + b"\r" + rest
+
+
+def _listening(store: Store, partners: PartnerDirectory, loop: Loop, **settings: object) -> MllpListener:
+    listener = MllpListener(make_ctx(store, partners, **settings), host="127.0.0.1", port=0, idle_timeout_s=30)
+    loop.run(listener.start())
+    return listener
+
+
+def test_a_production_hub_refuses_training_and_debugging_messages(
+    store: Store, partners: PartnerDirectory, loop: Loop
+) -> None:
+    """An ORM^O01 with MSH-11 T (a hospital's training system pointed at the production hub) was
+    accepted and placed a real therapy order with a real CoI. A production hub now refuses any
+    message that is not P, with ERR MSH-11 / 202, keeps it, and does nothing else."""
+    listener = _listening(store, partners, loop, env="production")
+    sender = Sender(listener.port)
+    try:
+        frames = sender.send(_with_msh11(m.orm("PL-T1", "MRN-T1", cid="PROC-T1"), "T"))
+        assert codes(frames) == ["CR"], frames  # St Mary's: enhanced mode
+        assert b"ERR||MSH^1^11^1|202^Unsupported processing id^HL70357|E" in frames[0], frames
+        lab = _with_msh11(m.oru("CHA999826000009", [("LRL-VIAB", "90", "%")]), "D^T")
+        frames = sender.send(lab)
+        assert codes(frames) == ["AR"], frames  # the lab: original mode
+        assert b"MSH^1^11^1|202^Unsupported processing id" in frames[0], frames
+        assert count(store, TherapyOrder) == 0
+        assert count(store, InboxMessage, InboxMessage.status == "rejected") == 2
+        assert count(store, InboxMessage) == 2
+        frames = sender.send(m.orm("PL-P1", "MRN-P1", accept="AL", app="AL"), expect=2)
+        assert codes(frames) == ["CA", "AA"], frames  # production messages still go through
+        assert count(store, TherapyOrder) == 1
+    finally:
+        sender.close()
+        loop.run(listener.stop())
+
+
+def test_a_partner_declares_the_processing_ids_it_sends(store: Store, partners: PartnerDirectory, loop: Loop) -> None:
+    """Outside production a partner's channel may say what its system sends (``processing_ids``):
+    a test hub fed by a hospital's training system takes T and refuses a stray P message."""
+    profile = partners.profiles["st-marys"]
+    channels = tuple(
+        c.model_copy(update={"processing_ids": ("T",)})
+        if c.adapter == "hl7v2-mllp" and c.direction in ("inbound", "both")  # type: ignore[attr-defined]
+        else c
+        for c in profile.channels
+    )
+    directory = PartnerDirectory({**partners.profiles, "st-marys": profile.model_copy(update={"channels": channels})})
+    listener = _listening(store, directory, loop)
+    sender = Sender(listener.port)
+    try:
+        frames = sender.send(m.orm("PL-T2", "MRN-T2"))
+        assert codes(frames) == ["CR"], frames
+        assert b"MSH^1^11^1|202^" in frames[0], frames
+        assert count(store, TherapyOrder) == 0
+        frames = sender.send(_with_msh11(m.orm("PL-T3", "MRN-T3"), "T"))
+        assert codes(frames) == ["CA"], frames
+        assert count(store, TherapyOrder) == 1
+    finally:
+        sender.close()
+        loop.run(listener.stop())

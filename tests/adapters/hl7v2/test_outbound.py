@@ -494,6 +494,23 @@ def test_middle_names_go_back_in_their_own_component(
     assert name.split("^")[:3] == ["Rivera", "Ana", "Maria Luisa"], name
 
 
+@pytest.mark.parametrize(("env", "processing_id"), [("production", "P"), ("development", "T")])
+def test_outbound_messages_carry_the_hubs_processing_id(
+    store: Store, partners: PartnerDirectory, hospital: Hospital, loop: Loop, env: str, processing_id: str
+) -> None:
+    """Every outbound message said MSH-11 P, also from a development or test hub: a hospital's
+    production EHR could not tell a test hub's status messages from real ones."""
+    from tests.adapters.hl7v2.conftest import make_ctx
+
+    ctx = make_ctx(store, partners, env=env)
+    store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    _drain(ctx, loop)
+    out = _sender(ctx, hospital)
+    assert loop.run(out.deliver_all(timeout_s=30)) == 1
+    loop.run(out.close())
+    assert parse(hospital.received[0]).segment("MSH")[11] == processing_id  # type: ignore[index]
+
+
 def test_mutual_tls_to_the_hospital_with_the_profiles_certificate(
     ctx: HubContext, store: Store, partners: PartnerDirectory, loop: Loop, tmp_path: Path
 ) -> None:
