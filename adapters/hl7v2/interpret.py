@@ -174,6 +174,9 @@ class Interpreter:
             error.issues = [Issue(error.message, sources.get("placer_number", "ORC-2"))]
             raise error
         order = OrderRepository.from_session(self.work.session).get(order_id, for_update=True)
+        refs = [str(r).strip() for r in item.get("order_refs", []) if r and str(r).strip()]
+        if any(r != placer for r in refs):  # a filler number (CoI) or an OBR-2 besides ORC-2: all must agree
+            find_order(self.work, self.partner, [placer, *refs], location="ORC-3")
         same_patient(self.work, order, item.get("patient"), location="PID-3")
         reason = str(item.get("reason") or f"requested by {self.partner} (ORC-1 {control})")
         requests = PartnerRequests(self.work, self.partners, fin=self.fin)

@@ -32,24 +32,26 @@ def _coi_data(ref: str) -> str | None:
 def find_order(work: Work, partner: str, refs: Iterable[str], *, location: str | None = None) -> TherapyOrder:
     """The one order, among those this partner takes part in, that a message's references name.
 
-    Every reference is resolved, not only the first that matches: a message whose references name
-    two different orders (the filler's CoI of one, the placer number of another) is a mix-up,
-    refused rather than applied to whichever was read first. So is one that names an order this
-    partner knows besides one it does not (the wording does not say which exists)."""
+    Every reference is resolved, not only the first that matches, and every one must name that
+    order: a message whose references name two different orders (the filler's CoI of one, the
+    placer number of another) is a mix-up, refused rather than applied to whichever was read
+    first. So is one with a reference that names no order this partner knows, whether it names
+    another partner's order or nothing at all: the answer is the same either way (it does not
+    disclose which references exist), and a stray reference is never quietly ignored."""
     orders = OrderRepository.from_session(work.session)
     tried: list[str] = []
     mine: dict[str, str] = {}  # reference -> order id
-    elsewhere = False
+    stray = False  # a reference naming no order of this partner's (another's, or none)
     for ref in (r.strip() for r in refs if r and r.strip()):
         tried.append(ref)
         candidates = _candidates(work, orders, partner, ref, location)
         takes_part = [c for c in candidates if partner in {p for p, _ in orders.participants(c)}]
         if takes_part:
             mine[ref] = takes_part[0]
-        elif candidates:
-            elsewhere = True
+        else:
+            stray = True
     named = set(mine.values())
-    if len(named) > 1 or (named and elsewhere):
+    if len(named) > 1 or (named and stray):
         raise Conflict(
             "the order references in this message do not all name the same order; nothing changed",
             [Issue("order references disagree", location)],

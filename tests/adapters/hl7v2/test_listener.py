@@ -773,3 +773,65 @@ def test_a_partner_declares_the_processing_ids_it_sends(store: Store, partners: 
     finally:
         sender.close()
         loop.run(listener.stop())
+
+
+# --------------------------------------------------------------------------- stray order references
+def _answer(frame_: bytes) -> list[bytes]:
+    """An ACK without what differs per message (its MSH, MSA-2 the control id it answers)."""
+    lines = [seg for seg in frame_.split(b"\r") if seg and not seg.startswith(b"MSH")]
+    return [b"|".join(seg.split(b"|")[:2] + seg.split(b"|")[3:]) if seg.startswith(b"MSA") else seg for seg in lines]
+
+
+def test_a_stray_order_reference_is_refused_the_same_whether_it_exists_or_not(
+    sender: Sender, store: Store, partners: PartnerDirectory
+) -> None:
+    """A lab result naming its order's placer number and another partner's CoI was answered "the
+    references disagree", while one naming a CoI that does not exist was recorded on the placer's
+    order: the difference told the sender that the other CoI exists, and a reference that names no
+    order was silently ignored. Both are now refused, with the same answer, and nothing recorded."""
+    from hub.orders.repository import OrderRepository
+    from hub.orders.service import OrderService
+    from tests.builders import place_cmd
+
+    sender.send(m.orm("PL-34", "MRN-34"))
+    mine = order_of(store, "PL-34")
+    driver = Driver(store, partners, view(mine))
+    driver.mrn = "MRN-34"
+    driver.walk_to("in-manufacturing")
+    # An order the lab (Lakeside) takes no part in: its lab is Northlab.
+    theirs = store.run(lambda w: OrderService(w, partners).place(place_cmd()))
+    assert theirs.coi != mine.coi
+    missing = "CHA999826999999"
+    assert count(store, TherapyOrder, TherapyOrder.coi == missing) == 0
+    another = sender.send(_lab_result(f"PL-34^STMARYS|{theirs.coi}^CGTHUB", None))
+    nobody = sender.send(_lab_result(f"PL-34^STMARYS|{missing}^CGTHUB", None))
+    no_placer = sender.send(_lab_result(f"PL-NOBODY^STMARYS|{mine.coi}^CGTHUB", None))
+    assert codes(another) == codes(nobody) == codes(no_placer) == ["AE"], (another, nobody, no_placer)
+    assert _answer(another[0]) == _answer(nobody[0]) == _answer(no_placer[0])
+    assert b"do not all name the same order" in nobody[0]
+    assert store.read(lambda s: OrderRepository.from_session(s).current_results(mine.id)) == []
+    assert codes(sender.send(_lab_result(f"PL-34^STMARYS|{mine.coi}^CGTHUB", None))) == ["AA"]
+
+
+def test_a_cancel_whose_filler_number_names_another_order_is_refused(sender: Sender, store: Store) -> None:
+    """ORC-3 (the filler number, the CoI the hub gave) was not read: a cancel naming one order's
+    placer number and another order's CoI, or a CoI that does not exist, cancelled the first."""
+    sender.send(m.orm("PL-35", "MRN-35"))
+    sender.send(m.orm("PL-36", "MRN-36"))
+    other = order_of(store, "PL-36")
+
+    def cancel(filler: str) -> bytes:
+        msg = m.orm("PL-35", "MRN-35", control="CA", reason="^patient declined")
+        return msg.replace(b"ORC|CA|PL-35^STMARYS||", f"ORC|CA|PL-35^STMARYS|{filler}^CGTHUB|".encode())
+
+    for filler in (other.coi, "CHA999826999999"):
+        msg = cancel(filler)
+        assert filler.encode() in msg
+        frames = sender.send(msg, expect=2)
+        assert codes(frames) == ["CA", "AE"], frames
+        assert b"do not all name the same order" in frames[1]
+    assert order_of(store, "PL-35").status == "active"
+    assert order_of(store, "PL-36").status == "active"
+    mine = order_of(store, "PL-35")
+    assert codes(sender.send(cancel(mine.coi))) == ["CA"]  # enhanced: no application ACK on success
+    assert order_of(store, "PL-35").status == "revoked"
