@@ -432,30 +432,25 @@ async def update(
 
 
 # --------------------------------------------------------------------------- reads
-@router.get(
-    "/{resource_type}/_history",
-    openapi_extra={
-        "parameters": [
-            {"name": "_count", "in": "query", "required": False, "schema": {"type": "integer"}},
-            {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
-        ]
-    },
-)
+HISTORY_PARAMS = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+        for name, kind in (("_count", "integer"), ("_offset", "integer"), ("_since", "string"), ("_at", "string"))
+    ]
+}
+
+
+@router.get("/{resource_type}/_history", openapi_extra=HISTORY_PARAMS)
 def type_history(
     resource_type: TypeParam, request: Request, session: ScopedSession, principal: PrincipalDep, _: FormatDep
 ) -> Response:
     rtype = _type(resource_type)
     query = list(request.query_params.multi_items())
-    versions, count, offset, has_next = fhir_search.type_history(session, principal, rtype, query)
-    next_url = None
-    if has_next:
-        from urllib.parse import urlencode
-
-        rest = [(k, v) for k, v in query if k not in ("_offset", "_count")]
-        next_url = f"{base_url(request)}/{rtype}/_history?" + urlencode(
-            [*rest, ("_count", str(count)), ("_offset", str(offset + count))]
-        )
-    return fhir_response(fhir_search.history_bundle(versions, base_url(request), next_url))
+    page = fhir_search.type_history(session, principal, rtype, query, lenient=_lenient(request))
+    next_url = fhir_search.history_next_url(page, f"{base_url(request)}/{rtype}/_history")
+    return fhir_response(
+        fhir_search.history_bundle(page.versions, base_url(request), next_url, first_page=page.offset == 0)
+    )
 
 
 def _not_modified(request: Request, stored: Stored) -> bool:
@@ -506,7 +501,7 @@ def vread(
     return fhir_response(stored.content, stored=stored)
 
 
-@router.get("/{resource_type}/{rid}/_history")
+@router.get("/{resource_type}/{rid}/_history", openapi_extra=HISTORY_PARAMS)
 def history(
     resource_type: TypeParam,
     rid: IdParam,
@@ -515,8 +510,13 @@ def history(
     principal: PrincipalDep,
     _: FormatDep,
 ) -> Response:
-    versions = fhir_search.instance_history(session, principal, _type(resource_type), rid)
-    return fhir_response(fhir_search.history_bundle(versions, base_url(request)))
+    rtype = _type(resource_type)
+    query = list(request.query_params.multi_items())
+    page = fhir_search.instance_history(session, principal, rtype, rid, query, lenient=_lenient(request))
+    next_url = fhir_search.history_next_url(page, f"{base_url(request)}/{rtype}/{rid}/_history")
+    return fhir_response(
+        fhir_search.history_bundle(page.versions, base_url(request), next_url, first_page=page.offset == 0)
+    )
 
 
 @router.get("/{resource_type}", openapi_extra=SEARCH_PARAMS)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from hub.api.auth import Principal
 from hub.api.isolation import require_visible, visible_condition, visible_ids
@@ -95,14 +96,19 @@ def _require_visible_any(session: Session, principal: Principal, rtype: str, rid
         raise NotFound(f"{rtype}/{rid} is not known")
 
 
-def instance_history(session: Session, principal: Principal, rtype: str, rid: str) -> list[Stored]:
+def instance_history(
+    session: Session, principal: Principal, rtype: str, rid: str, query: list[tuple[str, str]], *, lenient: bool = False
+) -> HistoryPage:
+    """One resource's versions, newest first, with ``_count``/``_offset`` paging and ``_since``/``_at``."""
     principal.require(rtype, "r")
     served_id(rtype, rid)
     _require_visible_any(session, principal, rtype, rid)
-    versions = ResourceRepository.from_session(session).history(rtype, rid)
-    if not versions:
-        raise NotFound(f"{rtype}/{rid} is not known")
-    return versions
+    page = _history(session, principal, rtype, rid, query, lenient=lenient)
+    if not page.versions:  # an empty page of a resource that exists is an empty Bundle, not a 404
+        exists = select(Resource.id).where(Resource.resource_type == rtype, Resource.id == rid)
+        if session.execute(exists).first() is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+    return page
 
 
 def _int_param(name: str, value: str, low: int, high: int) -> int:
@@ -238,12 +244,24 @@ def search_bundle(page: Page, rtype: str, base: str) -> dict[str, Any]:
     return bundle
 
 
-def type_history(
-    session: Session, principal: Principal, rtype: str, query: list[tuple[str, str]]
-) -> tuple[list[Stored], int, int, bool]:
-    principal.require(rtype, "s")
+@dataclass
+class HistoryPage:
+    versions: list[Stored]
+    count: int
+    offset: int
+    has_next: bool
+    params: list[tuple[str, str]]  # the selecting parameters applied (_since, _at), for the next link
+
+
+def _history_params(
+    query: list[tuple[str, str]], lenient: bool
+) -> tuple[int, int, datetime | None, tuple[datetime, datetime] | None, list[tuple[str, str]]]:
+    """``_count``, ``_offset``, ``_since`` (an instant), ``_at`` (a date, by its precision). Another
+    parameter is refused (422), or ignored with ``Prefer: handling=lenient``, as in search."""
     count, offset = DEFAULT_COUNT, 0
-    since = None
+    since: datetime | None = None
+    at: tuple[datetime, datetime] | None = None
+    applied: list[tuple[str, str]] = []
     for name, value in clean_params(query):
         if name == "_count":
             count = _int_param("_count", value, 0, MAX_COUNT)
@@ -252,29 +270,84 @@ def type_history(
         elif name == "_since":
             since = indexing.parse_instant(value)
             if since is None:
-                raise ValidationFailed(f"_since {value!r} is not a FHIR instant", [Issue("bad _since", "_since")])
-        elif name != "_format":
+                raise ValidationFailed(
+                    f"_since {value!r} is not a FHIR instant", [Issue("_since must be an instant", "_since")]
+                )
+            applied.append((name, value))
+        elif name == "_at":
+            at = indexing.instant_range(value)
+            if at is None:
+                raise ValidationFailed(f"_at {value!r} is not a FHIR date", [Issue("_at must be a date", "_at")])
+            applied.append((name, value))
+        elif name != "_format" and not lenient:
             raise ValidationFailed(
                 f"parameter {name!r} is not supported for history", [Issue(f"unsupported parameter {name}", name)]
             )
+    return count, offset, since, at, applied
+
+
+def _history(
+    session: Session,
+    principal: Principal,
+    rtype: str,
+    rid: str | None,
+    query: list[tuple[str, str]],
+    *,
+    lenient: bool,
+) -> HistoryPage:
+    count, offset, since, at, applied = _history_params(query, lenient)
     stmt = select(ResourceVersion).where(ResourceVersion.resource_type == rtype)
+    if rid is not None:
+        stmt = stmt.where(ResourceVersion.id == rid)
     if since is not None:
         stmt = stmt.where(ResourceVersion.last_updated >= since)
+    if at is not None:
+        # current at some point of the period: written before its end, replaced (if ever) after its start
+        later = aliased(ResourceVersion)
+        replaced = (
+            select(func.min(later.last_updated))
+            .where(
+                later.resource_type == ResourceVersion.resource_type,
+                later.id == ResourceVersion.id,
+                later.version_id > ResourceVersion.version_id,
+            )
+            .scalar_subquery()
+        )
+        stmt = stmt.where(ResourceVersion.last_updated < at[1], or_(replaced.is_(None), replaced > at[0]))
     if not principal.is_operator:
         stmt = stmt.where(visible_condition(principal, rtype, ResourceVersion.resource_type, ResourceVersion.id))
     stmt = stmt.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.id, ResourceVersion.version_id.desc())
     rows = [_row_to_stored(r) for r in session.execute(stmt.limit(count + 1).offset(offset)).scalars()]
-    return rows[:count], count, offset, count > 0 and len(rows) > count  # _count=0: no next (same page)
+    has_next = count > 0 and len(rows) > count  # _count=0: no next (it would name the same page)
+    return HistoryPage(rows[:count], count, offset, has_next, applied)
 
 
-def history_bundle(versions: list[Stored], base: str, next_url: str | None = None) -> dict[str, Any]:
+def type_history(
+    session: Session, principal: Principal, rtype: str, query: list[tuple[str, str]], *, lenient: bool = False
+) -> HistoryPage:
+    principal.require(rtype, "s")
+    return _history(session, principal, rtype, None, query, lenient=lenient)
+
+
+def history_next_url(page: HistoryPage, url: str) -> str | None:
+    """The next page of a history (``url``: ``[base]/[type]/_history`` or ``…/[id]/_history``)."""
+    if not page.has_next:
+        return None
+    q = [*page.params, ("_count", str(page.count)), ("_offset", str(page.offset + page.count))]
+    return f"{url}?{urlencode(q)}"
+
+
+def history_bundle(
+    versions: list[Stored], base: str, next_url: str | None = None, *, first_page: bool = True
+) -> dict[str, Any]:
     entries = [
         {
             "fullUrl": f"{base}/{v.resource_type}/{v.id}",
             **({} if v.deleted else {"resource": v.content}),
             "request": {
                 "method": "DELETE" if v.deleted else ("POST" if v.version_id == 1 else "PUT"),
-                "url": f"{v.resource_type}/{v.id}",
+                # R4: the url of the request that made this version (a create is POST [type])
+                "url": v.resource_type if v.version_id == 1 and not v.deleted else f"{v.resource_type}/{v.id}",
             },
             "response": {"status": "200" if v.version_id > 1 else "201", "etag": v.etag},
         }
@@ -283,6 +356,6 @@ def history_bundle(versions: list[Stored], base: str, next_url: str | None = Non
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "entry": entries}
     if next_url:
         bundle["link"] = [{"relation": "next", "url": next_url}]
-    else:
+    elif first_page:  # the whole history is on this page
         bundle["total"] = len(entries)
     return bundle

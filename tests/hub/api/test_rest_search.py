@@ -168,3 +168,63 @@ def test_refused_token_names_the_bearer_scheme(api: TestClient) -> None:
         assert r.status_code == 401
         assert r.headers["www-authenticate"] == "Bearer"
         assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_instance_history_pages_and_filters(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """``GET Location/<id>/_history?_count=2`` answered every version and no next link, and
+    ``_since``/``_at`` were silently ignored: a client paging a long history got it all at once,
+    and one asking what changed since yesterday got the whole story."""
+    h = bearer(api, client_keys["st-marys"])
+    made = api.post("/fhir/Location", json=_location("v1", "HI-1"), headers=h).json()
+    rid = made["id"]
+    stamps = [made["meta"]["lastUpdated"]]
+    for n in range(2, 6):
+        body = {**made, "name": f"v{n}"}
+        updated = api.put(f"/fhir/Location/{rid}", json=body, headers=h).json()
+        stamps.append(updated["meta"]["lastUpdated"])
+    url = f"/fhir/Location/{rid}/_history"
+    page = api.get(url, params={"_count": "2"}, headers=h).json()
+    seen = [e["resource"]["name"] for e in page["entry"]]
+    assert seen == ["v5", "v4"]
+    while any(link["relation"] == "next" for link in page.get("link", [])):
+        nxt = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        assert f"/Location/{rid}/_history?" in nxt
+        page = api.get(nxt, headers=h).json()
+        assert len(page["entry"]) <= 2
+        seen += [e["resource"]["name"] for e in page["entry"]]
+    assert seen == ["v5", "v4", "v3", "v2", "v1"]
+
+    since = api.get(url, params={"_since": stamps[3]}, headers=h).json()
+    assert [e["resource"]["name"] for e in since["entry"]] == ["v5", "v4"]
+    # _at: the version current at that instant (v3 was written at stamps[2], replaced at stamps[3])
+    at = api.get(url, params={"_at": stamps[2]}, headers=h).json()
+    assert "v3" in [e["resource"]["name"] for e in at["entry"]]
+    assert "v1" not in [e["resource"]["name"] for e in at["entry"]]
+    empty = api.get(url, params={"_since": "2999-01-01T00:00:00Z"}, headers=h)
+    assert empty.status_code == 200
+    assert empty.json()["entry"] == []
+    assert api.get(url, params={"_count": "0"}, headers=h).status_code == 200
+
+    bad = api.get(url, params={"_since": "yesterday"}, headers=h)
+    assert bad.status_code == 422
+    assert bad.json()["resourceType"] == "OperationOutcome"
+    strict = api.get(url, params={"_sort": "x"}, headers={**h, "Prefer": "handling=strict"})
+    assert strict.status_code == 422
+    lenient = api.get(url, params={"_sort": "x"}, headers={**h, "Prefer": "handling=lenient"})
+    assert lenient.status_code == 200
+    assert len(lenient.json()["entry"]) == 5
+    assert api.get(f"/fhir/Location/{rid}-nothere/_history", headers=h).status_code == 404
+
+
+def test_history_request_urls_follow_r4(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """A create's history entry said ``request.url: Location/<id>``; R4 says the url of the
+    request that made the version, which for a create is ``Location`` (POST [type])."""
+    h = bearer(api, client_keys["st-marys"])
+    made = api.post("/fhir/Location", json=_location("u1", "HU-1"), headers=h).json()
+    api.put(f"/fhir/Location/{made['id']}", json={**made, "name": "u2"}, headers=h)
+    hist = api.get(f"/fhir/Location/{made['id']}/_history", headers=h).json()
+    requests = [e["request"] for e in hist["entry"]]
+    assert requests == [
+        {"method": "PUT", "url": f"Location/{made['id']}"},
+        {"method": "POST", "url": "Location"},
+    ]
