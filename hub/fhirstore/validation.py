@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub.errors import Issue, ValidationFailed
+from hub.fhirstore.invariants import invariant_issues
 from hub.fhirstore.json_types import json_type_issues
 
 # Resource types the hub stores. Anything else is refused with a clear message.
@@ -175,6 +176,17 @@ def _issue(rtype: str, kind: str, message: str, where: str) -> Issue:
     return Issue(message, where, code="value")
 
 
+def _said_better(err: Any, invariants: list[Issue]) -> bool:
+    """A pydantic error the invariant walk reports in FHIR's words: an empty string ("String
+    should match pattern …") at its element, a choice given twice ("Any of one field value is
+    expected …") at ``…[x]`` instead of the parent."""
+    if err["type"] == "string_pattern_mismatch" and err.get("input") == "":
+        return any("empty string" in i.message for i in invariants)
+    if "but got multiple" in str(err["msg"]):
+        return any(i.location is not None and i.location.endswith("[x]") for i in invariants)
+    return False
+
+
 def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
     """Validate a resource; return its type. Raises ValidationFailed listing every issue."""
     rtype = resource.get("resourceType")
@@ -189,11 +201,15 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
         )
     cls = model_class(rtype)
     issues: list[Issue] = []
+    invariants = invariant_issues(cls, resource, rtype)
     try:
         cls.model_validate(resource)
     except PydanticValidationError as exc:
         for err in exc.errors():
+            if _said_better(err, invariants):
+                continue
             issues.append(_issue(rtype, err["type"], err["msg"], fhirpath(rtype, tuple(err["loc"]))))
+    issues += invariants
     # What the model converted without a word ("active": "yes"), unless it already said something there.
     reported = {i.location for i in issues}
     issues += [i for i in json_type_issues(cls, resource, rtype) if i.location not in reported]

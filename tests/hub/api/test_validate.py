@@ -206,3 +206,64 @@ def test_required_r4_codes_in_the_order_and_its_contained_patient(
     good["priority"] = "urgent"
     good["contained"][0]["gender"] = "female"
     assert api.post("/fhir/ServiceRequest", json=good, headers=h).status_code == 201
+
+
+def test_empty_elements_and_valueless_extensions_are_refused(
+    api: TestClient, client_keys: dict[str, ClientKey]
+) -> None:
+    """``name: [{}]``, ``identifier: [{}]``, an extension with only a url and one
+    with both a value and extensions were stored (201) and served back as invalid FHIR (R4 ele-1:
+    every element has a value or children; ext-1: an extension has extensions or a value[x], not
+    both); ``given: [""]`` was refused in pydantic's words ("String should match pattern")."""
+    h = bearer(api, client_keys["st-marys"])
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{}],
+        "name": [{}, {"family": "Rivera", "given": [""]}],
+        "extension": [
+            {"url": "http://example.org/no-value"},
+            {
+                "url": "http://example.org/both",
+                "valueString": "a",
+                "extension": [{"url": "http://example.org/inner", "valueBoolean": True}],
+            },
+        ],
+    }
+    expected = {
+        ("Patient.identifier[0]", "invariant"),
+        ("Patient.name[0]", "invariant"),
+        ("Patient.name[1].given[0]", "invariant"),
+        ("Patient.extension[0]", "invariant"),
+        ("Patient.extension[1]", "invariant"),
+    }
+    create = api.post("/fhir/Patient", json=patient, headers=h)
+    assert create.status_code == 422, create.text
+    check = api.post("/fhir/Patient/$validate", json=patient, headers=h)
+    assert check.status_code == 200
+    for outcome in (create.json(), check.json()):
+        got = [(i["expression"][0], i["code"]) for i in outcome["issue"]]
+        assert sorted(got) == sorted(expected), got  # one issue each
+        assert all("pattern" not in i["diagnostics"] for i in outcome["issue"])
+    fine = {"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}
+    fine["extension"] = [{"url": "http://example.org/x", "extension": [{"url": "y", "valueString": "a"}]}]
+    assert api.post("/fhir/Patient", json=fine, headers=h).status_code == 201
+
+
+def test_a_choice_given_twice_is_located_at_the_choice(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """``deceasedBoolean`` with ``deceasedDateTime`` was located at ``Patient`` and read "Value
+    error, Any of one field value is expected from this list [...], but got multiple!"."""
+    h = bearer(api, client_keys["st-marys"])
+    patient = {"resourceType": "Patient", "deceasedBoolean": True, "deceasedDateTime": "2026-01-02"}
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "viability"},
+        "component": [{"code": {"text": "cd34"}, "valueString": "high", "valueBoolean": True}],
+    }
+    for body, where in ((patient, "Patient.deceased[x]"), (obs, "Observation.component[0].value[x]")):
+        r = api.post(f"/fhir/{body['resourceType']}", json=body, headers=h)
+        assert r.status_code == 422, r.text
+        issues = r.json()["issue"]
+        assert [i["expression"] for i in issues] == [[where]]
+        assert "got multiple" not in issues[0]["diagnostics"]
+        assert "Value error" not in issues[0]["diagnostics"]
