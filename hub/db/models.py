@@ -100,7 +100,8 @@ class SearchReference(Base):
 
 
 class SearchDate(Base):
-    """date search parameters: authored (ServiceRequest.authoredOn), others as they come."""
+    """date search parameters: authored (ServiceRequest.authoredOn), others as they come. A stored
+    date is the range its precision implies (``2026-12`` is the month): ``[value, value_end)``."""
 
     __tablename__ = "search_date"
     pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -108,6 +109,7 @@ class SearchDate(Base):
     id: Mapped[str] = mapped_column(String(64))
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[datetime] = mapped_column(UTCDateTime)
+    value_end: Mapped[datetime] = mapped_column(UTCDateTime)  # exclusive (migration 0008)
     __table_args__ = (
         Index("ix_search_date_lookup", "resource_type", "param", "value"),
         Index("ix_search_date_owner", "id", "resource_type"),  # id first: see migration 0005

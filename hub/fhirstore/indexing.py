@@ -17,7 +17,7 @@ from typing import Any
 class Extracted:
     tokens: list[tuple[str, str | None, str]]  # (param, system, value)
     references: list[tuple[str, str]]  # (element, target "Type/id")
-    dates: list[tuple[str, datetime]]  # (param, instant)
+    dates: list[tuple[str, datetime, datetime]]  # (param, start, end): the stored value's range
 
 
 # param -> element names; "identifier" and "status" apply to every type that has them.
@@ -81,9 +81,10 @@ _TIME = re.compile(r"^T(?P<hm>\d\d:\d\d)(?P<s>:\d\d)?(?P<f>\.\d+)?")
 
 
 def instant_range(value: str) -> tuple[datetime, datetime] | None:
-    """A search value's implicit range ``[start, end)`` from its precision (FHIR search, date
-    parameters): ``2026`` is the whole year, ``2026-12-03`` the whole day, ``…T10:15Z`` the
-    minute, ``…T10:15:00Z`` the second; fractional seconds name one instant."""
+    """A date's implicit range ``[start, end)`` from its precision (FHIR search, date parameters;
+    the same for a search value and a stored value): ``2026`` is the whole year, ``2026-12-03``
+    the whole day, ``…T10:15Z`` the minute, ``…T10:15:00Z`` the second; fractional seconds name
+    one instant."""
     start = parse_instant(value)
     if start is None:
         return None
@@ -128,13 +129,13 @@ def extract(resource: dict[str, Any]) -> Extracted:
         for ref in _as_list(resource.get(element)):
             if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
                 references.append((element, ref["reference"][:160]))
-    dates: list[tuple[str, datetime]] = []
+    dates: list[tuple[str, datetime, datetime]] = []
     for param, element in DATE_PARAMS.get(rtype, {}).items():
         raw = resource.get(element)
         if isinstance(raw, str):
-            instant = parse_instant(raw)
-            if instant is not None:
-                dates.append((param, instant))
+            bounds = instant_range(raw)  # a stored 2026-12 is the whole month, as a search value is
+            if bounds is not None:
+                dates.append((param, *bounds))
     return Extracted(tokens, references, dates)
 
 

@@ -113,7 +113,9 @@ class ResourceBuffer:
                 {"resource_type": rtype, "id": rid, "param": p, "system": sy, "value": v} for p, sy, v in ex.tokens
             ]
             refs += [{"resource_type": rtype, "id": rid, "param": p, "target": t} for p, t in ex.references]
-            dates += [{"resource_type": rtype, "id": rid, "param": p, "value": v} for p, v in ex.dates]
+            dates += [
+                {"resource_type": rtype, "id": rid, "param": p, "value": v, "value_end": e} for p, v, e in ex.dates
+            ]
         insert_tables(
             session,
             [
@@ -446,15 +448,19 @@ class SearchParam:
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 
 
-def _date_condition(column: Any, raw: str) -> Any:
-    """A date parameter against a stored instant, by the search value's implicit range (its
-    precision): ``eq2026`` is all of 2026, ``le2026-12-03`` includes that whole day."""
+def _search_range(raw: str) -> tuple[str, datetime, datetime]:
     prefix = raw[:2] if raw[:2] in _DATE_PREFIXES else "eq"
     value = raw[2:] if raw[:2] in _DATE_PREFIXES else raw
     bounds = indexing.instant_range(value)
     if bounds is None:
         raise ValidationFailed(f"{raw!r} is not a FHIR date", [Issue(f"bad date {raw!r}", "search")])
-    start, end = bounds
+    return prefix, *bounds
+
+
+def _date_condition(column: Any, raw: str) -> Any:
+    """A date parameter against a stored instant (``_lastUpdated``), by the search value's implicit
+    range (its precision): ``eq2026`` is all of 2026, ``le2026-12-03`` includes that whole day."""
+    prefix, start, end = _search_range(raw)
     ops = {
         "eq": and_(column >= start, column < end),
         "ne": or_(column < start, column >= end),
@@ -464,6 +470,26 @@ def _date_condition(column: Any, raw: str) -> Any:
         "eb": column < start,
         "ge": column >= start,
         "le": column < end,
+    }
+    return ops[prefix]
+
+
+def _range_condition(low: Any, high: Any, raw: str) -> Any:
+    """A date parameter against a stored range ``[low, high)`` (a stored ``2026-12`` is the
+    month), as R4 search defines the prefixes for ranges: ``eq`` the search range contains the
+    stored one; ``gt``/``lt`` the range above/below the search value overlaps it; ``ge``/``le``
+    either of those; ``sa``/``eb`` it lies wholly after/before the search range."""
+    prefix, start, end = _search_range(raw)
+    contained = and_(low >= start, high <= end)
+    ops = {
+        "eq": contained,
+        "ne": or_(low < start, high > end),
+        "gt": high > end,
+        "lt": low < start,
+        "ge": or_(high > end, contained),
+        "le": or_(low < start, contained),
+        "sa": low >= end,
+        "eb": high <= start,
     }
     return ops[prefix]
 
@@ -527,7 +553,7 @@ def search_conditions(rtype: str, params: list[SearchParam]) -> list[Any]:
             sub = select(SearchDate.id).where(
                 SearchDate.resource_type == rtype,
                 SearchDate.param == p.name,
-                _date_condition(SearchDate.value, p.value),
+                _range_condition(SearchDate.value, SearchDate.value_end, p.value),
             )
             conds.append(Resource.id.in_(sub))
         else:

@@ -228,3 +228,49 @@ def test_history_request_urls_follow_r4(api: TestClient, client_keys: dict[str, 
         {"method": "PUT", "url": f"Location/{made['id']}"},
         {"method": "POST", "url": "Location"},
     ]
+
+
+def _observation(code: str, effective: str) -> dict[str, Any]:
+    coding = {"system": "urn:test:dates", "code": code}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [coding]},
+        "effectiveDateTime": effective,
+    }
+
+
+def test_a_stored_partial_date_is_a_range(api: TestClient, client_keys: dict[str, ClientKey]) -> None:
+    """An Observation dated ``2026-12`` was indexed as 2026-12-01T00:00: ``date=ge2026-12-15``
+    and ``gt2026-12-15`` missed it (the month reaches past the 15th) and ``eq2026-12-01`` found it
+    (the day does not contain the month). R4: a stored date is the range its precision implies,
+    and the prefixes compare the ranges (eq: the search range contains the stored one)."""
+    h = bearer(api, client_keys["st-marys"])
+    assert api.post("/fhir/Observation", json=_observation("MONTH", "2026-12"), headers=h).status_code == 201
+    second = _observation("SECOND", "2026-12-15T10:00:00+01:00")
+    assert api.post("/fhir/Observation", json=second, headers=h).status_code == 201
+
+    def found(code: str, value: str) -> bool:
+        r = api.get("/fhir/Observation", params={"code": f"urn:test:dates|{code}", "date": value}, headers=h)
+        assert r.status_code == 200, r.text
+        return len(r.json()["entry"]) == 1
+
+    matches = ["2026-12", "2026", "ge2026-12-15", "gt2026-12-15", "le2026-12-15", "lt2026-12-15"]
+    matches += ["sa2026-11", "eb2027-01", "ne2026-12-15", "le2026-12", "ge2026-12"]
+    for value in matches:
+        assert found("MONTH", value), value
+    for value in (
+        "eq2026-12-15",
+        "eq2026-12-01",
+        "gt2026-12",
+        "lt2026-12",
+        "eb2026-12-31",
+        "sa2026-12-01",
+        "ne2026-12",
+    ):
+        assert not found("MONTH", value), value
+    # a stored second is that second (09:00:00Z)
+    for value in ("2026-12-15", "eq2026-12-15T09:00:00Z", "ge2026-12-15T09:00:00Z", "le2026-12-15T09:00:00Z"):
+        assert found("SECOND", value), value
+    for value in ("gt2026-12-15T09:00:00Z", "lt2026-12-15T09:00:00Z", "eq2026-12-16", "sa2026-12-15"):
+        assert not found("SECOND", value), value

@@ -3,8 +3,11 @@ on planner statistics: a new database answers it through the lookup index and th
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -16,9 +19,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from hub.db.engine import normalise_url
-from hub.db.models import Base, Resource, SearchReference, SearchToken, table_of
+from hub.db.migrate import upgrade
+from hub.db.models import Base, Resource, SearchDate, SearchReference, SearchToken, table_of
+from hub.db.types import UTCDateTime
 from hub.fhirstore.repository import ResourceRepository, SearchParam, search
-from tests.conftest import new_pg_database
+from tests.conftest import PG_HOST, new_pg_database, pg_admin
 
 SYSTEM = "urn:oid:2.16.840.1.113883.3.8998.1"
 T = TypeVar("T")
@@ -162,3 +167,71 @@ def test_a_search_has_one_plan_whatever_the_statistics(unanalysed_url: str, para
     assert "pk_resource" in plan or "sqlite_autoindex_resource_1" in plan, plan
     assert "Seq Scan" not in plan, plan
     assert "SCAN resource" not in plan, plan  # SQLite's full scan of the orders
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url_at_0007(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new database migrated only up to 0007 (before search_date had ranges)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'at0007.db'}"
+        upgrade(url, "0007")
+        yield url
+        return
+    name = f"cgthub_m8_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = f"postgresql://{PG_HOST}/{name}"
+            upgrade(url, "0007")
+            yield url
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migration_0008_indexes_stored_dates_as_ranges(url_at_0007: str) -> None:
+    """Rows indexed before 0008 (a partial authoredOn as its first instant) become the range the
+    stored value names, recomputed from the resource, so old orders are found as new ones are."""
+    month = datetime(2026, 12, 1, tzinfo=UTC)
+    engine = sa.create_engine(normalise_url(url_at_0007))
+    old_dates = sa.table(
+        "search_date",
+        sa.column("resource_type", sa.String()),
+        sa.column("id", sa.String()),
+        sa.column("param", sa.String()),
+        sa.column("value", UTCDateTime()),
+    )
+    try:
+        with engine.begin() as conn:
+            rows = [("sr-month", '{"authoredOn": "2026-12"}'), ("sr-gone", "{}")]
+            for rid, content in rows:
+                conn.execute(
+                    sa.insert(table_of(Resource)),
+                    {
+                        "resource_type": "ServiceRequest",
+                        "id": rid,
+                        "version_id": 1,
+                        "last_updated": month,
+                        "deleted": False,
+                        "content": content,
+                        "content_hash": "0" * 64,
+                    },
+                )
+                conn.execute(
+                    sa.insert(old_dates),
+                    {"resource_type": "ServiceRequest", "id": rid, "param": "authored", "value": month},
+                )
+        upgrade(url_at_0007)
+        with engine.connect() as conn:
+            got = {
+                r.id: (r.value, r.value_end)
+                for r in conn.execute(sa.select(table_of(SearchDate)).order_by(table_of(SearchDate).c.id))
+            }
+        assert got == {
+            "sr-month": (month, datetime(2027, 1, 1, tzinfo=UTC)),
+            "sr-gone": (month, month + timedelta(microseconds=1)),  # unreadable now: the instant it was
+        }
+        with Session(engine) as session:
+            found = search(session, "ServiceRequest", [SearchParam("authored", "ge2026-12-15")])
+            assert [s.id for s in found] == ["sr-month"]
+    finally:
+        engine.dispose()
