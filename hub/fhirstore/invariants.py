@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from hub.errors import Issue
-from hub.fhirstore.json_types import _model_of, _strip, fields_of
+from hub.fhirstore.json_types import fields_of
 
 # Keys that are not children in the sense of ele-1 (``fhir_comments`` is a JSON comment).
 _NOT_CHILDREN = frozenset({"id", "fhir_comments"})
@@ -68,23 +68,20 @@ def invariant_issues(model: type, value: dict[str, Any], where: str) -> list[Iss
         if key.startswith("_") and key[1:] in fields:
             issues += _primitive_extension_issues(value.get(key[1:]), item, f"{where}.{key[1:]}")
             continue
-        annotation = fields.get(key)
-        if annotation is None:
-            continue  # unknown elements are the model's to report
-        kind, is_list = _strip(annotation)
-        if kind is None:
-            continue
+        entry = fields.get(key)
+        if entry is None:
+            continue  # unknown elements are the model's to report; a true union is not an element
+        _kind, is_list, element_model = entry
         at = f"{where}.{key}"
         if isinstance(item, list):  # an empty array is left to the hub's own handling (e.g. no sites)
             for index, element in enumerate(item if is_list else []):
-                issues += _element_issues(kind, element, f"{at}[{index}]")
+                issues += _element_issues(element_model, element, f"{at}[{index}]")
         elif not is_list:
-            issues += _element_issues(kind, item, at)
+            issues += _element_issues(element_model, item, at)
     return issues
 
 
-def _element_issues(kind: Any, value: Any, where: str) -> list[Issue]:
-    model = _model_of(kind)
+def _element_issues(model: type | None, value: Any, where: str) -> list[Issue]:
     if model is None:
         if value != "":
             return []
