@@ -235,31 +235,30 @@ def _render(ctx: HubContext, key: str, *, unmasked: bool) -> str:
             raise NotFound(f"inbox message {key} is not known")
         if m.channel != ADAPTER:
             return _render_other(m, unmasked=unmasked)
-        head = [
-            f"inbox {m.id}  {m.message_type or '?'}  from {m.partner}",
-            f"control id {m.external_id}  received {m.received_at:%Y-%m-%d %H:%M:%S}  status {m.status}"
-            + (f"  order {m.order_id}" if m.order_id else ""),
-            f"sha256 {m.content_hash}",
-        ]
-        if m.error:
-            head.append(f"error: {m.error}")
+        head = _inbox_head(m, f"{m.message_type or '?'}", "control id")
         text = _lines(m.raw) if unmasked else mask(m.raw)
         return "\n".join([*head, "", text, "", "answered:", _lines(m.response) or "(nothing)"])
 
     return ctx.store.read(read_in)
 
 
-def _render_other(m: InboxMessage, *, unmasked: bool) -> str:
-    """A FHIR request or a courier delivery: who, when, status and why; the request and the answer
-    (which may carry PHI and are not masked field by field) only with ``--unmasked``."""
+def _inbox_head(m: InboxMessage, what: str, id_name: str) -> list[str]:
+    """The lines that head an inbox message: what it is, from whom, when, its status and why."""
     head = [
-        f"inbox {m.id}  {m.channel}  {m.message_type or '?'}  from {m.partner}",
-        f"external id {m.external_id}  received {m.received_at:%Y-%m-%d %H:%M:%S}  status {m.status}"
+        f"inbox {m.id}  {what}  from {m.partner}",
+        f"{id_name} {m.external_id}  received {m.received_at:%Y-%m-%d %H:%M:%S}  status {m.status}"
         + (f"  order {m.order_id}" if m.order_id else ""),
         f"sha256 {m.content_hash}",
     ]
     if m.error:
         head.append(f"error: {m.error}")
+    return head
+
+
+def _render_other(m: InboxMessage, *, unmasked: bool) -> str:
+    """A FHIR request or a courier delivery: who, when, status and why; the request and the answer
+    (which may carry PHI and are not masked field by field) only with ``--unmasked``."""
+    head = _inbox_head(m, f"{m.channel}  {m.message_type or '?'}", "external id")
     if not unmasked:
         where = _answer_issues(m.response) if m.channel == "fhir-rest" else []
         note = f"({len(m.raw)} bytes; --unmasked shows the request and the answer in full)"
