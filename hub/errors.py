@@ -44,8 +44,16 @@ class HubError(Exception):
 class ValidationFailed(HubError):
     """The input is well-formed but breaks a rule (FHIR structure, a required field, a profile)."""
 
-    def __init__(self, message: str, issues: list[Issue] | None = None, *, hl7_code: str = "101") -> None:
-        super().__init__(message, issues or [], status=422, fhir_code="invalid", hl7_code=hl7_code)
+    hl7_error = "101"  # Required field missing
+
+    def __init__(self, message: str, issues: list[Issue] | None = None) -> None:
+        super().__init__(message, issues or [], status=422, fhir_code="invalid", hl7_code=self.hl7_error)
+
+
+class WrongDataType(ValidationFailed):
+    """A value of the wrong kind for its field (text where a number belongs)."""
+
+    hl7_error = "102"  # Data type error
 
 
 class NotFound(HubError):

@@ -13,7 +13,7 @@ from typing import Any
 from hub.db.locks import lock_identity
 from hub.db.models import OrderHold, QaDecision, TherapyOrder
 from hub.db.uow import Work
-from hub.errors import Conflict, Forbidden, GuardFailed, Issue, NotFound, ValidationFailed
+from hub.errors import Conflict, Forbidden, GuardFailed, Issue, NotFound, ValidationFailed, WrongDataType
 from hub.events import (
     AlertRaised,
     EventType,
@@ -708,9 +708,7 @@ class OrderService:
             except ValueError:
                 number = math.nan
             if not math.isfinite(number):  # NaN and inf are no results (the FHIR Observation refuses them)
-                raise ValidationFailed(
-                    f"{spec.name} needs a number", [Issue("not a number", "value")], hl7_code="102"
-                ) from None
+                raise WrongDataType(f"{spec.name} needs a number", [Issue("not a number", "value")]) from None
             if cmd.unit and spec.unit and cmd.unit != spec.unit:
                 raise ValidationFailed(
                     f"{spec.name} is reported in {spec.unit}, not {cmd.unit}", [Issue("unit mismatch", "unit")]
