@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.ports import refuses_connections
 from tests.support.tls import make_pki
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,17 +274,6 @@ def _stall_mid_body(port: int) -> socket.socket:
     return sock
 
 
-def _refuses(port: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _unanswered(conn: socket.socket, data: bytes) -> bool:
     """Sent on an open connection: closed by the hub without a byte of answer."""
     try:
@@ -312,7 +302,7 @@ def test_serve_stops_within_the_grace_despite_a_stalled_client_and_takes_no_new_
             assert b"MSA|" in waiting.recv(65536)
             stopped_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            assert _refuses(mllp_port, within_s=2), "a new MLLP connection was accepted after SIGTERM"
+            assert refuses_connections(mllp_port, within_s=2), "a new MLLP connection was accepted after SIGTERM"
             assert _unanswered(waiting, frame(orm("PS00002", "MS00002", cid="AFTER-STOP")))
             assert proc.wait(timeout=20) == 0
             assert time.monotonic() - stopped_at < 10

@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from tests.adapters.hl7v2 import messages as m
 from tests.adapters.hl7v2.conftest import Loop, Sender, make_ctx
 from tests.builders import Driver
 from tests.conftest import REPO
+from tests.support.ports import refuses_connections
 from tests.support.tls import make_pki
 
 
@@ -455,17 +455,6 @@ def test_oversized_frame_closes_the_connection(ctx: HubContext, loop: Loop) -> N
         loop.run(listener.stop())
 
 
-def _refuses_connections(port: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_stop_answers_the_message_in_flight_and_takes_no_new_one(ctx: HubContext, loop: Loop, store: Store) -> None:
     """At shutdown the frame being committed is answered (its ACK was promised by the commit); a
     connection waiting for its next frame is closed, and a frame sent after the stop began is
@@ -490,7 +479,7 @@ def test_stop_answers_the_message_in_flight_and_takes_no_new_one(ctx: HubContext
         sending.start()
         assert committing.wait(10)
         stopping = asyncio.run_coroutine_threadsafe(listener.stop(), loop.loop)
-        assert _refuses_connections(listener.port)
+        assert refuses_connections(listener.port)
         with pytest.raises(ConnectionError):  # sent after the stop began: closed, no ACK
             waiting.send(m.orm("PL-W2", "MRN-W2", accept="AL", app="AL"), expect=2)
         go_on.set()
